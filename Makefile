@@ -1,0 +1,52 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+DEV_TWILIO_TOKEN := dev-twilio-auth-token
+DEV_ADMIN_TOKEN := dev-admin-token
+
+.PHONY: run test lint typecheck pytest install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(STAMP)
+
+install: $(STAMP)
+install-dev: $(DEV_STAMP)
+
+## make run: the service on SQLite under ./var/ with the demo catalogue, on 127.0.0.1:8000.
+run: $(STAMP)
+	@mkdir -p var
+	WHATSORDER_REQUIRE_HTTPS=false $(BIN)/whatsorder migrate
+	WHATSORDER_REQUIRE_HTTPS=false $(BIN)/whatsorder seed-demo
+	@echo
+	@echo "  whatsorder on http://127.0.0.1:8000  (docs: http://127.0.0.1:8000/docs)"
+	@echo "  development Twilio auth token: $(DEV_TWILIO_TOKEN)"
+	@echo "  development admin token:       $(DEV_ADMIN_TOKEN)"
+	@echo "  try it from another shell:     $(BIN)/whatsorder send \"ORDER 2 x ATTA-5KG\""
+	@echo
+	WHATSORDER_REQUIRE_HTTPS=false \
+	WHATSORDER_TWILIO_AUTH_TOKEN=$${WHATSORDER_TWILIO_AUTH_TOKEN:-$(DEV_TWILIO_TOKEN)} \
+	WHATSORDER_ADMIN_TOKEN=$${WHATSORDER_ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)} \
+	WHATSORDER_PUBLIC_URL=$${WHATSORDER_PUBLIC_URL:-http://127.0.0.1:8000} \
+	$(BIN)/whatsorder serve --host 127.0.0.1 --port 8000
+
+## make test: lint, format check, type check and the whole test suite.
+test: $(DEV_STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

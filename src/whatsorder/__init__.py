@@ -1,0 +1,1 @@
+"""whatsorder: WhatsApp orders whose webhooks take effect exactly once."""

@@ -1,0 +1,151 @@
+"""Read-only views for operators: the orders list and the audit of the invariants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from whatsorder.db.tables import ledger_entries, order_items, orders, payments, products, retailers
+from whatsorder.ordering.model import EntryType, OrderStatus, order_number
+
+
+async def recent_orders(connection: AsyncConnection, limit: int = 50) -> list[dict[str, Any]]:
+    statement = (
+        select(
+            orders.c.id,
+            orders.c.status,
+            orders.c.total,
+            orders.c.currency,
+            orders.c.source,
+            orders.c.created_at,
+            retailers.c.name.label("retailer"),
+        )
+        .join(retailers, retailers.c.id == orders.c.retailer_id)
+        .order_by(orders.c.id.desc())
+        .limit(limit)
+    )
+    return [
+        {
+            "number": order_number(row.id),
+            "status": row.status,
+            "total": row.total,
+            "currency": row.currency,
+            "retailer": row.retailer,
+            "source": row.source,
+            "created_at": row.created_at.isoformat() if row.created_at else None,
+        }
+        for row in await connection.execute(statement)
+    ]
+
+
+async def audit(connection: AsyncConnection) -> list[str]:
+    """Every violated invariant of DESIGN.md §4, in words; an empty list means all hold."""
+    problems: list[str] = []
+
+    live_lines = (
+        select(order_items.c.product_id, func.sum(order_items.c.quantity).label("ordered"))
+        .join(orders, orders.c.id == order_items.c.order_id)
+        .where(orders.c.status != OrderStatus.CANCELLED.value)
+        .group_by(order_items.c.product_id)
+        .subquery()
+    )
+    prods = await connection.execute(
+        select(
+            products.c.sku,
+            products.c.stock,
+            products.c.initial_stock,
+            products.c.restocked,
+            func.coalesce(live_lines.c.ordered, 0).label("ordered"),
+        ).outerjoin(live_lines, live_lines.c.product_id == products.c.id)
+    )
+    for prod in prods:
+        expected = prod.initial_stock - prod.ordered + prod.restocked
+        if prod.stock != expected:
+            problems.append(
+                f"stock of {prod.sku} is {prod.stock}, expected {expected} "
+                f"(initial {prod.initial_stock} - ordered {prod.ordered}"
+                f" + restocked {prod.restocked})"
+            )
+
+    line_totals = (
+        select(
+            order_items.c.order_id,
+            func.sum(order_items.c.quantity * order_items.c.unit_price).label("lines_total"),
+        )
+        .group_by(order_items.c.order_id)
+        .subquery()
+    )
+    for tot in await connection.execute(
+        select(orders.c.id, orders.c.total, func.coalesce(line_totals.c.lines_total, 0).label("t"))
+        .outerjoin(line_totals, line_totals.c.order_id == orders.c.id)
+        .where(orders.c.total != func.coalesce(line_totals.c.lines_total, 0))
+    ):
+        problems.append(f"{order_number(tot.id)} total {tot.total} != its lines' sum {tot.t}")
+
+    # The ledger must say exactly what the orders say: one debit each, one reversal if cancelled.
+    debit = EntryType.ORDER_DEBIT.value
+    reversal = EntryType.ORDER_REVERSAL.value
+    entries = (
+        select(
+            ledger_entries.c.order_id,
+            func.sum(case((ledger_entries.c.entry_type == debit, 1), else_=0)).label("debits"),
+            func.sum(case((ledger_entries.c.entry_type == reversal, 1), else_=0)).label(
+                "reversals"
+            ),
+            func.sum(
+                case(
+                    (ledger_entries.c.entry_type.in_([debit, reversal]), ledger_entries.c.amount),
+                    else_=0,
+                )
+            ).label("net"),
+        )
+        .group_by(ledger_entries.c.order_id)
+        .subquery()
+    )
+    for led in await connection.execute(
+        select(
+            orders.c.id,
+            orders.c.status,
+            orders.c.total,
+            func.coalesce(entries.c.debits, 0).label("debits"),
+            func.coalesce(entries.c.reversals, 0).label("reversals"),
+            func.coalesce(entries.c.net, 0).label("net"),
+        ).outerjoin(entries, entries.c.order_id == orders.c.id)
+    ):
+        cancelled = led.status == OrderStatus.CANCELLED.value
+        expected_net = 0 if cancelled else -led.total
+        if led.debits != 1 or led.reversals != (1 if cancelled else 0) or led.net != expected_net:
+            problems.append(
+                f"{order_number(led.id)} ({led.status}) has {led.debits} debit(s), "
+                f"{led.reversals} reversal(s) and a net of {led.net}; expected net {expected_net}"
+            )
+
+    for dupo in await connection.execute(
+        select(orders.c.source, orders.c.source_message_id, func.count().label("n"))
+        .group_by(orders.c.source, orders.c.source_message_id)
+        .having(func.count() > 1)
+    ):
+        problems.append(
+            f"{dupo.n} orders share the source message {dupo.source}:{dupo.source_message_id}"
+        )
+
+    for dupp in await connection.execute(
+        select(payments.c.provider, payments.c.provider_event_id, func.count().label("n"))
+        .group_by(payments.c.provider, payments.c.provider_event_id)
+        .having(func.count() > 1)
+    ):
+        problems.append(
+            f"{dupp.n} payments share the event {dupp.provider}:{dupp.provider_event_id}"
+        )
+
+    for foreign_entry in await connection.execute(
+        select(ledger_entries.c.order_id, ledger_entries.c.retailer_id)
+        .join(orders, orders.c.id == ledger_entries.c.order_id)
+        .where(orders.c.retailer_id != ledger_entries.c.retailer_id)
+    ):
+        problems.append(
+            f"a ledger entry of {order_number(foreign_entry.order_id)} is on another retailer"
+        )
+    return problems

@@ -1,0 +1,145 @@
+"""The database tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+from whatsorder.idempotency import idempotency_table
+
+# Constraint names are fixed so that migrations name the same things on SQLite and PostgreSQL.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+
+def _now_column(name: str = "created_at") -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=False)
+
+
+retailers = Table(
+    "retailers",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("whatsapp_id", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    _now_column(),
+)
+
+products = Table(
+    "products",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("sku", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("unit_price", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("initial_stock", Integer, nullable=False),
+    Column("restocked", Integer, nullable=False, server_default="0"),
+    Column("stock", Integer, nullable=False),
+    CheckConstraint("stock >= 0", name="stock_not_negative"),
+    CheckConstraint("unit_price >= 0", name="price_not_negative"),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("retailer_id", Id, ForeignKey("retailers.id"), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("source_message_id", String(255), nullable=False),
+    _now_column(),
+    Column("cancelled_at", DateTime(timezone=True)),
+    # Forever, unlike idempotency records: a retry after the record expired finds this order.
+    UniqueConstraint("source", "source_message_id", name="uq_orders_source_message"),
+)
+
+order_items = Table(
+    "order_items",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("order_id", Id, ForeignKey("orders.id"), nullable=False, index=True),
+    Column("product_id", Id, ForeignKey("products.id"), nullable=False),
+    Column("sku", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("unit_price", BigInteger, nullable=False),
+    CheckConstraint("quantity > 0", name="quantity_positive"),
+)
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("order_id", Id, ForeignKey("orders.id"), index=True),
+    Column("provider", String(32), nullable=False),
+    Column("provider_event_id", String(255), nullable=False),
+    Column("provider_payment_id", String(255)),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(32), nullable=False),
+    _now_column(),
+    UniqueConstraint("provider", "provider_event_id", name="uq_payments_provider_event"),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("retailer_id", Id, ForeignKey("retailers.id"), nullable=False, index=True),
+    Column("order_id", Id, ForeignKey("orders.id"), index=True),
+    Column("entry_type", String(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    # The business key: (order, ORD-000001, order_debit), (stripe, pi_…, payment_credit), …
+    Column("source", String(32), nullable=False),
+    Column("source_ref", String(255), nullable=False),
+    _now_column(),
+    UniqueConstraint("source", "source_ref", "entry_type", name="uq_ledger_entries_business_key"),
+)
+
+message_statuses = Table(
+    "message_statuses",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("message_id", String(255), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("error_code", String(32)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("provider", "message_id", name="uq_message_statuses_provider_message"),
+)
+
+webhook_idempotency = idempotency_table(
+    metadata,
+    extra_columns=[
+        Column("retailer_id", Id, ForeignKey("retailers.id", ondelete="SET NULL")),
+        Column("order_id", Id, ForeignKey("orders.id", ondelete="SET NULL")),
+        # Twilio's I-Twilio-Idempotency-Token, noted for support; never relied on alone.
+        Column("provider_token", String(255)),
+    ],
+)
+
+Index("ix_orders_retailer_created", orders.c.retailer_id, orders.c.created_at)

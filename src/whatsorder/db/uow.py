@@ -1,0 +1,59 @@
+"""The unit of work: business rows commit together, or not at all.
+
+Inside a webhook the idempotency engine owns the transaction (claim, business writes and
+completion commit as one); a unit of work there is a SAVEPOINT, so a rejected order rolls back
+its own writes while the reply is still stored. Outside (CLI, admin) it owns a transaction of
+its own. Either way nothing commits unless the service calls ``commit()``.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+
+from whatsorder.db.repository import OrderingRepository
+
+
+class SqlUnitOfWork:
+    """``async with uow: …; await uow.commit()``. Leaving the block without commit rolls back."""
+
+    ordering: OrderingRepository
+
+    def __init__(self, source: AsyncEngine | AsyncConnection) -> None:
+        self._source = source
+        self._connection: AsyncConnection | None = None
+        self._transaction: AsyncTransaction | None = None
+
+    async def __aenter__(self) -> SqlUnitOfWork:
+        if isinstance(self._source, AsyncEngine):
+            self._connection = await self._source.connect()
+            self._transaction = await self._connection.begin()
+        else:
+            self._connection = self._source
+            self._transaction = await self._source.begin_nested()
+        self.ordering = OrderingRepository(self._connection)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if self._transaction is not None and self._transaction.is_active:
+                await self._transaction.rollback()
+        finally:
+            if isinstance(self._source, AsyncEngine) and self._connection is not None:
+                await self._connection.close()
+            self._transaction = None
+
+    async def commit(self) -> None:
+        assert self._transaction is not None, "commit() outside 'async with uow'"
+        await self._transaction.commit()
+
+    @property
+    def connection(self) -> AsyncConnection:
+        assert self._connection is not None
+        return self._connection

@@ -1,0 +1,58 @@
+"""An idempotency engine for webhooks and APIs: claim-first, atomic, crash-safe.
+
+Stands alone: it imports nothing else from whatsorder, so it can serve any application.
+"""
+
+from whatsorder.idempotency.config import IdempotencyConfig
+from whatsorder.idempotency.engine import IdempotencyEngine, Outcome, Result
+from whatsorder.idempotency.errors import (
+    FingerprintMismatch,
+    IdempotencyError,
+    RequestInFlight,
+    StoreBusy,
+    StoreUnavailable,
+)
+from whatsorder.idempotency.fingerprint import fingerprint, form_fingerprint
+from whatsorder.idempotency.keys import (
+    InvalidKey,
+    key_from_headers,
+    parse_key_header,
+    validate_key,
+)
+from whatsorder.idempotency.problems import problem_body, problem_for
+from whatsorder.idempotency.record import (
+    HandlerResult,
+    IdempotencyRecord,
+    IdempotentRequest,
+    Status,
+    StoredResponse,
+)
+from whatsorder.idempotency.stores.sql import SqlStore, create_engine, idempotency_table
+
+__all__ = [
+    "FingerprintMismatch",
+    "HandlerResult",
+    "IdempotencyConfig",
+    "IdempotencyEngine",
+    "IdempotencyError",
+    "IdempotencyRecord",
+    "IdempotentRequest",
+    "InvalidKey",
+    "Outcome",
+    "RequestInFlight",
+    "Result",
+    "SqlStore",
+    "Status",
+    "StoreBusy",
+    "StoreUnavailable",
+    "StoredResponse",
+    "create_engine",
+    "fingerprint",
+    "form_fingerprint",
+    "idempotency_table",
+    "key_from_headers",
+    "parse_key_header",
+    "problem_body",
+    "problem_for",
+    "validate_key",
+]

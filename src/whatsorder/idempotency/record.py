@@ -1,0 +1,90 @@
+"""What the engine keeps about one idempotency key: the request it saw and the answer it gave."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+# Headers worth replaying (IETF idempotency-key draft); never Set-Cookie, Date, rate limits.
+REPLAYABLE_HEADERS = frozenset({"content-type", "location", "etag", "link"})
+
+
+class Status(enum.StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    """One request as the engine sees it: where it belongs, its key and what it said."""
+
+    scope: str  # e.g. the webhook type, or tenant + route
+    key: str
+    fingerprint: str
+    source_ip: str | None = None
+    request_body: str | None = None  # only when configured, and already redacted
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response small enough to keep and replay byte for byte."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def content_type(self) -> str | None:
+        for name, value in self.headers:
+            if name == "content-type":
+                return value
+        return None
+
+    @classmethod
+    def build(cls, status: int, body: bytes, headers: Mapping[str, str]) -> StoredResponse:
+        """Keep only the replayable headers, lower-cased and in a stable order."""
+        kept = sorted(
+            (name.lower(), value)
+            for name, value in headers.items()
+            if name.lower() in REPLAYABLE_HEADERS
+        )
+        return cls(status=status, body=body, headers=tuple(kept))
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerResult:
+    """What a handler gives back: the response, and optional columns to note on the record."""
+
+    response: StoredResponse
+    annotations: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """A stored key. ``epoch`` grows on every take-over and fences stale holders."""
+
+    scope: str
+    key: str
+    fingerprint: str
+    status: Status
+    epoch: int
+    locked_until: datetime | None
+    expires_at: datetime | None
+    response: StoredResponse | None
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and as_utc(self.expires_at) <= now
+
+    def lease_is_live(self, now: datetime) -> bool:
+        return self.locked_until is not None and as_utc(self.locked_until) > now
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Databases without time zones (SQLite) hand back naive UTC times."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -1,0 +1,322 @@
+"""The SQL store (SQLite, PostgreSQL) in transactional mode.
+
+The claim is ``INSERT … ON CONFLICT DO NOTHING`` inside the caller's transaction: on PostgreSQL a
+duplicate's insert waits for the first copy's transaction (bounded by ``lock_timeout``) and then
+sees its committed record; on SQLite ``BEGIN IMMEDIATE`` makes writers take turns (bounded by
+``busy_timeout``). Claim, the handler's writes and completion commit together, so a crash rolls
+all of it back and no record is ever left in progress.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from whatsorder.idempotency.errors import RequestInFlight, StoreBusy, StoreUnavailable
+from whatsorder.idempotency.record import (
+    IdempotencyRecord,
+    IdempotentRequest,
+    Status,
+    StoredResponse,
+)
+
+DEFAULT_TABLE_NAME = "webhook_idempotency"
+PG_LOCK_NOT_AVAILABLE = "55P03"
+PG_CONNECTION_CLASS = "08"
+
+
+def idempotency_table(
+    metadata: MetaData, name: str = DEFAULT_TABLE_NAME, extra_columns: Sequence[Column[Any]] = ()
+) -> Table:
+    """The records' table. ``extra_columns`` lets an application note its own ids on a record."""
+    return Table(
+        name,
+        metadata,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+        Column("webhook_type", String(64), nullable=False),
+        Column("idempotency_key", String(255), nullable=False),
+        Column("fingerprint", String(64), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("epoch", Integer, nullable=False),
+        Column("locked_until", DateTime(timezone=True)),
+        Column("request_body", Text),
+        Column("response_status", Integer),
+        Column("response_body", LargeBinary),
+        Column("response_headers", Text),
+        Column("source_ip", String(45)),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("completed_at", DateTime(timezone=True)),
+        Column("expires_at", DateTime(timezone=True)),
+        *extra_columns,
+        UniqueConstraint("webhook_type", "idempotency_key", name=f"uq_{name}_scope_key"),
+        Index(f"ix_{name}_expires_at", "expires_at"),
+    )
+
+
+def async_url(url: str) -> str:
+    """``sqlite:///…`` and ``postgresql://…`` with the asyncio drivers this package uses."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    drivers = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+    if backend not in drivers:
+        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
+    return parsed.set(drivername=f"{backend}+{drivers[backend]}").render_as_string(
+        hide_password=False
+    )
+
+
+def create_engine(
+    url: str,
+    *,
+    busy_timeout: timedelta = timedelta(seconds=5),
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    pool_timeout: float = 10.0,
+) -> AsyncEngine:
+    """An engine fit for claims: WAL, ``busy_timeout`` and ``BEGIN IMMEDIATE`` on SQLite."""
+    full_url = async_url(url)
+    if make_url(full_url).get_backend_name() == "sqlite":
+        engine = create_async_engine(full_url, pool_timeout=pool_timeout)
+        _make_sqlite_transactions_immediate(engine, busy_timeout)
+        return engine
+    return create_async_engine(
+        full_url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_pre_ping=True,
+    )
+
+
+def _make_sqlite_transactions_immediate(engine: AsyncEngine, busy_timeout: timedelta) -> None:
+    # pysqlite begins transactions lazily and never as IMMEDIATE; a deferred transaction that
+    # reads and then writes can fail with "database is locked" without waiting. So the driver's
+    # own transaction handling is switched off and every transaction begins IMMEDIATE
+    # (the recipe of SQLAlchemy's SQLite dialect documentation).
+    timeout_ms = int(busy_timeout.total_seconds() * 1000)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class SqlTransaction:
+    """The store's steps on one open connection; the handler gets the connection as context."""
+
+    def __init__(self, connection: AsyncConnection, table: Table) -> None:
+        self._connection = connection
+        self._table = table
+        self._dialect = connection.dialect.name
+
+    @property
+    def context(self) -> AsyncConnection:
+        return self._connection
+
+    async def insert_claim(
+        self, request: IdempotentRequest, now: datetime, lease: timedelta
+    ) -> bool:
+        values = {
+            "webhook_type": request.scope,
+            "idempotency_key": request.key,
+            "fingerprint": request.fingerprint,
+            "status": Status.IN_PROGRESS.value,
+            "epoch": 1,
+            "locked_until": now + lease,
+            "request_body": request.request_body,
+            "source_ip": request.source_ip,
+            "created_at": now,
+        }
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = (
+            insert(self._table)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["webhook_type", "idempotency_key"])
+        )
+        try:
+            result = await self._connection.execute(statement)
+        except sa_exc.DBAPIError as error:
+            if sqlstate(error) == PG_LOCK_NOT_AVAILABLE:
+                raise RequestInFlight(
+                    "Another request with this idempotency key is still being processed.",
+                    retry_after=1,
+                ) from error
+            raise
+        return result.rowcount == 1
+
+    async def load(self, scope: str, key: str) -> IdempotencyRecord | None:
+        table = self._table
+        statement = select(table).where(
+            table.c.webhook_type == scope, table.c.idempotency_key == key
+        )
+        row = (await self._connection.execute(statement)).mappings().first()
+        if row is None:
+            return None
+        response = None
+        if row["response_status"] is not None:
+            headers = tuple(
+                (str(name), str(value))
+                for name, value in json.loads(row["response_headers"] or "[]")
+            )
+            response = StoredResponse(
+                status=row["response_status"],
+                body=bytes(row["response_body"] or b""),
+                headers=headers,
+            )
+        return IdempotencyRecord(
+            scope=row["webhook_type"],
+            key=row["idempotency_key"],
+            fingerprint=row["fingerprint"],
+            status=Status(row["status"]),
+            epoch=row["epoch"],
+            locked_until=row["locked_until"],
+            expires_at=row["expires_at"],
+            response=response,
+        )
+
+    async def take_over(
+        self, record: IdempotencyRecord, request: IdempotentRequest, now: datetime, lease: timedelta
+    ) -> int | None:
+        table = self._table
+        new_epoch = record.epoch + 1
+        statement = (
+            update(table)
+            .where(
+                table.c.webhook_type == record.scope,
+                table.c.idempotency_key == record.key,
+                table.c.epoch == record.epoch,  # fencing: only one take-over per epoch wins
+            )
+            .values(
+                fingerprint=request.fingerprint,
+                status=Status.IN_PROGRESS.value,
+                epoch=new_epoch,
+                locked_until=now + lease,
+                request_body=request.request_body,
+                source_ip=request.source_ip,
+                response_status=None,
+                response_body=None,
+                response_headers=None,
+                created_at=now,
+                completed_at=None,
+                expires_at=None,
+            )
+        )
+        result = await self._connection.execute(statement)
+        return new_epoch if result.rowcount == 1 else None
+
+    async def complete(
+        self,
+        request: IdempotentRequest,
+        epoch: int,
+        response: StoredResponse,
+        annotations: Mapping[str, object],
+        now: datetime,
+        ttl: timedelta,
+    ) -> bool:
+        table = self._table
+        extra = {name: value for name, value in annotations.items() if name in table.c}
+        statement = (
+            update(table)
+            .where(
+                table.c.webhook_type == request.scope,
+                table.c.idempotency_key == request.key,
+                table.c.epoch == epoch,
+            )
+            .values(
+                status=Status.COMPLETED.value,
+                locked_until=None,
+                response_status=response.status,
+                response_body=response.body,
+                response_headers=json.dumps([list(pair) for pair in response.headers]),
+                completed_at=now,
+                expires_at=now + ttl,
+                **extra,
+            )
+        )
+        result = await self._connection.execute(statement)
+        return result.rowcount == 1
+
+
+class SqlStore:
+    """Idempotency records in a SQL table, sharing the application's database and transaction."""
+
+    def __init__(self, engine: AsyncEngine, table: Table, *, in_flight_wait: timedelta) -> None:
+        self.engine = engine
+        self.table = table
+        self.kind = engine.dialect.name
+        self._lock_timeout_ms = max(1, int(in_flight_wait.total_seconds() * 1000))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlTransaction]:
+        try:
+            async with self.engine.connect() as connection, connection.begin():
+                if self.kind == "postgresql":
+                    # Bounds how long a duplicate waits on the first copy's claim (DESIGN §7).
+                    await connection.exec_driver_sql(
+                        f"SET LOCAL lock_timeout = {self._lock_timeout_ms}"
+                    )
+                yield SqlTransaction(connection, self.table)
+        except sa_exc.TimeoutError as error:  # the connection pool stayed empty
+            raise StoreBusy("No database connection was free in time.", retry_after=2) from error
+        except sa_exc.DBAPIError as error:
+            raise _classify(error) from error
+
+
+def _classify(error: sa_exc.DBAPIError) -> Exception:
+    """Turn the database's way of saying "not now" into outcomes; anything else stays itself."""
+    code = sqlstate(error)
+    if code == PG_LOCK_NOT_AVAILABLE:
+        return StoreBusy("A database lock was not granted in time.", retry_after=1)
+    if error.connection_invalidated or (code or "").startswith(PG_CONNECTION_CLASS):
+        return StoreUnavailable("The database connection was lost.")
+    message = str(error.orig).lower()
+    if "database is locked" in message or "database is busy" in message:
+        return StoreBusy("The database was busy with other writes.", retry_after=1)
+    if isinstance(error, sa_exc.OperationalError) and (
+        "connect" in message or "refused" in message
+    ):
+        return StoreUnavailable("The database cannot be reached.")
+    return error
+
+
+def sqlstate(error: sa_exc.DBAPIError) -> str | None:
+    """The SQLSTATE of a PostgreSQL error, whichever driver raised it."""
+    original: Any = error.orig
+    for candidate in (original, getattr(original, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if code:
+            return str(code)
+    return None

@@ -1,0 +1,171 @@
+"""The ordering domain: plain Python, no framework, no database.
+
+Money is integer minor units (paise for INR) throughout.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+MAX_QUANTITY_PER_LINE = 1000
+MAX_LINES_PER_ORDER = 25
+ORDER_NUMBER_PREFIX = "ORD-"
+
+
+class OrderRejected(Exception):
+    """An order that cannot be placed as asked; the message says why, for the customer."""
+
+
+class OrderStatus(enum.StrEnum):
+    PLACED = "placed"
+    PAID = "paid"
+    CANCELLED = "cancelled"
+
+
+class EntryType(enum.StrEnum):
+    ORDER_DEBIT = "order_debit"
+    ORDER_REVERSAL = "order_reversal"
+    PAYMENT_CREDIT = "payment_credit"
+    REFUND_REVERSAL = "refund_reversal"
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    sku: str
+    name: str
+    unit_price: int
+    currency: str
+    stock: int
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedLine:
+    """A line as the customer wrote it, before it meets the catalogue."""
+
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    product_id: int | None
+    sku: str
+    name: str
+    quantity: int
+    unit_price: int
+
+    @property
+    def total(self) -> int:
+        return self.quantity * self.unit_price
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    lines: tuple[OrderLine, ...]
+    currency: str
+    status: OrderStatus = OrderStatus.PLACED
+    id: int | None = None
+    number: str | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(line.total for line in self.lines)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """A signed amount on a retailer's account: debits negative, credits positive."""
+
+    entry_type: EntryType
+    amount: int
+    currency: str
+    source: str
+    source_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    products: Mapping[str, Product] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, products: Iterable[Product]) -> Catalogue:
+        return cls({product.sku: product for product in products})
+
+
+def order_number(order_id: int) -> str:
+    return f"{ORDER_NUMBER_PREFIX}{order_id:06d}"
+
+
+def order_id_from_number(number: str) -> int | None:
+    """``ORD-000123`` (any case, leading zeros optional) → 123; None for anything else."""
+    text = number.strip().upper()
+    if not text.startswith(ORDER_NUMBER_PREFIX):
+        return None
+    digits = text[len(ORDER_NUMBER_PREFIX) :]
+    if not digits.isdigit() or len(digits) > 12:
+        return None
+    return int(digits)
+
+
+def merge_lines(requested: Iterable[RequestedLine]) -> tuple[RequestedLine, ...]:
+    """One line per SKU, in the order first mentioned; ``2 x A, 1 x A`` is ``3 x A``."""
+    totals: dict[str, int] = {}
+    for line in requested:
+        totals[line.sku] = totals.get(line.sku, 0) + line.quantity
+    return tuple(RequestedLine(sku, quantity) for sku, quantity in totals.items())
+
+
+def price_order(requested: Iterable[RequestedLine], catalogue: Catalogue) -> Order:
+    """Turn requested lines into a priced order, or say what is wrong with them.
+
+    Prices come from our catalogue only. Every problem is reported at once, so the customer can
+    fix the whole message in one go.
+    """
+    lines = merge_lines(requested)
+    if not lines:
+        raise OrderRejected("Your order has no items.")
+    if len(lines) > MAX_LINES_PER_ORDER:
+        raise OrderRejected(f"An order can have at most {MAX_LINES_PER_ORDER} different items.")
+    problems: list[str] = []
+    priced: list[OrderLine] = []
+    for line in lines:
+        product = catalogue.products.get(line.sku)
+        if product is None:
+            problems.append(f"{line.sku} is not in our catalogue")
+            continue
+        if not 1 <= line.quantity <= MAX_QUANTITY_PER_LINE:
+            problems.append(f"{line.sku}: quantity must be between 1 and {MAX_QUANTITY_PER_LINE}")
+            continue
+        if line.quantity > product.stock:
+            problems.append(f"{line.sku}: only {product.stock} in stock")
+            continue
+        priced.append(
+            OrderLine(product.id, product.sku, product.name, line.quantity, product.unit_price)
+        )
+    if problems:
+        raise OrderRejected("; ".join(problems) + ".")
+    currencies = {line_product.currency for line_product in _products(lines, catalogue)}
+    if len(currencies) != 1:
+        raise OrderRejected("These items cannot be ordered together (different currencies).")
+    return Order(lines=tuple(priced), currency=currencies.pop())
+
+
+def _products(lines: Iterable[RequestedLine], catalogue: Catalogue) -> Iterable[Product]:
+    return (catalogue.products[line.sku] for line in lines)
+
+
+def debit_for(order: Order) -> LedgerEntry:
+    assert order.number is not None
+    return LedgerEntry(EntryType.ORDER_DEBIT, -order.total, order.currency, "order", order.number)
+
+
+def reversal_for(order: Order) -> LedgerEntry:
+    assert order.number is not None
+    return LedgerEntry(EntryType.ORDER_REVERSAL, order.total, order.currency, "order", order.number)
+
+
+def can_cancel(order: Order) -> bool:
+    return order.status is OrderStatus.PLACED

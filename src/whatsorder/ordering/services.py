@@ -1,0 +1,186 @@
+"""The service layer: what a message or an event does, over a unit of work.
+
+Every function takes the unit of work and commits explicitly; a rejected order leaves nothing
+behind. The answers are plain text; the web layer wraps them for the provider.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from whatsorder.ordering import replies
+from whatsorder.ordering.grammar import (
+    CancelOrder,
+    PlaceOrder,
+    ShowCatalogue,
+    ShowHelp,
+    ShowStatus,
+    Unreadable,
+    parse_message,
+)
+from whatsorder.ordering.model import (
+    OrderRejected,
+    OrderStatus,
+    can_cancel,
+    debit_for,
+    order_id_from_number,
+    price_order,
+    reversal_for,
+)
+
+if TYPE_CHECKING:
+    from whatsorder.db.uow import SqlUnitOfWork
+
+# Outbound message states in the order they happen; a status never moves back down.
+MESSAGE_STATUS_RANK = {
+    "accepted": 0,
+    "scheduled": 0,
+    "queued": 1,
+    "sending": 2,
+    "sent": 3,
+    "failed": 4,
+    "undelivered": 4,
+    "delivered": 4,
+    "read": 5,
+    "canceled": 5,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A customer's message, whichever provider brought it."""
+
+    source: str  # "twilio", "meta"
+    message_id: str  # the provider's id: the business key of anything it creates
+    sender: str  # the WhatsApp identity, e.g. "whatsapp:+919876543210"
+    sender_name: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageOutcome:
+    reply: str
+    retailer_id: int
+    order_id: int | None = None
+
+
+async def receive_message(
+    uow: SqlUnitOfWork, message: InboundMessage, now: datetime
+) -> MessageOutcome:
+    """Register the sender if new, then do what the message asks and say what was done."""
+    async with uow:
+        retailer_id = await uow.ordering.register_retailer(
+            message.sender, message.sender_name or message.sender, now
+        )
+        await uow.commit()
+
+    command = parse_message(message.text)
+    if isinstance(command, PlaceOrder):
+        return await place_order(uow, retailer_id, command, message, now)
+    if isinstance(command, CancelOrder):
+        return await cancel_order(uow, retailer_id, command.order_number, now)
+    if isinstance(command, ShowStatus):
+        return await order_status(uow, retailer_id, command.order_number)
+    if isinstance(command, ShowCatalogue):
+        async with uow:
+            catalogue = await uow.ordering.catalogue()
+        return MessageOutcome(replies.catalogue(catalogue.products.values()), retailer_id)
+    if isinstance(command, Unreadable):
+        return MessageOutcome(command.reason, retailer_id)
+    assert isinstance(command, ShowHelp)
+    return MessageOutcome(replies.HELP, retailer_id)
+
+
+async def place_order(
+    uow: SqlUnitOfWork,
+    retailer_id: int,
+    command: PlaceOrder,
+    message: InboundMessage,
+    now: datetime,
+) -> MessageOutcome:
+    """Create the order, take the stock and debit the account, once per source message."""
+    async with uow:
+        # The business key outlives idempotency records: a late retry finds the same order.
+        existing = await uow.ordering.order_from_source(message.source, message.message_id)
+        if existing is not None:
+            return MessageOutcome(replies.order_placed(existing), retailer_id, existing.id)
+        catalogue = await uow.ordering.catalogue(line.sku for line in command.lines)
+        try:
+            priced = price_order(command.lines, catalogue)
+            for line in priced.lines:
+                assert line.product_id is not None
+                if not await uow.ordering.take_stock(line.product_id, line.quantity):
+                    raise OrderRejected(f"{line.sku}: not enough left in stock.")
+        except OrderRejected as rejected:
+            return MessageOutcome(replies.order_rejected(str(rejected)), retailer_id)
+        order = await uow.ordering.add_order(
+            retailer_id, priced, message.source, message.message_id, now
+        )
+        await uow.ordering.add_ledger_entry(retailer_id, order.id, debit_for(order), now)
+        await uow.commit()
+    return MessageOutcome(replies.order_placed(order), retailer_id, order.id)
+
+
+async def cancel_order(
+    uow: SqlUnitOfWork, retailer_id: int, number: str, now: datetime
+) -> MessageOutcome:
+    """Cancel an unpaid order: its stock comes back and its debit is reversed."""
+    order_id = order_id_from_number(number)
+    async with uow:
+        order = (
+            None
+            if order_id is None
+            else await uow.ordering.order_of_retailer(retailer_id, order_id)
+        )
+        if order is None or order.id is None:
+            return MessageOutcome(replies.no_such_order(number), retailer_id)
+        if not can_cancel(order) or not await uow.ordering.set_order_status(
+            order.id, OrderStatus.PLACED, OrderStatus.CANCELLED, now
+        ):
+            return MessageOutcome(replies.cannot_cancel(order), retailer_id, order.id)
+        for line in order.lines:
+            assert line.product_id is not None
+            await uow.ordering.return_stock(line.product_id, line.quantity)
+        await uow.ordering.add_ledger_entry(retailer_id, order.id, reversal_for(order), now)
+        await uow.commit()
+    return MessageOutcome(replies.order_cancelled(order), retailer_id, order.id)
+
+
+async def order_status(uow: SqlUnitOfWork, retailer_id: int, number: str | None) -> MessageOutcome:
+    async with uow:
+        if number is None:
+            order = await uow.ordering.latest_order(retailer_id)
+        else:
+            order_id = order_id_from_number(number)
+            order = (
+                None
+                if order_id is None
+                else await uow.ordering.order_of_retailer(retailer_id, order_id)
+            )
+    if order is None:
+        return MessageOutcome(replies.no_such_order(number), retailer_id)
+    return MessageOutcome(replies.order_status(order), retailer_id, order.id)
+
+
+async def record_message_status(
+    uow: SqlUnitOfWork,
+    provider: str,
+    message_id: str,
+    status: str,
+    error_code: str | None,
+    now: datetime,
+) -> bool:
+    """Note an outbound message's state; a late, lower state never overwrites a later one.
+
+    Returns whether the stored state changed.
+    """
+    async with uow:
+        current = await uow.ordering.message_status(provider, message_id)
+        new_rank = MESSAGE_STATUS_RANK.get(status, -1)
+        if current is not None and new_rank <= MESSAGE_STATUS_RANK.get(current, -1):
+            return False
+        await uow.ordering.save_message_status(provider, message_id, status, error_code, now)
+        await uow.commit()
+    return True

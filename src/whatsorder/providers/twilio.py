@@ -1,0 +1,113 @@
+"""Twilio's WhatsApp webhooks: signature, parsing into commands, keys and TwiML replies."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+
+from whatsorder.ordering.services import InboundMessage
+
+SOURCE = "twilio"
+WEBHOOK_TYPE_INBOUND = "twilio_inbound"
+WEBHOOK_TYPE_STATUS = "twilio_status"
+SIGNATURE_HEADER = "X-Twilio-Signature"
+IDEMPOTENCY_TOKEN_HEADER = "I-Twilio-Idempotency-Token"  # noqa: S105 (a header name)
+TWIML_CONTENT_TYPE = "text/xml; charset=utf-8"
+
+_PHONE = re.compile(r"\+?\d{6,}")
+
+
+class MalformedWebhook(ValueError):
+    """A signed request that lacks what every Twilio webhook of its kind carries."""
+
+
+class FormParams(dict[str, list[str]]):
+    """Form fields with repeated names kept, in the shape RequestValidator reads (``getlist``)."""
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, str]]) -> FormParams:
+        params = cls()
+        for name, value in pairs:
+            params.setdefault(name, []).append(value)
+        return params
+
+    def getlist(self, name: str) -> list[str]:
+        return self.get(name, [])
+
+    def first(self, name: str) -> str | None:
+        values = self.get(name)
+        return values[0] if values else None
+
+
+def signature_is_valid(auth_token: str, url: str, params: FormParams, signature: str) -> bool:
+    """Twilio's own check: HMAC-SHA1 over the public URL and every field, blank ones too."""
+    return bool(RequestValidator(auth_token).validate(url, params, signature))
+
+
+def sign(auth_token: str, url: str, params: FormParams) -> str:
+    """The signature Twilio would send for this request (for ``whatsorder send`` and tests)."""
+    return str(RequestValidator(auth_token).compute_signature(url, params))
+
+
+def _required(params: FormParams, name: str) -> str:
+    value = params.first(name)
+    if not value:
+        raise MalformedWebhook(f"The webhook has no {name}.")
+    return value
+
+
+def message_key(params: FormParams) -> str:
+    """The idempotency key of an inbound message: its ``MessageSid``."""
+    return _required(params, "MessageSid")
+
+
+def status_key(params: FormParams) -> str:
+    """A status callback's key: ``MessageSid:MessageStatus`` (each state arrives once)."""
+    return f"{_required(params, 'MessageSid')}:{_required(params, 'MessageStatus')}"
+
+
+def inbound_message(params: FormParams) -> InboundMessage:
+    sender = _required(params, "From")
+    return InboundMessage(
+        source=SOURCE,
+        message_id=_required(params, "MessageSid"),
+        sender=sender,
+        sender_name=(params.first("ProfileName") or "").strip()[:200],
+        text=params.first("Body") or "",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    message_id: str
+    status: str
+    error_code: str | None
+
+
+def status_update(params: FormParams) -> StatusUpdate:
+    return StatusUpdate(
+        message_id=_required(params, "MessageSid"),
+        status=_required(params, "MessageStatus").lower(),
+        error_code=params.first("ErrorCode") or None,
+    )
+
+
+def twiml(text: str | None) -> bytes:
+    """A TwiML reply with one message, or an empty ``<Response/>`` for nothing to say."""
+    response = MessagingResponse()
+    if text:
+        response.message(text)
+    return str(response).encode()
+
+
+def redacted(pairs: Iterable[tuple[str, str]]) -> str:
+    """The form as text for the record, with phone numbers cut to their last four digits."""
+    shown = []
+    for name, value in pairs:
+        masked = _PHONE.sub(lambda match: "…" + match.group(0)[-4:], value)
+        shown.append(f"{name}={masked}")
+    return "&".join(shown)

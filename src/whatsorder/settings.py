@@ -1,0 +1,79 @@
+"""The service's settings: read once from the environment (prefix ``WHATSORDER_``), passed down."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///./var/whatsorder.db"
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; DESIGN.md §6 is the contract for these names."""
+
+    model_config = SettingsConfigDict(env_prefix="WHATSORDER_", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+
+    twilio_auth_token: SecretStr | None = None
+    meta_app_secret: SecretStr | None = None
+    meta_verify_token: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    razorpay_webhook_secret: SecretStr | None = None
+    admin_token: SecretStr | None = None
+
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
+    idempotency_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    store_request_bodies: bool = False
+    cleanup_schedule: str = "0 * * * *"
+
+    rate_limit_per_sender: str = "60/minute"
+    rate_limit_per_ip: str = "1200/minute"
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    require_https: bool = True
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ip_network(entry, strict=False)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return tuple(ip_network(entry, strict=False) for entry in self.trusted_proxies)
+
+    def public_url_for(self, path: str) -> str:
+        """The URL a provider called for ``path``: what it signed."""
+        return self.public_url + path
+
+
+def secret(value: SecretStr | None) -> str | None:
+    """The plain value of an optional secret, ``None`` when unset or blank."""
+    if value is None:
+        return None
+    plain = value.get_secret_value()
+    return plain or None

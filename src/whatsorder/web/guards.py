@@ -1,0 +1,111 @@
+"""The cheap checks every webhook passes before any work (DESIGN.md §2, steps 1–3)."""
+
+from __future__ import annotations
+
+import time
+from ipaddress import ip_address
+
+from fastapi import Request
+from limits import parse
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+
+from whatsorder.settings import Settings
+from whatsorder.web.problems import Problem
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "body-too-large", "Request body too large", f"The limit is {limit} bytes.")
+
+
+def _from_trusted_proxy(request: Request, settings: Settings) -> bool:
+    if request.client is None or not settings.trusted_proxy_networks:
+        return False
+    try:
+        peer = ip_address(request.client.host)
+    except ValueError:
+        return False
+    return any(peer in network for network in settings.trusted_proxy_networks)
+
+
+def client_ip(request: Request, settings: Settings) -> str:
+    """The caller's address: the peer, or the nearest untrusted hop of a trusted proxy's chain."""
+    peer = request.client.host if request.client else "unknown"
+    if not _from_trusted_proxy(request, settings):
+        return peer
+    forwarded = request.headers.get("x-forwarded-for", "")
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        try:
+            address = ip_address(hop)
+        except ValueError:
+            break
+        if not any(address in network for network in settings.trusted_proxy_networks):
+            return hop
+    return hops[0] if hops else peer
+
+
+def require_https(request: Request, settings: Settings) -> None:
+    """403 unless the request came over TLS, as seen by us or told by a trusted proxy."""
+    if not settings.require_https:
+        return
+    scheme = request.url.scheme
+    if _from_trusted_proxy(request, settings):
+        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        scheme = forwarded or scheme
+    if scheme != "https":
+        raise Problem(
+            403,
+            "https-required",
+            "HTTPS required",
+            "Webhooks are accepted over HTTPS only (or through a trusted TLS proxy).",
+        )
+
+
+class RateLimits:
+    """Per-IP (before any crypto) and per-sender (inside the idempotency scope) limits."""
+
+    def __init__(self, settings: Settings) -> None:
+        storage: Storage
+        if settings.redis_url:
+            # Shared by every worker and replica; without Redis each process counts alone.
+            shared = storage_from_string("async+" + settings.redis_url, implementation="redispy")
+            assert isinstance(shared, Storage)
+            storage = shared
+        else:
+            storage = MemoryStorage()
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._per_ip = parse(settings.rate_limit_per_ip)
+        self._per_sender = parse(settings.rate_limit_per_sender)
+
+    async def check_ip(self, address: str) -> None:
+        if await self._limiter.hit(self._per_ip, "ip", address):
+            return
+        stats = await self._limiter.get_window_stats(self._per_ip, "ip", address)
+        retry_after = max(1, int(stats.reset_time - time.time()) + 1)
+        raise Problem(
+            429,
+            "rate-limited",
+            "Too many requests",
+            f"More than {self._per_ip} from this address.",
+            {"retry-after": str(retry_after)},
+        )
+
+    async def allow_sender(self, sender: str) -> bool:
+        return bool(await self._limiter.hit(self._per_sender, "sender", sender))

@@ -1,0 +1,84 @@
+"""Routes for operators: health, readiness, settings at a glance, the orders list."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from whatsorder.db import reports
+from whatsorder.settings import secret
+from whatsorder.web.problems import Problem
+from whatsorder.web.runtime import runtime_of
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The database answers")
+async def readyz(request: Request) -> JSONResponse:
+    runtime = runtime_of(request)
+    try:
+        async with runtime.database.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as error:  # any failure means "not ready", said plainly
+        return JSONResponse(
+            {"status": "unavailable", "database": type(error).__name__}, status_code=503
+        )
+    return JSONResponse({"status": "ready", "database": runtime.database.dialect.name})
+
+
+@router.get("/api/v1/whatsapp/test", summary="Service status and idempotency settings")
+async def whatsapp_test(request: Request) -> dict[str, Any]:
+    settings = runtime_of(request).settings
+    return {
+        "status": "ok",
+        "providers": {
+            "twilio": secret(settings.twilio_auth_token) is not None,
+            "meta": secret(settings.meta_app_secret) is not None,
+            "stripe": secret(settings.stripe_webhook_secret) is not None,
+            "razorpay": secret(settings.razorpay_webhook_secret) is not None,
+        },
+        "idempotency": {
+            "store": runtime_of(request).database.dialect.name,
+            "mode": "transactional",
+            "ttl_seconds": settings.idempotency_ttl_seconds,
+            "in_flight_wait_seconds": settings.idempotency_wait_seconds,
+            "cleanup_schedule": settings.cleanup_schedule,
+        },
+    }
+
+
+def require_admin(request: Request) -> None:
+    """Bearer ``WHATSORDER_ADMIN_TOKEN``: 503 unset, 401 missing, 403 wrong."""
+    expected = secret(runtime_of(request).settings.admin_token)
+    if expected is None:
+        raise Problem(
+            503, "admin-not-configured", "Admin API not configured", "Set WHATSORDER_ADMIN_TOKEN."
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Problem(
+            401,
+            "unauthenticated",
+            "Authentication required",
+            "Send Authorization: Bearer <admin token>.",
+            {"www-authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Problem(403, "forbidden", "Forbidden", "The admin token is wrong.")
+
+
+@router.get("/api/v1/admin/orders", summary="Recent orders (Bearer admin token)")
+async def admin_orders(request: Request, limit: int = 50) -> dict[str, Any]:
+    require_admin(request)
+    async with runtime_of(request).database.connect() as connection:
+        rows = await reports.recent_orders(connection, limit=max(1, min(limit, 500)))
+    return {"orders": rows}

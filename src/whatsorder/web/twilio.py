@@ -1,0 +1,179 @@
+"""Twilio's WhatsApp routes: inbound messages and status callbacks (DESIGN.md §2 in order)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from whatsorder.db.uow import SqlUnitOfWork
+from whatsorder.idempotency import (
+    HandlerResult,
+    IdempotentRequest,
+    Result,
+    StoredResponse,
+    form_fingerprint,
+    key_from_headers,
+)
+from whatsorder.idempotency.record import utcnow
+from whatsorder.ordering import replies, services
+from whatsorder.providers import twilio
+from whatsorder.settings import secret
+from whatsorder.web.guards import client_ip, read_body, require_https
+from whatsorder.web.problems import Problem
+from whatsorder.web.runtime import Runtime, runtime_of
+
+INBOUND_PATH = "/api/v1/whatsapp/webhook"
+STATUS_PATH = "/api/v1/whatsapp/status"
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+router = APIRouter(tags=["twilio"])
+
+_TWIML_DOC = {"content": {"text/xml": {}}, "description": "TwiML reply"}
+
+
+def twiml_response(text: str | None, status: int = 200) -> StoredResponse:
+    return StoredResponse(
+        status, twilio.twiml(text), (("content-type", twilio.TWIML_CONTENT_TYPE),)
+    )
+
+
+class _Verified:
+    """A Twilio request that passed every guard and its signature check."""
+
+    def __init__(self, pairs: list[tuple[str, str]], source_ip: str) -> None:
+        self.pairs = pairs
+        self.params = twilio.FormParams.of(pairs)
+        self.source_ip = source_ip
+
+
+async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
+    settings = runtime.settings
+    body = await read_body(request, settings.max_body_bytes)
+    require_https(request, settings)
+    address = client_ip(request, settings)
+    await runtime.limits.check_ip(address)
+    token = secret(settings.twilio_auth_token)
+    if token is None:
+        raise Problem(
+            503,
+            "provider-not-configured",
+            "Twilio not configured",
+            "WHATSORDER_TWILIO_AUTH_TOKEN is not set; unsigned traffic is never accepted.",
+        )
+    signature = request.headers.get(twilio.SIGNATURE_HEADER)
+    if not signature:
+        raise Problem(
+            401, "signature-missing", "Signature missing", "X-Twilio-Signature header is missing."
+        )
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != FORM_CONTENT_TYPE:
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            f"Expected {FORM_CONTENT_TYPE}.",
+        )
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError as error:
+        raise Problem(400, "malformed-body", "Malformed body", "The body is not UTF-8.") from error
+    params = twilio.FormParams.of(pairs)
+    if not twilio.signature_is_valid(token, settings.public_url_for(path), params, signature):
+        raise Problem(
+            403,
+            "signature-invalid",
+            "Signature invalid",
+            "X-Twilio-Signature does not match this request and the configured public URL.",
+        )
+    return _Verified(pairs, address)
+
+
+def _idempotent_request(
+    request: Request, runtime: Runtime, verified: _Verified, scope: str, derived_key: str, path: str
+) -> IdempotentRequest:
+    key = key_from_headers(request.headers) or derived_key
+    return IdempotentRequest(
+        scope=scope,
+        key=key,
+        fingerprint=form_fingerprint("POST", path, verified.pairs),
+        source_ip=verified.source_ip,
+        request_body=twilio.redacted(verified.pairs)
+        if runtime.settings.store_request_bodies
+        else None,
+    )
+
+
+def _to_response(result: Result) -> Response:
+    response = result.response
+    headers = dict(response.headers)
+    if result.replayed:
+        headers["idempotent-replayed"] = "true"
+    return Response(response.body, status_code=response.status, headers=headers)
+
+
+async def _run(
+    request: Request,
+    runtime: Runtime,
+    idempotent: IdempotentRequest,
+    handler: Callable[[AsyncConnection], Awaitable[HandlerResult]],
+) -> Response:
+    return _to_response(await runtime.idempotency.execute(idempotent, handler))
+
+
+def _malformed(error: twilio.MalformedWebhook) -> Problem:
+    return Problem(400, "malformed-webhook", "Malformed webhook", str(error))
+
+
+@router.post(INBOUND_PATH, responses={200: _TWIML_DOC}, summary="Twilio inbound WhatsApp message")
+async def inbound(request: Request) -> Response:
+    runtime = runtime_of(request)
+    verified = await _verify(request, runtime, INBOUND_PATH)
+    try:
+        message = twilio.inbound_message(verified.params)
+    except twilio.MalformedWebhook as error:
+        raise _malformed(error) from error
+    idempotent = _idempotent_request(
+        request, runtime, verified, twilio.WEBHOOK_TYPE_INBOUND, message.message_id, INBOUND_PATH
+    )
+    provider_token = request.headers.get(twilio.IDEMPOTENCY_TOKEN_HEADER)
+
+    async def handle(connection: AsyncConnection) -> HandlerResult:
+        notes: dict[str, object] = {"provider_token": provider_token}
+        # Inside the idempotency scope: a replay never counts against the sender's limit.
+        if not await runtime.limits.allow_sender(message.sender):
+            return HandlerResult(twiml_response(replies.RATE_LIMITED), notes)
+        outcome = await services.receive_message(SqlUnitOfWork(connection), message, utcnow())
+        notes.update(retailer_id=outcome.retailer_id, order_id=outcome.order_id)
+        return HandlerResult(twiml_response(outcome.reply), notes)
+
+    return await _run(request, runtime, idempotent, handle)
+
+
+@router.post(STATUS_PATH, responses={200: _TWIML_DOC}, summary="Twilio message status callback")
+async def status_callback(request: Request) -> Response:
+    runtime = runtime_of(request)
+    verified = await _verify(request, runtime, STATUS_PATH)
+    try:
+        update = twilio.status_update(verified.params)
+        derived_key = twilio.status_key(verified.params)
+    except twilio.MalformedWebhook as error:
+        raise _malformed(error) from error
+    idempotent = _idempotent_request(
+        request, runtime, verified, twilio.WEBHOOK_TYPE_STATUS, derived_key, STATUS_PATH
+    )
+
+    async def handle(connection: AsyncConnection) -> HandlerResult:
+        await services.record_message_status(
+            SqlUnitOfWork(connection),
+            twilio.SOURCE,
+            update.message_id,
+            update.status,
+            update.error_code,
+            utcnow(),
+        )
+        return HandlerResult(twiml_response(None))
+
+    return await _run(request, runtime, idempotent, handle)
