@@ -1,0 +1,5 @@
+"""``python -m whatsorder`` runs the CLI."""
+
+from whatsorder.cli import main
+
+main()

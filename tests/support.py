@@ -1,0 +1,214 @@
+"""Test helpers: provider-signed requests, databases and a real server, as a user would have them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+
+from whatsorder.providers import twilio
+
+TWILIO_TOKEN = "test-twilio-auth-token"
+ADMIN_TOKEN = "test-admin-token"
+PUBLIC_URL = "https://orders.example.test"
+INBOUND_PATH = "/api/v1/whatsapp/webhook"
+STATUS_PATH = "/api/v1/whatsapp/status"
+FIXTURES = Path(__file__).parent / "fixtures"  # real provider payloads
+
+
+def fixture_text(name: str) -> str:
+    return (FIXTURES / name).read_text().strip()
+
+
+def new_sid() -> str:
+    return "SM" + secrets.token_hex(16)
+
+
+def inbound_form(
+    body: str,
+    *,
+    sid: str | None = None,
+    sender: str = "whatsapp:+919876543210",
+    name: str = "Asha Rao",
+) -> list[tuple[str, str]]:
+    """An inbound WhatsApp message shaped as Twilio sends it (the shared fixture, with changes)."""
+    sid = sid or new_sid()
+    changes = {
+        "Body": body,
+        "MessageSid": sid,
+        "SmsMessageSid": sid,
+        "SmsSid": sid,
+        "From": sender,
+        "WaId": sender.removeprefix("whatsapp:+"),
+        "ProfileName": name,
+    }
+    pairs = parse_qsl(fixture_text("twilio_inbound_text.form"), keep_blank_values=True)
+    return [(key, changes.get(key, value)) for key, value in pairs]
+
+
+def status_form(sid: str, status: str) -> list[tuple[str, str]]:
+    pairs = parse_qsl(fixture_text("twilio_status_delivered.form"), keep_blank_values=True)
+    changes = {"MessageSid": sid, "SmsSid": sid, "MessageStatus": status, "SmsStatus": status}
+    return [(key, changes.get(key, value)) for key, value in pairs]
+
+
+def signed_headers(
+    path: str,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    token: str = TWILIO_TOKEN,
+    public_url: str = PUBLIC_URL,
+) -> dict[str, str]:
+    """Headers exactly as Twilio sends them: the signature over public URL + sorted fields."""
+    signature = twilio.sign(token, public_url + path, twilio.FormParams.of(pairs))
+    return {
+        "X-Twilio-Signature": signature,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+
+
+def encode(pairs: Sequence[tuple[str, str]]) -> bytes:
+    return urlencode(list(pairs)).encode()
+
+
+def reply_text(response: httpx.Response) -> str:
+    """The text of the TwiML <Message> (empty when there is none)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(response.content)  # noqa: S314 (our own TwiML)
+    return "\n".join(message.text or "" for message in root.iter("Message"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A real ``whatsorder serve`` process."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def server_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHATSORDER_")}
+    env.update(
+        WHATSORDER_DATABASE_URL=database_url,
+        WHATSORDER_TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
+        WHATSORDER_ADMIN_TOKEN=ADMIN_TOKEN,
+        WHATSORDER_PUBLIC_URL=PUBLIC_URL,
+        WHATSORDER_REQUIRE_HTTPS="false",
+        WHATSORDER_RATE_LIMIT_PER_IP="100000/minute",
+        WHATSORDER_RATE_LIMIT_PER_SENDER="100000/minute",
+    )
+    env.update(extra)
+    return env
+
+
+def whatsorder_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "whatsorder", *args]
+
+
+@contextmanager
+def running_server(
+    database_url: str, log_path: Path, *, workers: int = 1, **env: str
+) -> Iterator[Server]:
+    """Start ``whatsorder serve`` on a free port, wait until it answers, stop it afterwards."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            whatsorder_command("serve", "--port", str(port), "--workers", str(workers)),
+            env=server_env(database_url, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the test can kill every worker
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{server.log()}")
+            try:
+                if httpx.get(server.base_url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start in 30 s:\n{server.log()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        stop_process_group(process)
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a retailer would check after a storm: orders, lines, ledger, stock, records."""
+
+    orders: int
+    order_items: int
+    ledger_entries: int
+    stock: dict[str, int]
+    idempotency_records: int
+    retailers: int
+
+
+async def snapshot(engine: Any) -> Snapshot:
+    from sqlalchemy import func, select
+
+    from whatsorder.db.tables import (
+        ledger_entries,
+        order_items,
+        orders,
+        products,
+        retailers,
+        webhook_idempotency,
+    )
+
+    async with engine.connect() as connection:
+
+        async def count(table: Any) -> int:
+            return int(await connection.scalar(select(func.count()).select_from(table)) or 0)
+
+        stock = {
+            row.sku: row.stock
+            for row in await connection.execute(select(products.c.sku, products.c.stock))
+        }
+        return Snapshot(
+            orders=await count(orders),
+            order_items=await count(order_items),
+            ledger_entries=await count(ledger_entries),
+            stock=stock,
+            idempotency_records=await count(webhook_idempotency),
+            retailers=await count(retailers),
+        )
