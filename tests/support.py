@@ -130,10 +130,10 @@ def whatsorder_command(*args: str) -> list[str]:
 
 @contextmanager
 def running_server(
-    database_url: str, log_path: Path, *, workers: int = 1, **env: str
+    database_url: str, log_path: Path, *, workers: int = 1, port: int | None = None, **env: str
 ) -> Iterator[Server]:
-    """Start ``whatsorder serve`` on a free port, wait until it answers, stop it afterwards."""
-    port = free_port()
+    """Start ``whatsorder serve`` (on a free port unless given), wait until it answers, stop it."""
+    port = port or free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             whatsorder_command("serve", "--port", str(port), "--workers", str(workers)),
