@@ -1,4 +1,4 @@
-"""Test helpers: provider-signed requests, databases and a real server, as a user would have them."""
+"""Test helpers: provider-signed requests, databases and a real server, as a user has them."""
 
 from __future__ import annotations
 

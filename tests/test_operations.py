@@ -53,13 +53,13 @@ def test_migrations_build_the_schema_from_nothing_and_take_it_down_again(tmp_pat
     assert cli(url, "migrate", "--check").returncode == 1  # empty database: behind
     result = cli(url, "migrate")
     assert result.returncode == 0, result.stderr
-    assert TABLES <= asyncio.run(_table_names(url))
+    assert asyncio.run(_table_names(url)) >= TABLES
     assert set(metadata.tables) <= asyncio.run(_table_names(url))
     assert cli(url, "migrate", "--check").returncode == 0
     migrate.downgrade(url, "base")
     assert asyncio.run(_table_names(url)) <= {"alembic_version"}
     migrate.upgrade(url)
-    assert TABLES <= asyncio.run(_table_names(url))
+    assert asyncio.run(_table_names(url)) >= TABLES
 
 
 @pytest.mark.postgres
@@ -68,7 +68,7 @@ def test_the_same_migrations_run_on_postgresql(postgres_url: str) -> None:
     migrate.downgrade(postgres_url, "base")
     assert asyncio.run(_table_names(postgres_url)) <= {"alembic_version"}
     migrate.upgrade(postgres_url)
-    assert TABLES <= asyncio.run(_table_names(postgres_url))
+    assert asyncio.run(_table_names(postgres_url)) >= TABLES
     assert migrate.is_current(postgres_url)
 
 

@@ -15,12 +15,12 @@ from sqlalchemy.engine import make_url
 
 from support import (
     INBOUND_PATH,
+    Snapshot,
     encode,
     inbound_form,
     reply_text,
     running_server,
     signed_headers,
-    Snapshot,
     snapshot,
 )
 from whatsorder.idempotency import create_engine
