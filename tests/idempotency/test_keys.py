@@ -9,7 +9,7 @@ from whatsorder.idempotency.keys import MAX_KEY_LENGTH, InvalidKey, parse_key_he
 visible_ascii = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 keys_with_spaces = st.text(
     st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=MAX_KEY_LENGTH
-)
+).filter(lambda key: key.strip(" ") != "")
 
 
 def sf_string(key: str) -> str:
@@ -50,7 +50,7 @@ def test_key_of_256_characters_is_rejected_as_too_long() -> None:
     assert str(error) == "Idempotency key is 256 characters long; the limit is 255."
 
 
-@pytest.mark.parametrize("raw", ["", "   ", '""', ' "" '])
+@pytest.mark.parametrize("raw", ["", "   ", '""', ' "" ', '"   "'])
 def test_empty_key_is_rejected(raw: str) -> None:
     assert rejection(raw).rule == "empty"
 

@@ -44,8 +44,8 @@ def validate_key(key: str, *, allow_space: bool = False) -> str:
 
     ``allow_space`` admits spaces too, as a structured-field String may hold them.
     """
-    if not key:
-        raise InvalidKey("empty", "Idempotency key is empty; it needs at least one character.")
+    if not key.strip(" "):
+        raise InvalidKey("empty", "Idempotency key is empty; it needs a visible character.")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidKey(
             "too-long",
