@@ -43,8 +43,8 @@ run: $(STAMP)
 
 ## make test: lint, format check, type check and the whole test suite.
 test: $(DEV_STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff format --check src tests examples
 	$(BIN)/mypy
 	$(BIN)/pytest
 

@@ -19,6 +19,7 @@ from whatsorder.idempotency.keys import (
     parse_key_header,
     validate_key,
 )
+from whatsorder.idempotency.middleware import IdempotencyMiddleware
 from whatsorder.idempotency.problems import problem_body, problem_for
 from whatsorder.idempotency.record import (
     HandlerResult,
@@ -27,6 +28,7 @@ from whatsorder.idempotency.record import (
     Status,
     StoredResponse,
 )
+from whatsorder.idempotency.stores import open_store
 from whatsorder.idempotency.stores.sql import SqlStore, create_engine, idempotency_table
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "IdempotencyConfig",
     "IdempotencyEngine",
     "IdempotencyError",
+    "IdempotencyMiddleware",
     "IdempotencyRecord",
     "IdempotentRequest",
     "InvalidKey",
@@ -51,6 +54,7 @@ __all__ = [
     "form_fingerprint",
     "idempotency_table",
     "key_from_headers",
+    "open_store",
     "parse_key_header",
     "problem_body",
     "problem_for",

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
+
+
+def _two_to_four_hundreds(status: int) -> bool:
+    return 200 <= status < 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +26,8 @@ class IdempotencyConfig:
     lease: timedelta = timedelta(seconds=30)
     retry_after_seconds: int = 1
     max_stored_body_bytes: int = 64 * 1024
+    store_status: Callable[[int], bool] = field(default=_two_to_four_hundreds)
 
     def stores_status(self, status: int) -> bool:
-        return 200 <= status < 500
+        """Whether a response with ``status`` is kept; 5xx never is, so retries can succeed."""
+        return status < 500 and self.store_status(status)

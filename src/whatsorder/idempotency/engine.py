@@ -17,24 +17,40 @@ retry processes afresh.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
 from whatsorder.idempotency.config import IdempotencyConfig
-from whatsorder.idempotency.errors import FingerprintMismatch, RequestInFlight, StoreBusy
+from whatsorder.idempotency.errors import (
+    FingerprintMismatch,
+    IdempotencyError,
+    RequestInFlight,
+    StoreBusy,
+)
 from whatsorder.idempotency.record import (
     HandlerResult,
+    IdempotencyRecord,
     IdempotentRequest,
     Status,
     StoredResponse,
     utcnow,
 )
-from whatsorder.idempotency.stores.base import StoreTransaction, TransactionalStore
+from whatsorder.idempotency.stores.base import (
+    Claimed,
+    LeaseStore,
+    StoreTransaction,
+    TransactionalStore,
+)
 
 ContextT = TypeVar("ContextT")
+log = logging.getLogger("whatsorder.idempotency")
 Handler = Callable[[ContextT], Awaitable[HandlerResult]]
 
 # Races lost in a row before giving up (each loss means another request just changed the record).
@@ -46,6 +62,7 @@ class Outcome(enum.StrEnum):
     TAKEOVER = "takeover"
     REPLAYED = "replayed"
     NOT_STORED = "not_stored"
+    LEASE_LOST = "lease_lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +77,6 @@ class Result:
         return self.outcome is Outcome.REPLAYED
 
 
-@dataclass(frozen=True, slots=True)
-class _Claimed:
-    epoch: int
-    takeover: bool
-
-
 class _Discard(Exception):
     """Raised inside the transaction so it rolls back; carries the response to send anyway."""
 
@@ -75,11 +86,17 @@ class _Discard(Exception):
 
 
 class IdempotencyEngine(Generic[ContextT]):
-    """Runs a handler at most once per (scope, key) and replays its response afterwards."""
+    """Runs a handler at most once per (scope, key) and replays its response afterwards.
+
+    Two modes, one set of decisions. *Transactional* (``execute``, a ``TransactionalStore``):
+    claim, the handler's own writes and completion commit as one transaction. *Lease*
+    (``execute_leased``, a ``LeaseStore`` apart from the application's data): the claim is a
+    lease with a fencing epoch, renewed by heartbeat while the handler runs.
+    """
 
     def __init__(
         self,
-        store: TransactionalStore[ContextT],
+        store: TransactionalStore[ContextT] | LeaseStore,
         config: IdempotencyConfig | None = None,
         *,
         clock: Callable[[], datetime] = utcnow,
@@ -94,9 +111,12 @@ class IdempotencyEngine(Generic[ContextT]):
         Raises ``FingerprintMismatch``, ``RequestInFlight``, ``StoreBusy`` or
         ``StoreUnavailable``; exceptions of the handler propagate after the rollback.
         """
+        store = self.store
+        if not isinstance(store, TransactionalStore):
+            raise TypeError(f"{type(store).__name__} has no transactions: use execute_leased")
         try:
-            async with self.store.transaction() as transaction:
-                claim = await self._claim(transaction, request)
+            async with store.transaction() as transaction:
+                claim = await self._claim_in(transaction, request)
                 if isinstance(claim, StoredResponse):
                     return Result(claim, Outcome.REPLAYED)
                 result = await handler(transaction.context)
@@ -117,29 +137,161 @@ class IdempotencyEngine(Generic[ContextT]):
         except _Discard as discarded:
             return Result(discarded.response, Outcome.NOT_STORED)
 
-    async def _claim(
+    async def _claim_in(
         self, transaction: StoreTransaction[ContextT], request: IdempotentRequest
-    ) -> _Claimed | StoredResponse:
+    ) -> Claimed | StoredResponse:
         for _ in range(MAX_CLAIM_ATTEMPTS):
             now = self._clock()
             if await transaction.insert_claim(request, now, self.config.lease):
-                return _Claimed(epoch=1, takeover=False)
+                return Claimed(epoch=1, takeover=False)
             record = await transaction.load(request.scope, request.key)
             if record is None:
                 continue  # removed between our insert and our read (cleanup): insert again
-            if record.status is Status.COMPLETED and not record.is_expired(now):
-                if record.fingerprint != request.fingerprint:
-                    raise FingerprintMismatch(
-                        "This idempotency key was already used with a different request."
-                    )
-                assert record.response is not None
-                return record.response
-            if record.status is Status.IN_PROGRESS and record.lease_is_live(now):
-                raise RequestInFlight(
-                    "Another request with this idempotency key is still being processed.",
-                    retry_after=self.config.retry_after_seconds,
-                )
+            decision = self._decide(record, request, now)
+            if isinstance(decision, StoredResponse):
+                return decision
+            if decision is _IN_FLIGHT:
+                raise self._in_flight()
             epoch = await transaction.take_over(record, request, now, self.config.lease)
             if epoch is not None:
-                return _Claimed(epoch=epoch, takeover=True)
+                return Claimed(epoch=epoch, takeover=True)
         raise StoreBusy("The idempotency key is heavily contended; retry.", retry_after=1)
+
+    async def execute_leased(
+        self, request: IdempotentRequest, handler: Callable[[], Awaitable[HandlerResult]]
+    ) -> Result:
+        """Lease mode: claim, run ``handler`` while renewing the lease, then store its answer.
+
+        A duplicate in flight is waited for (``in_flight_wait``) and then replayed, or gets
+        ``RequestInFlight``. A handler that raises or answers 5xx releases its claim.
+        """
+        lease_store = self.store
+        if not isinstance(lease_store, LeaseStore):
+            raise TypeError(f"{type(lease_store).__name__} is not a lease store: use execute")
+        claim = await self._claim_lease(lease_store, request)
+        if isinstance(claim, StoredResponse):
+            return Result(claim, Outcome.REPLAYED)
+        heartbeat = _Heartbeat(lease_store, request, claim.epoch, self.config, self._clock)
+        try:
+            async with heartbeat:
+                result = await handler()
+        except BaseException:
+            await self._settle(lease_store.release(request.scope, request.key, claim.epoch))
+            raise
+        response = result.response
+        if not self.config.stores_status(response.status):
+            await self._settle(lease_store.release(request.scope, request.key, claim.epoch))
+            return Result(response, Outcome.NOT_STORED)
+        completed = await self._settle(
+            lease_store.complete(request, claim.epoch, response, self._clock(), self.config.ttl)
+        )
+        if completed is None:
+            return Result(response, Outcome.NOT_STORED)
+        if not completed:
+            # Our lease was taken over while we ran: the new holder's result stands.
+            log.warning("lease lost before completion; the response was not stored")
+            return Result(response, Outcome.LEASE_LOST)
+        return Result(response, Outcome.TAKEOVER if claim.takeover else Outcome.NEW)
+
+    async def _settle(self, step: Awaitable[bool]) -> bool | None:
+        """Finish a store step after the handler ran, even if the request is being cancelled.
+
+        The handler's work is done and must not be repeated, so a store failure here is
+        logged, not raised: the response still goes out (the lease expires by itself).
+        """
+        try:
+            return await asyncio.shield(asyncio.ensure_future(step))
+        except IdempotencyError as error:
+            log.warning("idempotency store step failed after the handler ran: %s", error)
+            return None
+
+    async def _claim_lease(
+        self, store: LeaseStore, request: IdempotentRequest
+    ) -> Claimed | StoredResponse:
+        deadline = time.monotonic() + self.config.in_flight_wait.total_seconds()
+        pause = 0.01
+        while True:
+            now = self._clock()
+            found = await store.claim(request, now, self.config.lease, self.config.ttl)
+            if isinstance(found, Claimed):
+                return found
+            decision = self._decide(found, request, now)
+            if isinstance(decision, StoredResponse):
+                return decision
+            # In flight (a dead lease or an expired record would have been taken over).
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._in_flight()
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.25)
+
+    def _decide(
+        self, record: IdempotencyRecord, request: IdempotentRequest, now: datetime
+    ) -> StoredResponse | object:
+        """Replay, refuse, wait, or take over: the one table of DESIGN.md §3."""
+        if record.can_be_taken_over(now):
+            return _TAKE_OVER
+        if record.status is Status.COMPLETED:
+            if record.fingerprint != request.fingerprint:
+                raise FingerprintMismatch(
+                    "This idempotency key was already used with a different request."
+                )
+            assert record.response is not None
+            return record.response
+        return _IN_FLIGHT
+
+    def _in_flight(self) -> RequestInFlight:
+        return RequestInFlight(
+            "Another request with this idempotency key is still being processed.",
+            retry_after=self.config.retry_after_seconds,
+        )
+
+
+_IN_FLIGHT = object()
+_TAKE_OVER = object()
+
+
+class _Heartbeat:
+    """Renews the lease every third of its length while the handler runs."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        request: IdempotentRequest,
+        epoch: int,
+        config: IdempotencyConfig,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._store = store
+        self._request = request
+        self._epoch = epoch
+        self._config = config
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self.lost = False
+
+    async def __aenter__(self) -> _Heartbeat:
+        self._task = asyncio.create_task(self._beat())
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _beat(self) -> None:
+        interval = self._config.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            until = self._clock() + self._config.lease
+            try:
+                renewed = await self._store.renew(
+                    self._request.scope, self._request.key, self._epoch, until
+                )
+            except Exception as error:  # a hiccup: try again next beat while the lease lasts
+                log.warning("lease renewal failed: %s", type(error).__name__)
+                continue
+            if not renewed:
+                self.lost = True
+                return

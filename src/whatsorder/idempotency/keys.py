@@ -8,7 +8,7 @@ offending value: it may hold control characters meant for a log or a terminal.
 """
 
 import re
-from collections.abc import Mapping
+from typing import Protocol
 
 MAX_KEY_LENGTH = 255
 
@@ -102,7 +102,11 @@ def _malformed(problem: str) -> InvalidKey:
 KEY_HEADERS = ("idempotency-key", "x-idempotency-key")
 
 
-def key_from_headers(headers: Mapping[str, str]) -> str | None:
+class HeaderLookup(Protocol):
+    def get(self, name: str, /) -> str | None: ...
+
+
+def key_from_headers(headers: HeaderLookup) -> str | None:
     """The client's key: ``Idempotency-Key`` first, then the older ``X-Idempotency-Key``.
 
     ``headers`` must look names up case-insensitively (as Starlette's and httpx's do).

@@ -80,6 +80,12 @@ class IdempotencyRecord:
     def lease_is_live(self, now: datetime) -> bool:
         return self.locked_until is not None and as_utc(self.locked_until) > now
 
+    def can_be_taken_over(self, now: datetime) -> bool:
+        """Expired, or in progress under a lease nobody renewed (its holder crashed)."""
+        if self.status is Status.COMPLETED:
+            return self.is_expired(now)
+        return not self.lease_is_live(now)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -9,6 +9,7 @@ all of it back and no record is ever left in progress.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    delete,
     event,
     select,
     update,
@@ -43,6 +45,7 @@ from whatsorder.idempotency.record import (
     Status,
     StoredResponse,
 )
+from whatsorder.idempotency.stores.base import Claimed
 
 DEFAULT_TABLE_NAME = "webhook_idempotency"
 PG_LOCK_NOT_AVAILABLE = "55P03"
@@ -271,13 +274,99 @@ class SqlTransaction:
 
 
 class SqlStore:
-    """Idempotency records in a SQL table, sharing the application's database and transaction."""
+    """Idempotency records in a SQL table.
 
-    def __init__(self, engine: AsyncEngine, table: Table, *, in_flight_wait: timedelta) -> None:
+    Transactional mode (``transaction()``) shares the application's database and transaction;
+    lease mode (``claim`` … ``release``) serves applications whose data lives elsewhere, each
+    step a short transaction of its own.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        *,
+        in_flight_wait: timedelta = timedelta(seconds=5),
+        create_table: bool = False,
+    ) -> None:
         self.engine = engine
         self.table = table
         self.kind = engine.dialect.name
         self._lock_timeout_ms = max(1, int(in_flight_wait.total_seconds() * 1000))
+        self._table_ready = not create_table
+        self._table_lock = asyncio.Lock()
+
+    async def _ensure_table(self) -> None:
+        if self._table_ready:
+            return
+        async with self._table_lock:
+            if not self._table_ready:
+                async with self.engine.begin() as connection:
+                    await connection.run_sync(self.table.create, checkfirst=True)
+                self._table_ready = True
+
+    async def claim(
+        self, request: IdempotentRequest, now: datetime, lease: timedelta, ttl: timedelta
+    ) -> Claimed | IdempotencyRecord:
+        await self._ensure_table()
+        for _ in range(3):
+            async with self.transaction() as transaction:
+                if await transaction.insert_claim(request, now, lease):
+                    return Claimed(epoch=1, takeover=False)
+                record = await transaction.load(request.scope, request.key)
+                if record is None:
+                    continue
+                if not record.can_be_taken_over(now):
+                    return record
+                epoch = await transaction.take_over(record, request, now, lease)
+                if epoch is not None:
+                    return Claimed(epoch=epoch, takeover=True)
+        raise StoreBusy("The idempotency key is heavily contended; retry.", retry_after=1)
+
+    async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
+        await self._ensure_table()
+        async with self.transaction() as transaction:
+            return await transaction.load(scope, key)
+
+    async def renew(self, scope: str, key: str, epoch: int, locked_until: datetime) -> bool:
+        table = self.table
+        async with self.transaction() as transaction:
+            result = await transaction.context.execute(
+                update(table)
+                .where(*self._holder(scope, key, epoch))
+                .values(locked_until=locked_until)
+            )
+        return result.rowcount == 1
+
+    async def complete(
+        self,
+        request: IdempotentRequest,
+        epoch: int,
+        response: StoredResponse,
+        now: datetime,
+        ttl: timedelta,
+    ) -> bool:
+        async with self.transaction() as transaction:
+            return await transaction.complete(request, epoch, response, {}, now, ttl)
+
+    async def release(self, scope: str, key: str, epoch: int) -> bool:
+        async with self.transaction() as transaction:
+            result = await transaction.context.execute(
+                delete(self.table).where(*self._holder(scope, key, epoch))
+            )
+        return result.rowcount == 1
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def _holder(self, scope: str, key: str, epoch: int) -> tuple[Any, ...]:
+        table = self.table
+        return (
+            table.c.webhook_type == scope,
+            table.c.idempotency_key == key,
+            table.c.epoch == epoch,
+            table.c.status == Status.IN_PROGRESS.value,
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
