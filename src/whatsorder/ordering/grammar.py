@@ -13,17 +13,21 @@ Case-insensitive; items are separated by lines, commas or semicolons; the ``x`` 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
-from whatsorder.ordering.model import RequestedLine
+from whatsorder.ordering.model import RequestedLine, order_id_from_number, order_number
 
 MAX_MESSAGE_CHARS = 2000
 MAX_QUANTITY_DIGITS = 9
+MAX_SKU_CHARS = 64  # products.sku; a longer code cannot be ours, and would bloat the reply
 
+_UNSHOWABLE = {"Cc", "Cs", "Cn"}  # control characters, lone surrogates, non-characters: not XML
 _ITEM_SEPARATORS = re.compile(r"[\n\r,;]+")
-_SKU = r"(?P<sku>[A-Za-z0-9][A-Za-z0-9_.\-/]*)"
+_SKU = rf"(?P<sku>[A-Za-z0-9][A-Za-z0-9_.\-/]{{0,{MAX_SKU_CHARS - 1}}})"
 _QUANTITY = r"(?P<quantity>[+-]?\d+)"
-_QUANTITY_FIRST = re.compile(rf"{_QUANTITY}\s*(?:[x×*]\s*(?=\S)|\s+){_SKU}", re.IGNORECASE)
+# A space before the code is tried first, so "2 XL-SHIRT" is two XL-SHIRT, not two L-SHIRT.
+_QUANTITY_FIRST = re.compile(rf"{_QUANTITY}(?:\s+|\s*[x×*]\s*(?=\S)){_SKU}", re.IGNORECASE)
 _SKU_FIRST = re.compile(rf"{_SKU}\s*[x×*]\s*{_QUANTITY}", re.IGNORECASE)
 
 
@@ -80,13 +84,15 @@ def parse_message(text: str) -> Command:
     if word == "HELP":
         return ShowHelp()
     if word == "STATUS":
-        number = rest.strip()
-        return ShowStatus(number.upper() if number else None)
+        if not rest.strip():
+            return ShowStatus(None)
+        number = _order_number(rest)
+        return ShowStatus(number) if number is not None else _not_an_order_number(rest)
     if word == "CANCEL":
-        number = rest.strip()
-        if not number:
+        if not rest.strip():
             return Unreadable("Say which order to cancel, for example: CANCEL ORD-000123")
-        return CancelOrder(number.upper())
+        number = _order_number(rest)
+        return CancelOrder(number) if number is not None else _not_an_order_number(rest)
     if word == "ORDER":
         return _parse_items(rest, explicit=True)
     return _parse_items(stripped, explicit=False)
@@ -106,13 +112,30 @@ def _parse_items(text: str, *, explicit: bool) -> Command:
                 f"I could not read {_quote(segment)}. Write each item as quantity and code, "
                 "for example: 2 x ATTA-5KG"
             )
-        digits = match["quantity"].lstrip("+-")
-        if len(digits.lstrip("0")) > MAX_QUANTITY_DIGITS:
+        written = match["quantity"]
+        # Leading zeros are dropped before int(), which refuses strings over 4300 digits.
+        digits = written.lstrip("+-").lstrip("0") or "0"
+        if len(digits) > MAX_QUANTITY_DIGITS:
             return Unreadable(f"The quantity for {match['sku'].upper()} is far too large.")
-        lines.append(RequestedLine(match["sku"].upper(), int(match["quantity"])))
+        quantity = -int(digits) if written.startswith("-") else int(digits)
+        lines.append(RequestedLine(match["sku"].upper(), quantity))
     return PlaceOrder(tuple(lines))
 
 
+def _order_number(text: str) -> str | None:
+    """``ord-7`` → ``ORD-000007``, the way we write it back; None for anything else."""
+    order_id = order_id_from_number(text)
+    return None if order_id is None else order_number(order_id)
+
+
+def _not_an_order_number(text: str) -> Unreadable:
+    return Unreadable(
+        f"{_quote(text.strip())} is not an order number. Order numbers look like ORD-000123."
+    )
+
+
 def _quote(segment: str) -> str:
+    """The customer's words, shortened, with characters XML cannot hold (in TwiML) replaced."""
     shown = segment if len(segment) <= 40 else segment[:37] + "..."
-    return f'"{shown}"'
+    safe = "".join("?" if unicodedata.category(char) in _UNSHOWABLE else char for char in shown)
+    return f'"{safe}"'

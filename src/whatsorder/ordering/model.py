@@ -6,12 +6,14 @@ Money is integer minor units (paise for INR) throughout.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 MAX_QUANTITY_PER_LINE = 1000
 MAX_LINES_PER_ORDER = 25
 ORDER_NUMBER_PREFIX = "ORD-"
+_ORDER_DIGITS = re.compile(r"\d{1,12}")  # decimal digits only: "²" passes isdigit() but not int()
 
 
 class OrderRejected(Exception):
@@ -105,7 +107,7 @@ def order_id_from_number(number: str) -> int | None:
     if not text.startswith(ORDER_NUMBER_PREFIX):
         return None
     digits = text[len(ORDER_NUMBER_PREFIX) :]
-    if not digits.isdigit() or len(digits) > 12:
+    if not _ORDER_DIGITS.fullmatch(digits):
         return None
     return int(digits)
 
@@ -124,6 +126,11 @@ def price_order(requested: Iterable[RequestedLine], catalogue: Catalogue) -> Ord
     Prices come from our catalogue only. Every problem is reported at once, so the customer can
     fix the whole message in one go.
     """
+    requested = tuple(requested)
+    # Checked before merging, so "5 x A, -3 x A" cannot take back part of a line.
+    bad_quantity = {
+        line.sku for line in requested if not 1 <= line.quantity <= MAX_QUANTITY_PER_LINE
+    }
     lines = merge_lines(requested)
     if not lines:
         raise OrderRejected("Your order has no items.")
@@ -136,7 +143,7 @@ def price_order(requested: Iterable[RequestedLine], catalogue: Catalogue) -> Ord
         if product is None:
             problems.append(f"{line.sku} is not in our catalogue")
             continue
-        if not 1 <= line.quantity <= MAX_QUANTITY_PER_LINE:
+        if line.sku in bad_quantity or not 1 <= line.quantity <= MAX_QUANTITY_PER_LINE:
             problems.append(f"{line.sku}: quantity must be between 1 and {MAX_QUANTITY_PER_LINE}")
             continue
         if line.quantity > product.stock:

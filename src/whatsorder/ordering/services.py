@@ -6,6 +6,7 @@ behind. The answers are plain text; the web layer wraps them for the provider.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -72,7 +73,7 @@ async def receive_message(
     """Register the sender if new, then do what the message asks and say what was done."""
     async with uow:
         retailer_id = await uow.ordering.register_retailer(
-            message.sender, message.sender_name or message.sender, now
+            message.sender, _retailer_name(message), now
         )
         await uow.commit()
 
@@ -91,6 +92,12 @@ async def receive_message(
         return MessageOutcome(command.reason, retailer_id)
     assert isinstance(command, ShowHelp)
     return MessageOutcome(replies.HELP, retailer_id)
+
+
+def _retailer_name(message: InboundMessage) -> str:
+    """The profile name without control characters (PostgreSQL refuses NUL), else the number."""
+    name = "".join(char for char in message.sender_name if unicodedata.category(char) != "Cc")
+    return name.strip() or message.sender
 
 
 async def place_order(

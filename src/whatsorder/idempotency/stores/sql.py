@@ -301,8 +301,14 @@ class SqlStore:
             return
         async with self._table_lock:
             if not self._table_ready:
-                async with self.engine.begin() as connection:
-                    await connection.run_sync(self.table.create, checkfirst=True)
+                try:
+                    async with self.engine.begin() as connection:
+                        await connection.run_sync(self.table.create, checkfirst=True)
+                except sa_exc.DBAPIError:
+                    # Another process created it between our check and our CREATE (PostgreSQL's
+                    # IF NOT EXISTS is not race-safe); the second look must find it.
+                    async with self.engine.begin() as connection:
+                        await connection.run_sync(self.table.create, checkfirst=True)
                 self._table_ready = True
 
     async def claim(
