@@ -302,13 +302,13 @@ class SqlStore:
         async with self._table_lock:
             if not self._table_ready:
                 try:
-                    async with self.engine.begin() as connection:
-                        await connection.run_sync(self.table.create, checkfirst=True)
+                    async with self.transaction() as transaction:
+                        await transaction.context.run_sync(self.table.create, checkfirst=True)
                 except sa_exc.DBAPIError:
                     # Another process created it between our check and our CREATE (PostgreSQL's
                     # IF NOT EXISTS is not race-safe); the second look must find it.
-                    async with self.engine.begin() as connection:
-                        await connection.run_sync(self.table.create, checkfirst=True)
+                    async with self.transaction() as transaction:
+                        await transaction.context.run_sync(self.table.create, checkfirst=True)
                 self._table_ready = True
 
     async def claim(
@@ -388,6 +388,8 @@ class SqlStore:
             raise StoreBusy("No database connection was free in time.", retry_after=2) from error
         except sa_exc.DBAPIError as error:
             raise _classify(error) from error
+        except OSError as error:  # refused or unreachable before the driver could say more
+            raise StoreUnavailable("The database cannot be reached.") from error
 
 
 def _classify(error: sa_exc.DBAPIError) -> Exception:
