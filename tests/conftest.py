@@ -24,9 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import ADMIN_TOKEN, PUBLIC_URL, TWILIO_TOKEN
 from whatsorder.db import migrate
-from whatsorder.db.uow import SqlUnitOfWork
+from whatsorder.db.seed import seed_demo
 from whatsorder.idempotency import create_engine
-from whatsorder.ordering.demo import DEMO_CATALOGUE
 from whatsorder.settings import Settings
 from whatsorder.web.app import create_app
 
@@ -74,7 +73,7 @@ def postgres_template() -> Iterator[str]:
     asyncio.run(_admin(f'CREATE DATABASE "{TEMPLATE}"'))
     url = _database_url(TEMPLATE)
     migrate.upgrade(url)
-    asyncio.run(_seed(url))
+    asyncio.run(seed_demo(url))
     yield TEMPLATE
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)'))
 
@@ -84,18 +83,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "whatsorder.db"
     url = f"sqlite:///{path}"
     migrate.upgrade(url)
-    asyncio.run(_seed(url))
+    asyncio.run(seed_demo(url))
     return path
-
-
-async def _seed(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        async with SqlUnitOfWork(engine) as uow:
-            await uow.ordering.upsert_products(DEMO_CATALOGUE)
-            await uow.commit()
-    finally:
-        await engine.dispose()
 
 
 def fresh_postgres_database(template: str) -> Iterator[str]:

@@ -67,25 +67,12 @@ def migrate(check: bool) -> None:
     click.echo(f"schema current ({migrations.head_revision(url)})")
 
 
-async def _seed(url: str) -> int:
-    from whatsorder.db.uow import SqlUnitOfWork
-    from whatsorder.idempotency import create_engine
-    from whatsorder.ordering.demo import DEMO_CATALOGUE
-
-    engine = create_engine(url)
-    try:
-        async with SqlUnitOfWork(engine) as uow:
-            added = await uow.ordering.upsert_products(DEMO_CATALOGUE)
-            await uow.commit()
-    finally:
-        await engine.dispose()
-    return added
-
-
 @main.command("seed-demo")
 def seed_demo() -> None:
     """Load the demo catalogue (products already present keep their stock)."""
-    added = asyncio.run(_seed(Settings().database_url))
+    from whatsorder.db.seed import seed_demo as load
+
+    added = asyncio.run(load(Settings().database_url))
     click.echo(f"demo catalogue loaded ({added} new products)")
 
 
