@@ -116,9 +116,11 @@ class MemoryStore:
         slot = (scope, key)
         async with self._lock:
             self._forget_gone()
-            if self._holder_entry(slot, epoch) is None:
+            entry = self._holder_entry(slot, epoch)
+            if entry is None:
                 return False
-            del self._entries[slot]
+            # The lease ends now; the record stays so the next claim's epoch is higher.
+            entry.record = replace(entry.record, locked_until=None)
             return True
 
     async def close(self) -> None:
@@ -130,6 +132,8 @@ class MemoryStore:
         """The entry if ``epoch`` still holds it in progress (compare-and-set), else None."""
         entry = self._entries.get(slot)
         if entry is None or entry.record.status is not Status.IN_PROGRESS:
+            return None
+        if entry.record.locked_until is None:  # released
             return None
         return entry if entry.record.epoch == epoch else None
 

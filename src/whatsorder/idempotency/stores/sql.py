@@ -28,7 +28,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    delete,
     event,
     select,
     update,
@@ -257,6 +256,8 @@ class SqlTransaction:
                 table.c.webhook_type == request.scope,
                 table.c.idempotency_key == request.key,
                 table.c.epoch == epoch,
+                table.c.status == Status.IN_PROGRESS.value,
+                table.c.locked_until.is_not(None),
             )
             .values(
                 status=Status.COMPLETED.value,
@@ -356,9 +357,11 @@ class SqlStore:
             return await transaction.complete(request, epoch, response, {}, now, ttl)
 
     async def release(self, scope: str, key: str, epoch: int) -> bool:
+        # The lease ends now but the row stays: the next claim takes it over with a higher
+        # epoch, so the released holder stays fenced out.
         async with self.transaction() as transaction:
             result = await transaction.context.execute(
-                delete(self.table).where(*self._holder(scope, key, epoch))
+                update(self.table).where(*self._holder(scope, key, epoch)).values(locked_until=None)
             )
         return result.rowcount == 1
 
@@ -372,6 +375,7 @@ class SqlStore:
             table.c.idempotency_key == key,
             table.c.epoch == epoch,
             table.c.status == Status.IN_PROGRESS.value,
+            table.c.locked_until.is_not(None),  # not released
         )
 
     @asynccontextmanager
