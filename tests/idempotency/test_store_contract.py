@@ -12,6 +12,8 @@ import asyncio
 import os
 import secrets
 import string
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -412,3 +414,54 @@ async def test_the_heartbeat_keeps_a_slow_handler_from_being_taken_over(
     assert duplicate.outcome is Outcome.REPLAYED
     assert duplicate.response == TWIML
     assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    "store_url", [p for p in every_store() if p.id != "memory"], indirect=True
+)  # a frozen second event loop needs a store that two threads can share
+async def test_a_paused_holder_that_wakes_after_a_take_over_cannot_overwrite_the_new_result(
+    store_url: str, store: LeaseStore
+) -> None:
+    """Holder A's whole process freezes (a blocked event loop: no heartbeat can run) past its
+    lease; B takes over and answers; A wakes and finishes, but its result is not stored."""
+    config = IdempotencyConfig(lease=timedelta(seconds=0.3), in_flight_wait=timedelta(seconds=0))
+    a_claimed = threading.Event()
+    b_done = threading.Event()
+    outcome_of_a: list[Outcome] = []
+
+    def holder_a() -> None:
+        async def run() -> None:
+            own_store: LeaseStore = (
+                RedisStore.from_url(REDIS_URL, prefix=store.prefix)
+                if isinstance(store, RedisStore)
+                else open_store(store_url)
+            )
+
+            async def frozen_handler() -> HandlerResult:
+                a_claimed.set()
+                time.sleep(0.8)  # noqa: ASYNC251 (the point: the whole loop stops, as in a GC pause)
+                b_done.wait(timeout=10)
+                return HandlerResult(TWIML)
+
+            try:
+                result = await leased(own_store, config).execute_leased(incoming(), frozen_handler)
+                outcome_of_a.append(result.outcome)
+            finally:
+                await own_store.close()
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=holder_a)
+    thread.start()
+    assert await asyncio.to_thread(a_claimed.wait, 10)
+    await asyncio.sleep(0.5)  # past A's lease, which A cannot renew while frozen
+
+    b = await leased(store, config).execute_leased(incoming(), answering(OTHER, calls=[]))
+    b_done.set()
+    await asyncio.to_thread(thread.join, 15)
+
+    assert b.outcome is Outcome.TAKEOVER
+    assert outcome_of_a == [Outcome.LEASE_LOST]
+    final = await must_get(store, "twilio-inbound", "SM-1")
+    assert final.response == OTHER  # the new holder's answer stands
+    assert final.epoch == 2

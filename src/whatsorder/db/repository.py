@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -18,12 +18,14 @@ from whatsorder.db.tables import (
     retailers,
 )
 from whatsorder.ordering.model import (
+    MESSAGE_STATUS_RANK,
     Catalogue,
     LedgerEntry,
     Order,
     OrderLine,
     OrderStatus,
     Product,
+    message_status_rank,
     order_number,
 )
 
@@ -199,16 +201,10 @@ class OrderingRepository:
             )
         )
 
-    async def message_status(self, provider: str, message_id: str) -> str | None:
-        return await self._connection.scalar(
-            select(message_statuses.c.status).where(
-                message_statuses.c.provider == provider, message_statuses.c.message_id == message_id
-            )
-        )
-
-    async def save_message_status(
+    async def advance_message_status(
         self, provider: str, message_id: str, status: str, error_code: str | None, now: datetime
-    ) -> None:
+    ) -> bool:
+        """Record ``status`` unless the message is already as far or further; True if it was."""
         statement = self._insert(message_statuses).values(
             provider=provider,
             message_id=message_id,
@@ -216,12 +212,21 @@ class OrderingRepository:
             error_code=error_code,
             updated_at=now,
         )
-        await self._connection.execute(
+        stored_rank = case(
+            *(
+                (message_statuses.c.status == name, rank)
+                for name, rank in MESSAGE_STATUS_RANK.items()
+            ),
+            else_=-1,
+        )
+        result = await self._connection.execute(
             statement.on_conflict_do_update(
                 index_elements=["provider", "message_id"],
                 set_={"status": status, "error_code": error_code, "updated_at": now},
+                where=stored_rank < message_status_rank(status),
             )
         )
+        return result.rowcount == 1
 
     async def upsert_products(self, catalogue: Sequence[Product]) -> int:
         """Add the products that are missing; existing ones keep their stock. Returns how many."""

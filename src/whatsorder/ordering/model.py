@@ -16,6 +16,26 @@ ORDER_NUMBER_PREFIX = "ORD-"
 _ORDER_DIGITS = re.compile(r"\d{1,12}")  # decimal digits only: "²" passes isdigit() but not int()
 
 
+# Outbound message states in the order they happen; a status never moves back down.
+MESSAGE_STATUS_RANK = {
+    "accepted": 0,
+    "scheduled": 0,
+    "queued": 1,
+    "sending": 2,
+    "sent": 3,
+    "failed": 4,
+    "undelivered": 4,
+    "delivered": 4,
+    "read": 5,
+    "canceled": 5,
+}
+
+
+def message_status_rank(status: str) -> int:
+    """How far along an outbound message is; unknown states rank lowest."""
+    return MESSAGE_STATUS_RANK.get(status, -1)
+
+
 class OrderRejected(Exception):
     """An order that cannot be placed as asked; the message says why, for the customer."""
 

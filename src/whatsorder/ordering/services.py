@@ -34,20 +34,6 @@ from whatsorder.ordering.model import (
 if TYPE_CHECKING:
     from whatsorder.db.uow import SqlUnitOfWork
 
-# Outbound message states in the order they happen; a status never moves back down.
-MESSAGE_STATUS_RANK = {
-    "accepted": 0,
-    "scheduled": 0,
-    "queued": 1,
-    "sending": 2,
-    "sent": 3,
-    "failed": 4,
-    "undelivered": 4,
-    "delivered": 4,
-    "read": 5,
-    "canceled": 5,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
@@ -184,10 +170,9 @@ async def record_message_status(
     Returns whether the stored state changed.
     """
     async with uow:
-        current = await uow.ordering.message_status(provider, message_id)
-        new_rank = MESSAGE_STATUS_RANK.get(status, -1)
-        if current is not None and new_rank <= MESSAGE_STATUS_RANK.get(current, -1):
-            return False
-        await uow.ordering.save_message_status(provider, message_id, status, error_code, now)
+        # One conditional upsert: two callbacks racing can never let the lower state win.
+        changed = await uow.ordering.advance_message_status(
+            provider, message_id, status, error_code, now
+        )
         await uow.commit()
-    return True
+    return changed

@@ -34,40 +34,51 @@ def _too_large(limit: int) -> Problem:
     return Problem(413, "body-too-large", "Request body too large", f"The limit is {limit} bytes.")
 
 
-def _from_trusted_proxy(request: Request, settings: Settings) -> bool:
-    if request.client is None or not settings.trusted_proxy_networks:
-        return False
+def _is_trusted(address: str, settings: Settings) -> bool:
     try:
-        peer = ip_address(request.client.host)
+        parsed = ip_address(address)
     except ValueError:
         return False
-    return any(peer in network for network in settings.trusted_proxy_networks)
+    return any(parsed in network for network in settings.trusted_proxy_networks)
+
+
+def _from_trusted_proxy(request: Request, settings: Settings) -> bool:
+    return request.client is not None and _is_trusted(request.client.host, settings)
 
 
 def client_ip(request: Request, settings: Settings) -> str:
-    """The caller's address: the peer, or the nearest untrusted hop of a trusted proxy's chain."""
+    """The caller's address: the peer, or the nearest untrusted hop of a trusted proxy's chain.
+
+    ``X-Forwarded-For`` is read from the right, where our own proxies appended; everything left
+    of an address we cannot parse is the client's own say and is not believed.
+    """
     peer = request.client.host if request.client else "unknown"
     if not _from_trusted_proxy(request, settings):
         return peer
+    nearest = peer
     forwarded = request.headers.get("x-forwarded-for", "")
-    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-    for hop in reversed(hops):
+    for hop in reversed([hop.strip() for hop in forwarded.split(",") if hop.strip()]):
         try:
-            address = ip_address(hop)
+            address = str(ip_address(hop))  # one spelling per address: one rate-limit bucket
         except ValueError:
-            break
-        if not any(address in network for network in settings.trusted_proxy_networks):
-            return hop
-    return hops[0] if hops else peer
+            return nearest
+        if not _is_trusted(address, settings):
+            return address
+        nearest = address
+    return nearest
 
 
 def require_https(request: Request, settings: Settings) -> None:
-    """403 unless the request came over TLS, as seen by us or told by a trusted proxy."""
+    """403 unless the request came over TLS, as seen by us or told by a trusted proxy.
+
+    Only the last ``X-Forwarded-Proto`` value counts: our proxy appended it, while earlier
+    values may be the client's own claim passed along.
+    """
     if not settings.require_https:
         return
     scheme = request.url.scheme
     if _from_trusted_proxy(request, settings):
-        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
         scheme = forwarded or scheme
     if scheme != "https":
         raise Problem(
