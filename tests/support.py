@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,32 @@ def reply_text(response: httpx.Response) -> str:
 
     root = ET.fromstring(response.content)  # noqa: S314 (our own TwiML)
     return "\n".join(message.text or "" for message in root.iter("Message"))
+
+
+@asynccontextmanager
+async def app_client(
+    app: Any, base_url: str = "https://testserver"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in process, called from 127.0.0.1; its database is closed afterwards."""
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4321), raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
+            yield http
+    finally:
+        await app.state.runtime.database.dispose()
+
+
+def assert_problem(response: httpx.Response, status: int, kind: str) -> dict[str, Any]:
+    """An RFC 9457 problem of this kind that gives nothing secret away."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem: dict[str, Any] = response.json()
+    assert str(problem["type"]).endswith(":" + kind)
+    assert problem["status"] == status
+    assert problem["title"]
+    assert problem["detail"]
+    assert TWILIO_TOKEN not in response.text
+    return problem
 
 
 def free_port() -> int:

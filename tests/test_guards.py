@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -15,6 +14,8 @@ from support import (
     PUBLIC_URL,
     STATUS_PATH,
     TWILIO_TOKEN,
+    app_client,
+    assert_problem,
     encode,
     inbound_form,
     new_sid,
@@ -30,36 +31,11 @@ AppFactory = Callable[..., FastAPI]
 LIMIT = 2048
 
 
-@asynccontextmanager
-async def client_for(
-    app: FastAPI, base_url: str = "https://testserver"
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The app in process, called from 127.0.0.1 (as the ``client`` fixture is)."""
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4321), raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
-            yield http
-    finally:
-        await app.state.runtime.database.dispose()
-
-
 async def post_signed(
     client: httpx.AsyncClient, pairs: list[tuple[str, str]], **headers: str
 ) -> httpx.Response:
     signed = signed_headers(INBOUND_PATH, pairs) | headers
     return await client.post(INBOUND_PATH, content=encode(pairs), headers=signed)
-
-
-def assert_problem(response: httpx.Response, status: int, kind: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem: dict[str, object] = response.json()
-    assert str(problem["type"]).endswith(":" + kind)
-    assert problem["status"] == status
-    assert problem["title"]
-    assert problem["detail"]
-    assert TWILIO_TOKEN not in response.text
-    return problem
 
 
 async def assert_nothing_stored(db: AsyncEngine) -> None:
@@ -76,7 +52,7 @@ def form_of_size(size: int) -> list[tuple[str, str]]:
 async def test_a_body_at_the_limit_is_accepted_and_one_byte_more_gets_413_before_signatures(
     app_factory: AppFactory, db: AsyncEngine
 ) -> None:
-    async with client_for(app_factory(max_body_bytes=LIMIT)) as client:
+    async with app_client(app_factory(max_body_bytes=LIMIT)) as client:
         over = form_of_size(LIMIT + 1)
         assert_problem(await post_signed(client, over), 413, "body-too-large")
         unsigned = await client.post(INBOUND_PATH, content=encode(over))
@@ -96,7 +72,7 @@ async def test_a_streamed_body_over_the_limit_gets_413_whatever_length_it_declar
     headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "x"}
     if declared is not None:
         headers["Content-Length"] = declared
-    async with client_for(app_factory(max_body_bytes=LIMIT)) as client:
+    async with app_client(app_factory(max_body_bytes=LIMIT)) as client:
         response = await client.post(INBOUND_PATH, content=chunks(), headers=headers)
     assert_problem(response, 413, "body-too-large")
     await assert_nothing_stored(db)
@@ -106,11 +82,11 @@ async def test_plain_http_gets_403_when_https_is_required(
     app_factory: AppFactory, db: AsyncEngine
 ) -> None:
     pairs = inbound_form("ORDER 1 x RICE-5KG")
-    async with client_for(app_factory(), "http://testserver") as client:
+    async with app_client(app_factory(), "http://testserver") as client:
         assert_problem(await post_signed(client, pairs), 403, "https-required")
     await assert_nothing_stored(db)
     # The same request is fine once HTTPS is not required: the signature names PUBLIC_URL.
-    async with client_for(app_factory(require_https=False), "http://testserver") as client:
+    async with app_client(app_factory(require_https=False), "http://testserver") as client:
         assert (await post_signed(client, pairs)).status_code == 200
 
 
@@ -131,7 +107,7 @@ async def test_x_forwarded_proto_counts_only_from_a_trusted_proxy(
     app_factory: AppFactory, trusted: list[str], forwarded_proto: str, status: int
 ) -> None:
     pairs = inbound_form("MENU")
-    async with client_for(app_factory(trusted_proxies=trusted), "http://testserver") as client:
+    async with app_client(app_factory(trusted_proxies=trusted), "http://testserver") as client:
         response = await post_signed(client, pairs, **{"X-Forwarded-Proto": forwarded_proto})
     assert response.status_code == status, response.text
     if status == 403:
@@ -141,7 +117,7 @@ async def test_x_forwarded_proto_counts_only_from_a_trusted_proxy(
 async def test_the_fourth_request_from_one_address_gets_429_before_any_signature_check(
     app_factory: AppFactory, db: AsyncEngine
 ) -> None:
-    async with client_for(app_factory(rate_limit_per_ip="3/minute")) as client:
+    async with app_client(app_factory(rate_limit_per_ip="3/minute")) as client:
         for _ in range(3):  # unsigned requests count too: the limit comes before the crypto
             unsigned = await client.post(INBOUND_PATH, content=encode(inbound_form("MENU")))
             assert unsigned.status_code == 401
@@ -172,7 +148,7 @@ async def test_the_per_ip_limit_counts_the_address_our_proxies_vouch_for(
     app_factory: AppFactory, trusted: list[str], forwarded_for: list[str], statuses: list[int]
 ) -> None:
     seen = []
-    async with client_for(app_factory(rate_limit_per_ip="1/minute", trusted_proxies=trusted)) as c:
+    async with app_client(app_factory(rate_limit_per_ip="1/minute", trusted_proxies=trusted)) as c:
         for hop in forwarded_for:
             seen.append(
                 (await post_signed(c, inbound_form("MENU"), **{"X-Forwarded-For": hop})).status_code
@@ -184,7 +160,7 @@ async def test_a_sender_over_the_limit_gets_a_polite_reply_and_no_order_replayed
     app_factory: AppFactory, db: AsyncEngine
 ) -> None:
     first, second, third = (inbound_form(f"ORDER {n} x RICE-5KG") for n in (1, 2, 3))
-    async with client_for(app_factory(rate_limit_per_sender="2/minute")) as client:
+    async with app_client(app_factory(rate_limit_per_sender="2/minute")) as client:
         accepted = await post_signed(client, first)
         replay = await post_signed(client, first)
         assert "Order ORD-" in reply_text(await post_signed(client, second))  # replay not counted

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -15,6 +14,8 @@ from support import (
     PUBLIC_URL,
     STATUS_PATH,
     TWILIO_TOKEN,
+    app_client,
+    assert_problem,
     encode,
     inbound_form,
     new_sid,
@@ -111,28 +112,6 @@ def test_a_one_character_change_breaks_the_signature(
     assert not signature_is_valid(token, url, params, signature)
 
 
-@asynccontextmanager
-async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4321), raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as http:
-            yield http
-    finally:
-        await app.state.runtime.database.dispose()
-
-
-def assert_problem(response: httpx.Response, status: int, kind: str) -> None:
-    """An RFC 9457 problem of this kind that gives nothing secret away."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem = response.json()
-    assert problem["type"].endswith(":" + kind)
-    assert problem["status"] == status
-    assert problem["title"]
-    assert problem["detail"]
-    assert TWILIO_TOKEN not in response.text
-
-
 async def test_a_request_twilio_signed_for_the_public_url_is_accepted(
     client: httpx.AsyncClient, db: AsyncEngine
 ) -> None:
@@ -181,7 +160,7 @@ async def test_without_an_auth_token_the_route_is_not_configured_and_accepts_not
     unsigned = signed_headers(path, pairs)
     del unsigned["X-Twilio-Signature"]
     attempts = [signed_headers(path, pairs), signed_headers(path, pairs, token="x"), unsigned]
-    async with client_for(app_factory(twilio_auth_token=unset)) as client:
+    async with app_client(app_factory(twilio_auth_token=unset)) as client:
         for headers in attempts:
             response = await client.post(path, content=encode(pairs), headers=headers)
             assert_problem(response, 503, "provider-not-configured")
