@@ -24,6 +24,7 @@ from support import (
     snapshot,
     status_form,
 )
+from whatsorder.providers import twilio
 from whatsorder.providers.twilio import FormParams, sign, signature_is_valid
 
 # Twilio's own vectors, from twilio-python's tests/unit/test_request_validator.py.
@@ -216,3 +217,29 @@ async def test_a_tampered_field_under_a_genuine_signature_gets_403(
     response = await client.post(INBOUND_PATH, content=encode(tampered), headers=headers)
     assert_problem(response, 403, "signature-invalid")
     assert (await snapshot(db)).orders == 0
+
+
+async def test_a_webhook_url_with_a_query_string_is_checked_as_twilio_signed_it(
+    client: httpx.AsyncClient,
+) -> None:
+    pairs = inbound_form("MENU")
+    path = INBOUND_PATH + "?store=north"
+    with_query = signed_headers(path, pairs)
+    without_query = signed_headers(INBOUND_PATH, pairs)
+
+    accepted = await client.post(path, content=encode(pairs), headers=with_query)
+    refused = await client.post(path, content=encode(pairs), headers=without_query)
+
+    assert accepted.status_code == 200
+    assert_problem(refused, 403, "signature-invalid")
+
+
+def test_a_reply_longer_than_whatsapp_allows_goes_out_as_several_messages() -> None:
+    import xml.etree.ElementTree as ET
+
+    long_reply = "\n".join(f"{n:04d} x SKU-{n} " + "-" * 40 for n in range(80))
+    root = ET.fromstring(twilio.twiml(long_reply + "\x00\x1b"))  # noqa: S314 (our own TwiML)
+    parts = [message.text or "" for message in root.iter("Message")]
+    assert len(parts) > 1
+    assert all(len(part) <= twilio.MAX_MESSAGE_CHARS for part in parts)
+    assert "\n".join(parts) == long_reply  # cut between lines, nothing lost, no control chars

@@ -18,7 +18,10 @@ SIGNATURE_HEADER = "X-Twilio-Signature"
 IDEMPOTENCY_TOKEN_HEADER = "I-Twilio-Idempotency-Token"  # noqa: S105 (a header name)
 TWIML_CONTENT_TYPE = "text/xml; charset=utf-8"
 
+MAX_MESSAGE_CHARS = 1600  # Twilio refuses longer WhatsApp bodies (error 21617)
+
 _PHONE = re.compile(r"\+?\d{6,}")
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 class MalformedWebhook(ValueError):
@@ -67,7 +70,7 @@ def message_key(params: FormParams) -> str:
 
 def status_key(params: FormParams) -> str:
     """A status callback's key: ``MessageSid:MessageStatus`` (each state arrives once)."""
-    return f"{_required(params, 'MessageSid')}:{_required(params, 'MessageStatus')}"
+    return f"{_required(params, 'MessageSid')}:{_required(params, 'MessageStatus').lower()}"
 
 
 def inbound_message(params: FormParams) -> InboundMessage:
@@ -97,11 +100,30 @@ def status_update(params: FormParams) -> StatusUpdate:
 
 
 def twiml(text: str | None) -> bytes:
-    """A TwiML reply with one message, or an empty ``<Response/>`` for nothing to say."""
+    """A TwiML reply, or an empty ``<Response/>`` for nothing to say.
+
+    Characters XML cannot carry are dropped, and a reply longer than WhatsApp's 1,600
+    characters goes out as several messages, split between lines where it can be.
+    """
     response = MessagingResponse()
-    if text:
-        response.message(text)
+    for part in split_message(_XML_INVALID.sub("", text or "")):
+        response.message(part)
     return str(response).encode()
+
+
+def split_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
+    """``text`` in pieces of at most ``limit`` characters, cut at line ends where possible."""
+    parts: list[str] = []
+    rest = text.strip()
+    while len(rest) > limit:
+        cut = rest.rfind("\n", 0, limit + 1)
+        if cut <= 0:
+            cut = limit
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip("\n")
+    if rest:
+        parts.append(rest)
+    return parts
 
 
 def redacted(pairs: Iterable[tuple[str, str]]) -> str:

@@ -81,7 +81,10 @@ async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
     except UnicodeDecodeError as error:
         raise Problem(400, "malformed-body", "Malformed body", "The body is not UTF-8.") from error
     params = twilio.FormParams.of(pairs)
-    if not twilio.signature_is_valid(token, settings.public_url_for(path), params, signature):
+    # Twilio signs the URL it called, query string included.
+    query = request.url.query
+    signed_url = settings.public_url_for(path) + (f"?{query}" if query else "")
+    if not twilio.signature_is_valid(token, signed_url, params, signature):
         raise Problem(
             403,
             "signature-invalid",
