@@ -143,3 +143,28 @@ webhook_idempotency = idempotency_table(
 )
 
 Index("ix_orders_retailer_created", orders.c.retailer_id, orders.c.created_at)
+
+# Idempotency outcomes per hour, flushed from each worker's counters (see web/statistics.py):
+# replays stay one store round trip, and stats still cover every worker and replica.
+idempotency_stats = Table(
+    "idempotency_stats",
+    metadata,
+    Column("hour", DateTime(timezone=True), primary_key=True),
+    Column("webhook_type", String(64), primary_key=True),
+    Column("outcome", String(32), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
+
+# One row per cleanup run, for `whatsorder stats` and the admin API.
+idempotency_cleanup_runs = Table(
+    "idempotency_cleanup_runs",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("rows_deleted", BigInteger, nullable=False),
+    Column("stale_removed", BigInteger, nullable=False),
+    Column("outcome", String(16), nullable=False),  # completed, stopped, failed, skipped
+    Column("detail", String(500)),
+    Column("trigger", String(16), nullable=False),  # schedule, cli
+)

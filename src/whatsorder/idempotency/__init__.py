@@ -12,6 +12,7 @@ from whatsorder.idempotency.errors import (
     StoreBusy,
     StoreUnavailable,
 )
+from whatsorder.idempotency.events import IdempotencyEvent, Listener
 from whatsorder.idempotency.fingerprint import fingerprint, form_fingerprint
 from whatsorder.idempotency.keys import (
     InvalidKey,
@@ -37,10 +38,12 @@ __all__ = [
     "IdempotencyConfig",
     "IdempotencyEngine",
     "IdempotencyError",
+    "IdempotencyEvent",
     "IdempotencyMiddleware",
     "IdempotencyRecord",
     "IdempotentRequest",
     "InvalidKey",
+    "Listener",
     "Outcome",
     "RequestInFlight",
     "Result",

@@ -22,18 +22,21 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
+from whatsorder.idempotency import events
 from whatsorder.idempotency.config import IdempotencyConfig
 from whatsorder.idempotency.errors import (
     FingerprintMismatch,
     IdempotencyError,
     RequestInFlight,
     StoreBusy,
+    StoreUnavailable,
 )
+from whatsorder.idempotency.events import IdempotencyEvent, Listener
 from whatsorder.idempotency.record import (
     HandlerResult,
     IdempotencyRecord,
@@ -100,10 +103,12 @@ class IdempotencyEngine(Generic[ContextT]):
         config: IdempotencyConfig | None = None,
         *,
         clock: Callable[[], datetime] = utcnow,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         self.store = store
         self.config = config or IdempotencyConfig()
         self._clock = clock
+        self.listeners = tuple(listeners)
 
     async def execute(self, request: IdempotentRequest, handler: Handler[ContextT]) -> Result:
         """Claim the key, run ``handler`` in the claim's transaction, store and return its answer.
@@ -114,9 +119,20 @@ class IdempotencyEngine(Generic[ContextT]):
         store = self.store
         if not isinstance(store, TransactionalStore):
             raise TypeError(f"{type(store).__name__} has no transactions: use execute_leased")
+        with _Watch(self.listeners, request) as watch:
+            return watch.done(await self._execute(store, request, handler, watch))
+
+    async def _execute(
+        self,
+        store: TransactionalStore[ContextT],
+        request: IdempotentRequest,
+        handler: Handler[ContextT],
+        watch: _Watch,
+    ) -> Result:
         try:
             async with store.transaction() as transaction:
                 claim = await self._claim_in(transaction, request)
+                watch.looked_up()
                 if isinstance(claim, StoredResponse):
                     return Result(claim, Outcome.REPLAYED)
                 result = await handler(transaction.context)
@@ -168,7 +184,18 @@ class IdempotencyEngine(Generic[ContextT]):
         lease_store = self.store
         if not isinstance(lease_store, LeaseStore):
             raise TypeError(f"{type(lease_store).__name__} is not a lease store: use execute")
+        with _Watch(self.listeners, request) as watch:
+            return watch.done(await self._execute_leased(lease_store, request, handler, watch))
+
+    async def _execute_leased(
+        self,
+        lease_store: LeaseStore,
+        request: IdempotentRequest,
+        handler: Callable[[], Awaitable[HandlerResult]],
+        watch: _Watch,
+    ) -> Result:
         claim = await self._claim_lease(lease_store, request)
+        watch.looked_up()
         if isinstance(claim, StoredResponse):
             return Result(claim, Outcome.REPLAYED)
         heartbeat = _Heartbeat(lease_store, request, claim.epoch, self.config, self._clock)
@@ -246,6 +273,51 @@ class IdempotencyEngine(Generic[ContextT]):
             retry_after=self.config.retry_after_seconds,
         )
 
+
+class _Watch:
+    """Times one request and reports its outcome to the listeners, whichever way it ends."""
+
+    def __init__(self, listeners: tuple[Listener, ...], request: IdempotentRequest) -> None:
+        self._listeners = listeners
+        self._request = request
+        self._started = time.perf_counter()
+        self._lookup: float | None = None
+        self._outcome: str | None = None
+
+    def looked_up(self) -> None:
+        self._lookup = time.perf_counter() - self._started
+
+    def done(self, result: Result) -> Result:
+        self._outcome = result.outcome.value
+        return result
+
+    def __enter__(self) -> _Watch:
+        return self
+
+    def __exit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
+        if not self._listeners:
+            return
+        outcome = self._outcome or next(
+            (name for kind, name in _ERROR_OUTCOMES.items() if isinstance(error, kind)),
+            events.HANDLER_ERROR,
+        )
+        total = time.perf_counter() - self._started
+        event = IdempotencyEvent(
+            scope=self._request.scope,
+            outcome=outcome,
+            key_hash=events.key_hash(self._request.key),
+            lookup_seconds=self._lookup if self._lookup is not None else total,
+            total_seconds=total,
+        )
+        events.notify(self._listeners, event)
+
+
+_ERROR_OUTCOMES: dict[type[BaseException], str] = {
+    FingerprintMismatch: events.MISMATCH,
+    RequestInFlight: events.IN_FLIGHT,
+    StoreBusy: events.STORE_BUSY,
+    StoreUnavailable: events.STORE_UNAVAILABLE,
+}
 
 _IN_FLIGHT = object()
 _TAKE_OVER = object()
