@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from whatsorder.db.tables import ledger_entries, order_items, orders, payments, products, retailers
+from whatsorder.db.tables import (
+    idempotency_cleanup_runs,
+    idempotency_stats,
+    ledger_entries,
+    order_items,
+    orders,
+    payments,
+    products,
+    retailers,
+    webhook_idempotency,
+)
+from whatsorder.idempotency.record import as_utc
 from whatsorder.ordering.model import EntryType, OrderStatus, order_number
 
 
@@ -149,3 +162,113 @@ async def audit(connection: AsyncConnection) -> list[str]:
             f"a ledger entry of {order_number(foreign_entry.order_id)} is on another retailer"
         )
     return problems
+
+
+ERROR_OUTCOMES = ("store_busy", "store_unavailable", "handler_error")
+
+
+async def idempotency_statistics(connection: AsyncConnection, now: datetime) -> dict[str, Any]:
+    """What an operator checks: records, expiry backlog, outcomes, hit rate, size, cleanup."""
+    records = webhook_idempotency
+    by_type: dict[str, dict[str, int]] = {}
+    for row in await connection.execute(
+        select(records.c.webhook_type, records.c.status, func.count().label("n")).group_by(
+            records.c.webhook_type, records.c.status
+        )
+    ):
+        by_type.setdefault(row.webhook_type, {})[row.status] = row.n
+    expired = await connection.scalar(
+        select(func.count()).select_from(records).where(records.c.expires_at <= now)
+    )
+    oldest, newest = (
+        await connection.execute(
+            select(func.min(records.c.created_at), func.max(records.c.created_at))
+        )
+    ).one()
+
+    windows = {"last_hour": now - timedelta(hours=1), "last_day": now - timedelta(days=1)}
+    outcomes: dict[str, dict[str, int]] = {}
+    for name, since in windows.items():
+        hour_start = since.replace(minute=0, second=0, microsecond=0)
+        rows = await connection.execute(
+            select(idempotency_stats.c.outcome, func.sum(idempotency_stats.c.count).label("n"))
+            .where(idempotency_stats.c.hour >= hour_start)
+            .group_by(idempotency_stats.c.outcome)
+        )
+        outcomes[name] = {row.outcome: int(row.n) for row in rows}
+
+    def window(counts: dict[str, int]) -> dict[str, Any]:
+        replays = counts.get("replayed", 0)
+        retries = replays + counts.get("in_flight", 0) + counts.get("mismatch", 0)
+        return {
+            "requests": sum(counts.values()),
+            "new": counts.get("new", 0) + counts.get("takeover", 0),
+            "replays": replays,
+            "conflicts": counts.get("in_flight", 0),
+            "mismatches": counts.get("mismatch", 0),
+            "errors": sum(
+                counts.get(k, 0) for k in ("store_busy", "store_unavailable", "handler_error")
+            ),
+            "retry_hit_rate": round(replays / retries, 4) if retries else None,
+            "by_outcome": counts,
+        }
+
+    last_cleanup = (
+        (
+            await connection.execute(
+                select(idempotency_cleanup_runs)
+                .order_by(idempotency_cleanup_runs.c.id.desc())
+                .limit(1)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return {
+        "generated_at": now.isoformat(),
+        "records": {
+            "total": sum(sum(statuses.values()) for statuses in by_type.values()),
+            "by_webhook_type": by_type,
+            "expired_awaiting_cleanup": int(expired or 0),
+            "oldest": _iso(oldest),
+            "newest": _iso(newest),
+            "table_bytes": await _table_bytes(connection, records.name),
+        },
+        **{name: window(counts) for name, counts in outcomes.items()},
+        "last_cleanup": None
+        if last_cleanup is None
+        else {
+            "started_at": _iso(last_cleanup["started_at"]),
+            "finished_at": _iso(last_cleanup["finished_at"]),
+            "rows_deleted": last_cleanup["rows_deleted"],
+            "stale_removed": last_cleanup["stale_removed"],
+            "seconds": (
+                as_utc(last_cleanup["finished_at"]) - as_utc(last_cleanup["started_at"])
+            ).total_seconds(),
+            "outcome": last_cleanup["outcome"],
+            "trigger": last_cleanup["trigger"],
+            "detail": last_cleanup["detail"],
+        },
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else as_utc(moment).isoformat()
+
+
+async def _table_bytes(connection: AsyncConnection, table: str) -> int | None:
+    """The table with its indexes, on disk."""
+    if connection.dialect.name == "postgresql":
+        size = await connection.scalar(text("SELECT pg_total_relation_size(:t)"), {"t": table})
+        return int(size or 0)
+    try:
+        size = await connection.scalar(
+            text(
+                "SELECT SUM(pgsize) FROM dbstat WHERE name = :t OR name IN "
+                "(SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t)"
+            ),
+            {"t": table},
+        )
+    except DBAPIError:  # SQLite built without the dbstat table
+        return None
+    return int(size or 0)

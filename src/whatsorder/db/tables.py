@@ -13,6 +13,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
@@ -167,4 +168,56 @@ idempotency_cleanup_runs = Table(
     Column("outcome", String(16), nullable=False),  # completed, stopped, failed, skipped
     Column("detail", String(500)),
     Column("trigger", String(16), nullable=False),  # schedule, cli
+)
+
+# Signed deliveries we could not process: kept (redacted) for inspection, answered 200 so the
+# provider stops retrying (Meta retries anything but 200 for seven days).
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# Replies that do not ride on the webhook response (Meta): written in the order's transaction,
+# sent afterwards by the outbox sender with an idempotent send.
+outbox_messages = Table(
+    "outbox_messages",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("recipient", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("idempotency_key", String(255), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),  # pending, sent, failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", String(500)),
+    Column("provider_message_id", String(255)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+    Index("ix_outbox_messages_due", "status", "next_attempt_at"),
+)
+
+# Payment events that did not match their order (amount, currency, unknown order, order of
+# events): recorded, never silently accepted.
+payment_exceptions = Table(
+    "payment_exceptions",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("provider_event_id", String(255), nullable=False),
+    Column("order_id", Id, ForeignKey("orders.id")),
+    Column("kind", String(32), nullable=False),
+    Column("expected_amount", BigInteger),
+    Column("received_amount", BigInteger),
+    Column("currency", String(3)),
+    Column("detail", String(500)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint(
+        "provider", "provider_event_id", "kind", name="uq_payment_exceptions_event_kind"
+    ),
 )

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+from alembic.runtime.migration import MigrationContext
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
-from whatsorder.db import reports
+from whatsorder import statistics
+from whatsorder.db import migrate, reports
 from whatsorder.settings import secret
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import runtime_of
@@ -22,17 +23,32 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database answers")
+@router.get("/readyz", summary="The database answers and its schema is current")
 async def readyz(request: Request) -> JSONResponse:
     runtime = runtime_of(request)
     try:
         async with runtime.database.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+            current = await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
     except Exception as error:  # any failure means "not ready", said plainly
         return JSONResponse(
-            {"status": "unavailable", "database": type(error).__name__}, status_code=503
+            {"status": "unavailable", "reason": f"database unreachable ({type(error).__name__})"},
+            status_code=503,
         )
-    return JSONResponse({"status": "ready", "database": runtime.database.dialect.name})
+    expected = migrate.head_revision(runtime.settings.database_url)
+    if current != expected:
+        return JSONResponse(
+            {
+                "status": "unavailable",
+                "reason": f"schema at {current or 'nothing'}, code expects {expected}: "
+                "run whatsorder migrate",
+            },
+            status_code=503,
+        )
+    return JSONResponse(
+        {"status": "ready", "database": runtime.database.dialect.name, "schema": current}
+    )
 
 
 @router.get("/api/v1/whatsapp/test", summary="Service status and idempotency settings")
@@ -74,6 +90,14 @@ def require_admin(request: Request) -> None:
         )
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise Problem(403, "forbidden", "Forbidden", "The admin token is wrong.")
+
+
+@router.get("/api/v1/admin/idempotency/stats", summary="Idempotency statistics (Bearer admin)")
+async def admin_idempotency_stats(request: Request) -> dict[str, Any]:
+    require_admin(request)
+    runtime = runtime_of(request)
+    counter = getattr(request.app.state, "outcome_counter", None)
+    return await statistics.report(runtime.database, counter)
 
 
 @router.get("/api/v1/admin/orders", summary="Recent orders (Bearer admin token)")
