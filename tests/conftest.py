@@ -131,7 +131,7 @@ def app_factory(database_url: str) -> Callable[..., FastAPI]:
     """``app_factory(**settings)``: the app on this test's database with settings changed."""
 
     def build(**overrides: Any) -> FastAPI:
-        return create_app(make_settings(database_url, **overrides))
+        return create_app(make_settings(overrides.pop("database_url", database_url), **overrides))
 
     return build
 

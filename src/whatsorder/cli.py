@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import shutil
+import signal
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 import httpx
 
 from whatsorder.ordering.replies import money
 from whatsorder.settings import Settings, secret
+
+if TYPE_CHECKING:
+    from whatsorder.scheduler import CleanupRun
 
 T = TypeVar("T")
 
@@ -31,19 +39,42 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-def serve(host: str, port: int, workers: int) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    default="auto",
+    show_default=True,
+    envvar="WHATSORDER_LOG_FORMAT",
+    help="auto: JSON lines unless stdout is a terminal [env: WHATSORDER_LOG_FORMAT].",
+)
+def serve(host: str, port: int, workers: int, log_format: str) -> None:
     """Serve the webhooks (uvicorn). Settings come from WHATSORDER_* variables."""
     import uvicorn
 
-    uvicorn.run(
-        "whatsorder.web.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=False,  # X-Forwarded-* is trusted only from WHATSORDER_TRUSTED_PROXIES
-        timeout_graceful_shutdown=20,
-    )
+    # Workers share no memory: each writes its metrics to files here, /metrics adds them up.
+    # prometheus_client reads the variable on import, so it is set before anything imports it.
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="whatsorder-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from whatsorder import observability
+
+    try:
+        uvicorn.run(
+            "whatsorder.web.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            proxy_headers=False,  # X-Forwarded-* is trusted only from WHATSORDER_TRUSTED_PROXIES
+            timeout_graceful_shutdown=20,
+            log_config=observability.logging_config(
+                json={"auto": None, "json": True, "text": False}[log_format]
+            ),
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @main.command()
@@ -188,3 +219,97 @@ def audit() -> None:
         click.echo(f"audit failed: {len(problems)} violation(s)", err=True)
         sys.exit(1)
     click.echo("audit passed: stock, ledger and business keys are consistent")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    help="Rows per transaction [default: WHATSORDER_CLEANUP_BATCH_SIZE, else 1000].",
+)
+def cleanup(dry_run: bool, batch_size: int | None) -> None:
+    """Delete expired idempotency records and long-dead claims now, in short batches.
+
+    SIGTERM or Ctrl-C stops it after the batch in progress: nothing is left half-deleted, and
+    running it again finishes the job.
+    """
+    settings = Settings()
+    run = asyncio.run(
+        _cleanup(settings.database_url, batch_size or settings.cleanup_batch_size, dry_run)
+    )
+    seconds = f"{run.seconds:.2f} s"
+    if run.outcome == "failed":
+        click.echo(f"cleanup failed: {run.detail}", err=True)
+        sys.exit(1)
+    if run.outcome == "skipped":
+        click.echo("cleanup skipped: another replica is cleaning (it holds the cleanup lock)")
+    elif dry_run:
+        click.echo(
+            f"dry run: {run.rows_deleted} expired rows and {run.stale_removed} stale claims "
+            f"would be deleted ({seconds}); nothing was changed"
+        )
+    else:
+        click.echo(
+            f"cleanup {run.outcome}: {run.rows_deleted} expired rows deleted, "
+            f"{run.stale_removed} stale claims removed in {seconds} ({run.batches} batches)"
+        )
+        if run.outcome == "stopped":
+            click.echo("stopped before the end: run it again to finish")
+
+
+async def _cleanup(url: str, batch_size: int, dry_run: bool) -> CleanupRun:
+    from whatsorder.idempotency import create_engine
+    from whatsorder.scheduler import run_cleanup
+
+    engine = create_engine(url)
+    try:
+        estimate = await run_cleanup(engine, trigger="cli", batch_size=batch_size, dry_run=True)
+        if dry_run or estimate.outcome == "failed":
+            return estimate
+        with _stopped_by_signals() as stop, _progress(estimate) as on_batch:
+            return await run_cleanup(
+                engine, trigger="cli", batch_size=batch_size, stop=stop, on_batch=on_batch
+            )
+    finally:
+        await engine.dispose()
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[asyncio.Event]:
+    """An event SIGTERM or SIGINT sets; a second signal does what it would have done anyway."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def request_stop() -> None:
+        click.echo("stopping after the batch in progress…", err=True)
+        stop.set()
+        for number in signals:
+            loop.remove_signal_handler(number)
+
+    for number in signals:
+        loop.add_signal_handler(number, request_stop)
+    try:
+        yield stop
+    finally:
+        for number in signals:
+            loop.remove_signal_handler(number)
+
+
+@contextmanager
+def _progress(estimate: CleanupRun) -> Iterator[Callable[[int], None]]:
+    """Per batch: a progress bar on a terminal, a plain line otherwise (logs, CI, pipes)."""
+    total = estimate.rows_deleted + estimate.stale_removed
+    if sys.stdout.isatty():
+        with click.progressbar(length=total, label="deleting", show_pos=True) as bar:
+            yield bar.update
+        return
+    done = 0
+
+    def line(count: int) -> None:
+        nonlocal done
+        done += count
+        click.echo(f"batch: {count} rows deleted, {done} of about {total}")
+
+    yield line

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated
 
+from cronsim import CronSim, CronSimError
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -31,7 +33,8 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
     idempotency_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     store_request_bodies: bool = False
-    cleanup_schedule: str = "0 * * * *"
+    cleanup_schedule: str = "0 * * * *"  # cron, in UTC; empty disables
+    cleanup_batch_size: int = Field(default=1000, ge=1, le=100_000)
 
     rate_limit_per_sender: str = "60/minute"
     rate_limit_per_ip: str = "1200/minute"
@@ -55,6 +58,22 @@ class Settings(BaseSettings):
     def _check_proxies(cls, value: list[str]) -> list[str]:
         for entry in value:
             ip_network(entry, strict=False)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("cleanup_schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            try:
+                due = next(CronSim(value, datetime.now(UTC)), None)
+            except CronSimError as error:
+                raise ValueError(
+                    f"WHATSORDER_CLEANUP_SCHEDULE {value!r} is not a valid cron expression "
+                    f"({error}); use five fields like '0 * * * *', or empty to disable"
+                ) from error
+            if due is None:
+                raise ValueError(f"WHATSORDER_CLEANUP_SCHEDULE {value!r} is never due")
         return value
 
     @field_validator("public_url")

@@ -7,20 +7,28 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from whatsorder import observability
+from whatsorder.scheduler import CleanupScheduler
 from whatsorder.settings import Settings
-from whatsorder.web import operations, problems, twilio
+from whatsorder.web import metrics, operations, problems, twilio
 from whatsorder.web.runtime import Runtime
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The whatsorder service; settings from the environment unless given."""
+    observability.configure_logging_unless_configured()
     runtime = Runtime.build(settings or Settings())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        cleanup = CleanupScheduler.from_settings(runtime.database, runtime.settings)
+        if cleanup is not None:
+            cleanup.start()
         try:
             yield
         finally:
+            if cleanup is not None:
+                await cleanup.stop()  # after the batch in progress, never the whole run
             await runtime.database.dispose()
 
     app = FastAPI(
@@ -33,4 +41,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(twilio.router)
     app.include_router(operations.router)
+    app.include_router(metrics.router)
+    app.add_middleware(metrics.RequestObserver)
     return app

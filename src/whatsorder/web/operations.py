@@ -96,8 +96,7 @@ def require_admin(request: Request) -> None:
 async def admin_idempotency_stats(request: Request) -> dict[str, Any]:
     require_admin(request)
     runtime = runtime_of(request)
-    counter = getattr(request.app.state, "outcome_counter", None)
-    return await statistics.report(runtime.database, counter)
+    return await statistics.report(runtime.database, runtime.outcomes)
 
 
 @router.get("/api/v1/admin/orders", summary="Recent orders (Bearer admin token)")

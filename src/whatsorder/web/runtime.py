@@ -8,9 +8,11 @@ from datetime import timedelta
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from whatsorder import observability
 from whatsorder.db.tables import webhook_idempotency
 from whatsorder.idempotency import IdempotencyConfig, IdempotencyEngine, SqlStore, create_engine
 from whatsorder.settings import Settings
+from whatsorder.statistics import OutcomeCounter
 from whatsorder.web.guards import RateLimits
 
 
@@ -20,6 +22,7 @@ class Runtime:
     database: AsyncEngine
     idempotency: IdempotencyEngine[AsyncConnection]
     limits: RateLimits
+    outcomes: OutcomeCounter
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -35,7 +38,11 @@ class Runtime:
             ttl=timedelta(seconds=settings.idempotency_ttl_seconds), in_flight_wait=wait
         )
         store = SqlStore(database, webhook_idempotency, in_flight_wait=wait)
-        return cls(settings, database, IdempotencyEngine(store, config), RateLimits(settings))
+        outcomes = OutcomeCounter()
+        engine = IdempotencyEngine[AsyncConnection](
+            store, config, listeners=[observability.on_idempotency_event, outcomes]
+        )
+        return cls(settings, database, engine, RateLimits(settings), outcomes)
 
 
 def runtime_of(request: Request) -> Runtime:

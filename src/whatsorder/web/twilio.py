@@ -8,10 +8,13 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from whatsorder import observability
 from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.idempotency import (
     HandlerResult,
     IdempotentRequest,
+    InvalidKey,
+    Outcome,
     Result,
     StoredResponse,
     form_fingerprint,
@@ -19,6 +22,7 @@ from whatsorder.idempotency import (
 )
 from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering import replies, services
+from whatsorder.ordering.grammar import PlaceOrder, parse_message
 from whatsorder.providers import twilio
 from whatsorder.settings import secret
 from whatsorder.web.guards import client_ip, read_body, require_https
@@ -54,7 +58,11 @@ async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
     body = await read_body(request, settings.max_body_bytes)
     require_https(request, settings)
     address = client_ip(request, settings)
-    await runtime.limits.check_ip(address)
+    try:
+        await runtime.limits.check_ip(address)
+    except Problem:
+        observability.record_rate_limited("ip")
+        raise
     token = secret(settings.twilio_auth_token)
     if token is None:
         raise Problem(
@@ -65,6 +73,7 @@ async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
         )
     signature = request.headers.get(twilio.SIGNATURE_HEADER)
     if not signature:
+        observability.record_signature_failure(twilio.SOURCE, "missing")
         raise Problem(
             401, "signature-missing", "Signature missing", "X-Twilio-Signature header is missing."
         )
@@ -85,6 +94,7 @@ async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
     query = request.url.query
     signed_url = settings.public_url_for(path) + (f"?{query}" if query else "")
     if not twilio.signature_is_valid(token, signed_url, params, signature):
+        observability.record_signature_failure(twilio.SOURCE, "invalid")
         raise Problem(
             403,
             "signature-invalid",
@@ -97,7 +107,11 @@ async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
 def _idempotent_request(
     request: Request, runtime: Runtime, verified: _Verified, scope: str, derived_key: str, path: str
 ) -> IdempotentRequest:
-    key = key_from_headers(request.headers) or derived_key
+    try:
+        key = key_from_headers(request.headers) or derived_key
+    except InvalidKey:
+        observability.record_invalid_key(scope)
+        raise
     return IdempotentRequest(
         scope=scope,
         key=key,
@@ -132,6 +146,7 @@ def _malformed(error: twilio.MalformedWebhook) -> Problem:
 
 @router.post(INBOUND_PATH, responses={200: _TWIML_DOC}, summary="Twilio inbound WhatsApp message")
 async def inbound(request: Request) -> Response:
+    observability.bind(webhook_type=twilio.WEBHOOK_TYPE_INBOUND)
     runtime = runtime_of(request)
     verified = await _verify(request, runtime, INBOUND_PATH)
     try:
@@ -142,21 +157,33 @@ async def inbound(request: Request) -> Response:
         request, runtime, verified, twilio.WEBHOOK_TYPE_INBOUND, message.message_id, INBOUND_PATH
     )
     provider_token = request.headers.get(twilio.IDEMPOTENCY_TOKEN_HEADER)
+    placed_order: int | None = None
 
     async def handle(connection: AsyncConnection) -> HandlerResult:
+        nonlocal placed_order
         notes: dict[str, object] = {"provider_token": provider_token}
         # Inside the idempotency scope: a replay never counts against the sender's limit.
         if not await runtime.limits.allow_sender(message.sender):
+            observability.record_rate_limited("sender", message.sender)
             return HandlerResult(twiml_response(replies.RATE_LIMITED), notes)
         outcome = await services.receive_message(SqlUnitOfWork(connection), message, utcnow())
         notes.update(retailer_id=outcome.retailer_id, order_id=outcome.order_id)
+        if isinstance(parse_message(message.text), PlaceOrder):
+            placed_order = outcome.order_id
         return HandlerResult(twiml_response(outcome.reply), notes)
 
-    return await _run(request, runtime, idempotent, handle)
+    result = await runtime.idempotency.execute(idempotent, handle)
+    # A new key whose message placed an order: created now (MessageOutcome does not say so).
+    # Take-overs are left out: in transactional mode they follow an expired record, whose
+    # order the business key finds again; only a retry after cleanup could count twice.
+    if placed_order is not None and result.outcome is Outcome.NEW:
+        observability.record_order_created(twilio.SOURCE, placed_order)
+    return _to_response(result)
 
 
 @router.post(STATUS_PATH, responses={200: _TWIML_DOC}, summary="Twilio message status callback")
 async def status_callback(request: Request) -> Response:
+    observability.bind(webhook_type=twilio.WEBHOOK_TYPE_STATUS)
     runtime = runtime_of(request)
     verified = await _verify(request, runtime, STATUS_PATH)
     try:
