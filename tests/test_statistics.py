@@ -111,3 +111,33 @@ async def test_readiness_fails_on_a_schema_that_is_behind(
         response = await client.get("/readyz")
     assert response.status_code == 503
     assert "whatsorder migrate" in response.json()["reason"]
+
+
+def test_the_stats_command_prints_the_same_figures(database_url: str) -> None:
+    import json
+    import subprocess
+
+    from support import server_env, whatsorder_command
+
+    run = subprocess.run(
+        whatsorder_command("stats", "--json"),
+        env=server_env(database_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(run.stdout)
+    assert figures["records"]["total"] == 0
+    assert figures["last_hour"]["requests"] == 0
+    text = subprocess.run(
+        whatsorder_command("stats"),
+        env=server_env(database_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "retry hit rate" in text.stdout
+    assert "last cleanup:       never" in text.stdout

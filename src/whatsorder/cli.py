@@ -13,7 +13,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import httpx
@@ -313,3 +313,46 @@ def _progress(estimate: CleanupRun) -> Iterator[Callable[[int], None]]:
         click.echo(f"batch: {count} rows deleted, {done} of about {total}")
 
     yield line
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Everything, as JSON.")
+def stats(as_json: bool) -> None:
+    """Idempotency statistics: records, replays, conflicts, mismatches, size, last cleanup."""
+    from whatsorder import statistics
+    from whatsorder.idempotency import create_engine
+
+    async def collect() -> dict[str, Any]:
+        engine = create_engine(Settings().database_url)
+        try:
+            return await statistics.report(engine)
+        finally:
+            await engine.dispose()
+
+    figures = asyncio.run(collect())
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    records = figures["records"]
+    click.echo(f"records:            {records['total']} ({records['table_bytes'] or '?'} bytes)")
+    for webhook_type, by_status in sorted(records["by_webhook_type"].items()):
+        shown = ", ".join(f"{status} {count}" for status, count in sorted(by_status.items()))
+        click.echo(f"  {webhook_type:<18}{shown}")
+    click.echo(f"expired, to clean:  {records['expired_awaiting_cleanup']}")
+    click.echo(f"oldest / newest:    {records['oldest'] or '-'} / {records['newest'] or '-'}")
+    for window in ("last_hour", "last_day"):
+        w = figures[window]
+        rate = "-" if w["retry_hit_rate"] is None else f"{w['retry_hit_rate']:.0%}"
+        click.echo(
+            f"{window.replace('_', ' '):<20}{w['requests']} requests: {w['new']} new, "
+            f"{w['replays']} replays, {w['conflicts']} conflicts, {w['mismatches']} mismatches, "
+            f"{w['errors']} errors; retry hit rate {rate}"
+        )
+    last = figures["last_cleanup"]
+    if last is None:
+        click.echo("last cleanup:       never")
+    else:
+        click.echo(
+            f"last cleanup:       {last['finished_at']} {last['outcome']} ({last['trigger']}): "
+            f"{last['rows_deleted']} rows, {last['stale_removed']} stale, {last['seconds']:.2f} s"
+        )

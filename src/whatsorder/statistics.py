@@ -14,10 +14,12 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from whatsorder import observability
 from whatsorder.db.tables import idempotency_stats
 from whatsorder.idempotency import IdempotencyEvent
 from whatsorder.idempotency.record import utcnow
@@ -72,11 +74,19 @@ class OutcomeCounter:
                 log.warning("statistics flush failed: %s", type(error).__name__)
 
 
-async def report(database: AsyncEngine, counter: OutcomeCounter | None = None) -> dict[str, object]:
+async def report(database: AsyncEngine, counter: OutcomeCounter | None = None) -> dict[str, Any]:
     """The statistics as of now, this worker's latest counts included."""
     from whatsorder.db.reports import idempotency_statistics
 
     if counter is not None:
         await counter.flush(database)
     async with database.connect() as connection:
-        return await idempotency_statistics(connection, utcnow())
+        figures = await idempotency_statistics(connection, utcnow())
+    records = figures["records"]
+    statuses: dict[str, int] = {}
+    for by_status in records["by_webhook_type"].values():
+        for status, count in by_status.items():
+            statuses[status] = statuses.get(status, 0) + count
+    # The record gauges follow every look at the statistics (a scrape itself stays cheap).
+    observability.set_record_counts(statuses, expired=records["expired_awaiting_cleanup"])
+    return figures

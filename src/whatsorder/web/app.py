@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,9 +25,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cleanup = CleanupScheduler.from_settings(runtime.database, runtime.settings)
         if cleanup is not None:
             cleanup.start()
+        stopping = asyncio.Event()
+        flusher = asyncio.create_task(runtime.outcomes.run(runtime.database, stopping))
         try:
             yield
         finally:
+            stopping.set()
+            await flusher  # this worker's last counts reach the statistics
             if cleanup is not None:
                 await cleanup.stop()  # after the batch in progress, never the whole run
             await runtime.database.dispose()
