@@ -238,3 +238,83 @@ async def snapshot(engine: Any) -> Snapshot:
             idempotency_records=await count(webhook_idempotency),
             retailers=await count(retailers),
         )
+
+
+# Meta's WhatsApp Cloud API: deliveries shaped like the shared fixtures, signed as Meta signs.
+
+META_APP_SECRET = "test-meta-app-secret"
+META_VERIFY_TOKEN = "test-meta-verify-token"
+META_PATH = "/api/v1/whatsapp/meta/webhook"
+META_SENDER = "919876543210"
+
+
+def meta_signature(body: bytes, app_secret: str = META_APP_SECRET) -> str:
+    """``X-Hub-Signature-256`` as Meta computes it: ``sha256=`` + hex HMAC-SHA256 of the bytes."""
+    import hashlib
+    import hmac
+
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def meta_headers(body: bytes, app_secret: str = META_APP_SECRET) -> dict[str, str]:
+    return {
+        "X-Hub-Signature-256": meta_signature(body, app_secret),
+        "Content-Type": "application/json",
+    }
+
+
+def new_wamid() -> str:
+    return "wamid.HBgM" + secrets.token_urlsafe(30)
+
+
+def meta_text_message(
+    text: str, *, wamid: str | None = None, sender: str = META_SENDER
+) -> dict[str, Any]:
+    """A text message as in ``meta_text.json``, with another text, id and sender."""
+    import json
+
+    document = json.loads(fixture_text("meta_text.json"))
+    message: dict[str, Any] = document["entry"][0]["changes"][0]["value"]["messages"][0]
+    message.update({"from": sender, "id": wamid or new_wamid(), "text": {"body": text}})
+    return message
+
+
+def meta_status(wamid: str, status: str, recipient: str = META_SENDER) -> dict[str, Any]:
+    """A status update as in ``meta_status_sent.json``, for another message and state."""
+    import json
+
+    document = json.loads(fixture_text("meta_status_sent.json"))
+    update: dict[str, Any] = document["entry"][0]["changes"][0]["value"]["statuses"][0]
+    update.update({"id": wamid, "status": status, "recipient_id": recipient})
+    return update
+
+
+def meta_delivery(
+    messages: Sequence[dict[str, Any]] = (),
+    statuses: Sequence[dict[str, Any]] = (),
+    *,
+    entries: int = 1,
+    name: str = "Asha Rao",
+) -> bytes:
+    """A delivery shaped like ``meta_text.json``: the messages (and a contact per sender) and
+    statuses dealt round-robin over ``entries`` entries, as Meta may batch them."""
+    import json
+
+    template = json.loads(fixture_text("meta_text.json"))["entry"][0]
+    batches = []
+    for index in range(entries):
+        mine = list(messages[index::entries])
+        value: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "metadata": template["changes"][0]["value"]["metadata"],
+        }
+        senders = list(dict.fromkeys(message["from"] for message in mine if "from" in message))
+        if senders:
+            value["contacts"] = [{"profile": {"name": name}, "wa_id": wa_id} for wa_id in senders]
+        if mine:
+            value["messages"] = mine
+        if statuses[index::entries]:
+            value["statuses"] = list(statuses[index::entries])
+        batches.append({"id": template["id"], "changes": [{"value": value, "field": "messages"}]})
+    document = {"object": "whatsapp_business_account", "entry": batches}
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()

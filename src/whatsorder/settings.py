@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = None
     meta_app_secret: SecretStr | None = None
     meta_verify_token: SecretStr | None = None
+    # Replies to Meta users go out through the Graph API from the outbox (unset: kept pending).
+    meta_access_token: SecretStr | None = None
+    meta_phone_number_id: str | None = None
+    meta_graph_url: str = "https://graph.facebook.com/v21.0"
     stripe_webhook_secret: SecretStr | None = None
     razorpay_webhook_secret: SecretStr | None = None
     admin_token: SecretStr | None = None

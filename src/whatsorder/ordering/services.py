@@ -7,6 +7,7 @@ behind. The answers are plain text; the web layer wraps them for the provider.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ from whatsorder.ordering.grammar import (
 from whatsorder.ordering.model import (
     OrderRejected,
     OrderStatus,
+    RequestedLine,
     can_cancel,
     debit_for,
     order_id_from_number,
@@ -57,12 +59,7 @@ async def receive_message(
     uow: SqlUnitOfWork, message: InboundMessage, now: datetime
 ) -> MessageOutcome:
     """Register the sender if new, then do what the message asks and say what was done."""
-    async with uow:
-        retailer_id = await uow.ordering.register_retailer(
-            message.sender, _retailer_name(message), now
-        )
-        await uow.commit()
-
+    retailer_id = await _register(uow, message, now)
     command = parse_message(message.text)
     if isinstance(command, PlaceOrder):
         return await place_order(uow, retailer_id, command, message, now)
@@ -78,6 +75,27 @@ async def receive_message(
         return MessageOutcome(command.reason, retailer_id)
     assert isinstance(command, ShowHelp)
     return MessageOutcome(replies.HELP, retailer_id)
+
+
+async def place_catalogue_order(
+    uow: SqlUnitOfWork, message: InboundMessage, lines: Sequence[RequestedLine], now: datetime
+) -> MessageOutcome:
+    """A catalogue cart (Meta's ``order`` message) becomes an order directly.
+
+    Only the products and quantities are taken from the cart: prices come from our catalogue,
+    whatever the cart said, exactly as for a typed ORDER.
+    """
+    retailer_id = await _register(uow, message, now)
+    return await place_order(uow, retailer_id, PlaceOrder(tuple(lines)), message, now)
+
+
+async def _register(uow: SqlUnitOfWork, message: InboundMessage, now: datetime) -> int:
+    async with uow:
+        retailer_id = await uow.ordering.register_retailer(
+            message.sender, _retailer_name(message), now
+        )
+        await uow.commit()
+    return retailer_id
 
 
 def _retailer_name(message: InboundMessage) -> str:
@@ -102,7 +120,8 @@ async def place_order(
         catalogue = await uow.ordering.catalogue(line.sku for line in command.lines)
         try:
             priced = price_order(command.lines, catalogue)
-            for line in priced.lines:
+            # One lock order for every order: two orders naming the same SKUs never deadlock.
+            for line in sorted(priced.lines, key=lambda line: line.sku):
                 assert line.product_id is not None
                 if not await uow.ordering.take_stock(line.product_id, line.quantity):
                     raise OrderRejected(f"{line.sku}: not enough left in stock.")

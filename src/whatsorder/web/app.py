@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from whatsorder import observability
+from whatsorder.outbox import OutboxSender
 from whatsorder.scheduler import CleanupScheduler
-from whatsorder.settings import Settings
-from whatsorder.web import metrics, operations, problems, twilio
+from whatsorder.settings import Settings, secret
+from whatsorder.web import meta, metrics, operations, problems, twilio
 from whatsorder.web.runtime import Runtime
 
 
@@ -26,12 +27,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if cleanup is not None:
             cleanup.start()
         stopping = asyncio.Event()
-        flusher = asyncio.create_task(runtime.outcomes.run(runtime.database, stopping))
+        background = [asyncio.create_task(runtime.outcomes.run(runtime.database, stopping))]
+        sender = _outbox_sender(runtime)
+        if sender is not None:
+            background.append(asyncio.create_task(sender.run(stopping, interval=2.0)))
         try:
             yield
         finally:
             stopping.set()
-            await flusher  # this worker's last counts reach the statistics
+            await asyncio.gather(*background)  # the last counts flushed, the last send finished
+            if sender is not None:
+                await sender.aclose()
             if cleanup is not None:
                 await cleanup.stop()  # after the batch in progress, never the whole run
             await runtime.database.dispose()
@@ -45,7 +51,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     problems.install(app)
     app.include_router(twilio.router)
+    app.include_router(meta.router)
     app.include_router(operations.router)
     app.include_router(metrics.router)
     app.add_middleware(metrics.RequestObserver)
     return app
+
+
+def _outbox_sender(runtime: Runtime) -> OutboxSender | None:
+    """The sender of replies to Meta users, when Meta's sending credentials are set."""
+    settings = runtime.settings
+    token = secret(settings.meta_access_token)
+    if token is None or not settings.meta_phone_number_id:
+        return None
+    return OutboxSender(
+        runtime.database, settings.meta_graph_url, token, settings.meta_phone_number_id
+    )

@@ -1,0 +1,156 @@
+"""The reply outbox: replies written with the order they answer, sent afterwards.
+
+Rows are added inside the webhook's transaction (``enqueue``), so a reply exists exactly when
+its order does. The sender claims due rows in a short transaction of its own, sends them with
+no transaction open, and then records what happened.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from whatsorder.db.tables import outbox_messages
+
+MAX_ERROR_CHARS = 500  # outbox_messages.last_error
+
+
+class OutboxStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A claimed reply; ``attempts`` counts this attempt too."""
+
+    id: int
+    provider: str
+    recipient: str
+    body: str
+    idempotency_key: str
+    attempts: int
+
+
+class OutboxRepository:
+    """The outbox rows on one connection, inside the caller's transaction."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+        self._insert = (
+            postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+        )
+
+    async def enqueue(
+        self, provider: str, recipient: str, body: str, idempotency_key: str, now: datetime
+    ) -> bool:
+        """Add a reply unless one with this key exists; True if it was added."""
+        result = await self._connection.execute(
+            self._insert(outbox_messages)
+            .values(
+                provider=provider,
+                recipient=recipient,
+                body=body,
+                idempotency_key=idempotency_key,
+                status=OutboxStatus.PENDING.value,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        )
+        return result.rowcount == 1
+
+    async def claim_due(
+        self, provider: str, now: datetime, limit: int, lease: timedelta
+    ) -> list[OutboxMessage]:
+        """Take up to ``limit`` due replies for this sender, oldest first.
+
+        Each claimed row counts an attempt and is hidden for ``lease``: a sender that dies
+        mid-send leaves it to be claimed again after that, and sent with the same key. On
+        PostgreSQL concurrent senders skip each other's locked rows; SQLite has one writer.
+        """
+        table = outbox_messages
+        due = (
+            await self._connection.scalars(
+                select(table.c.id)
+                .where(
+                    table.c.provider == provider,
+                    table.c.status == OutboxStatus.PENDING.value,
+                    table.c.next_attempt_at <= now,
+                )
+                .order_by(table.c.next_attempt_at, table.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not due:
+            return []
+        # The rows are ours until commit (locked, or SQLite's single writer): no race here.
+        rows = await self._connection.execute(
+            update(table)
+            .where(table.c.id.in_(due))
+            .values(attempts=table.c.attempts + 1, next_attempt_at=now + lease)
+            .returning(
+                table.c.id,
+                table.c.recipient,
+                table.c.body,
+                table.c.idempotency_key,
+                table.c.attempts,
+            )
+        )
+        claimed = {
+            row.id: OutboxMessage(
+                row.id, provider, row.recipient, row.body, row.idempotency_key, row.attempts
+            )
+            for row in rows
+        }
+        return [claimed[row_id] for row_id in due if row_id in claimed]
+
+    async def mark_sent(
+        self, message: OutboxMessage, provider_message_id: str | None, now: datetime
+    ) -> bool:
+        """Record the send; a later failure report of an earlier attempt cannot undo it."""
+        table = outbox_messages
+        result = await self._connection.execute(
+            update(table)
+            .where(table.c.id == message.id, table.c.status == OutboxStatus.PENDING.value)
+            .values(
+                status=OutboxStatus.SENT.value,
+                provider_message_id=provider_message_id,
+                sent_at=now,
+                last_error=None,
+            )
+        )
+        return result.rowcount == 1
+
+    async def mark_failed_attempt(
+        self, message: OutboxMessage, error: str, retry_at: datetime | None
+    ) -> bool:
+        """Record a failed attempt: retried at ``retry_at``, or ``failed`` for good if None.
+
+        Only the attempt that holds the row may: a stale sender (its lease passed and another
+        claimed the row) changes nothing.
+        """
+        table = outbox_messages
+        values: dict[str, object] = {"last_error": error[:MAX_ERROR_CHARS]}
+        if retry_at is None:
+            values["status"] = OutboxStatus.FAILED.value
+        else:
+            values["next_attempt_at"] = retry_at
+        result = await self._connection.execute(
+            update(table)
+            .where(
+                table.c.id == message.id,
+                table.c.status == OutboxStatus.PENDING.value,
+                table.c.attempts == message.attempts,
+            )
+            .values(**values)
+        )
+        return result.rowcount == 1

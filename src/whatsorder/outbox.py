@@ -1,0 +1,209 @@
+"""The outbox sender: delivers the queued replies to Meta's Graph API, each once.
+
+Replies are written to ``outbox_messages`` in the same transaction as the order they answer
+(web/meta.py). This sender claims due rows in a short transaction, POSTs each with no
+transaction open, then marks it sent with the message id Meta returned. A failed send is
+retried with exponential backoff, up to a number of attempts, then left ``failed``.
+
+Crash safety: a row is marked sent only after the Graph API accepted it. A sender that dies in
+between leaves the row pending; once its claim lease has passed, the next run POSTs it again
+with the SAME ``Idempotency-Key`` (the row's key), so a receiving side that deduplicates by key
+delivers one message. Meta does not document such deduplication for the Cloud API: against it
+the exposure is exactly that crash window, one HTTP round trip per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from whatsorder.db.outbox import OutboxMessage, OutboxRepository
+from whatsorder.idempotency.record import utcnow
+from whatsorder.providers import meta
+
+DEFAULT_GRAPH_URL = "https://graph.facebook.com/v21.0"
+log = logging.getLogger("whatsorder.outbox")
+
+# Answers worth retrying as they are; any other 4xx will not change by sending it again.
+_RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff: ``first_delay`` doubled per attempt, at most ``max_delay``."""
+
+    max_attempts: int = 8
+    first_delay: timedelta = timedelta(seconds=5)
+    max_delay: timedelta = timedelta(hours=1)
+
+    def delay(self, attempts: int) -> timedelta:
+        doubled: timedelta = self.first_delay * (2 ** min(max(0, attempts - 1), 30))
+        return min(doubled, self.max_delay)
+
+
+class SendFailed(Exception):
+    """The Graph API did not take the message; ``permanent`` if sending again cannot help."""
+
+    def __init__(self, reason: str, *, permanent: bool) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
+
+
+class OutboxSender:
+    """Sends due outbox rows through the Cloud API's ``/{phone_number_id}/messages``."""
+
+    def __init__(
+        self,
+        database: AsyncEngine,
+        graph_url: str,
+        access_token: str | None,
+        phone_number_id: str,
+        client: httpx.AsyncClient | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        batch_size: int = 20,
+        claim_lease: timedelta = timedelta(minutes=2),
+        timeout: float = 10.0,
+    ) -> None:
+        self._database = database
+        self._url = f"{graph_url.rstrip('/')}/{phone_number_id}/messages"
+        self._access_token = access_token
+        self._client = client
+        self._owns_client = client is None
+        self._timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.batch_size = batch_size
+        # Longer than a send can take (timeout), or a slow send would be claimed twice.
+        self.claim_lease = max(claim_lease, timedelta(seconds=timeout * 2))
+        self._warned_unconfigured = False
+
+    async def __aenter__(self) -> OutboxSender:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this sender made it."""
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def send_due(self, now: datetime | None = None) -> int:
+        """Send the replies due at ``now`` (one batch); how many were sent.
+
+        Database errors propagate: the claimed rows stay pending and are claimed again after
+        the lease, to be sent with the same idempotency keys.
+        """
+        return (await self._send_batch(now or utcnow()))[1]
+
+    async def _send_batch(self, now: datetime) -> tuple[int, int]:
+        if self._access_token is None:
+            if not self._warned_unconfigured:
+                log.warning("Outbox not sent: no Meta access token is configured")
+                self._warned_unconfigured = True
+            return 0, 0
+        async with self._database.begin() as connection:
+            claimed = await OutboxRepository(connection).claim_due(
+                meta.SOURCE, now, self.batch_size, self.claim_lease
+            )
+        sent = 0
+        for message in claimed:
+            try:
+                provider_message_id = await self._post(message)
+            except SendFailed as failure:
+                await self._record_failure(message, failure, now)
+                continue
+            async with self._database.begin() as connection:
+                await OutboxRepository(connection).mark_sent(message, provider_message_id, now)
+            sent += 1
+        return len(claimed), sent
+
+    async def _post(self, message: OutboxMessage) -> str | None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout)
+        try:
+            response = await self._client.post(
+                self._url,
+                json=meta.send_payload(message.recipient, message.body),
+                headers={
+                    "Authorization": f"Bearer {self._access_token}",
+                    "Idempotency-Key": message.idempotency_key,
+                },
+            )
+        except httpx.HTTPError as error:  # timeouts, refused connections, broken responses
+            raise SendFailed(f"{type(error).__name__}: {error}", permanent=False) from error
+        status = response.status_code
+        if status >= 400:
+            retryable = status >= 500 or status in _RETRYABLE_STATUSES
+            raise SendFailed(_describe(response), permanent=not retryable)
+        return _message_id(response)
+
+    async def _record_failure(
+        self, message: OutboxMessage, failure: SendFailed, now: datetime
+    ) -> None:
+        final = failure.permanent or message.attempts >= self.retry.max_attempts
+        retry_at = None if final else now + self.retry.delay(message.attempts)
+        async with self._database.begin() as connection:
+            await OutboxRepository(connection).mark_failed_attempt(message, str(failure), retry_at)
+        log.warning(
+            "Outbox send failed",
+            extra={
+                "outbox_id": message.id,
+                "attempts": message.attempts,
+                "final": final,
+                "reason": str(failure)[:200],
+            },
+        )
+
+    async def run(self, stop: asyncio.Event, interval: float = 2.0) -> None:
+        """Send due replies until ``stop`` is set: a full batch goes on at once, else waits."""
+        try:
+            while not stop.is_set():
+                claimed = 0
+                try:
+                    claimed, _sent = await self._send_batch(utcnow())
+                except Exception:  # the database is down or busy: try again next round
+                    log.exception("Outbox round failed")
+                if claimed < self.batch_size:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), interval)
+        finally:
+            await self.aclose()
+
+
+def _describe(response: httpx.Response) -> str:
+    """``HTTP 400 (131047: Re-engagement message)``: Meta's error code and title if given."""
+    reason = f"HTTP {response.status_code}"
+    try:
+        error = response.json().get("error", {})
+    except (ValueError, AttributeError):
+        return reason
+    if isinstance(error, dict) and (error.get("code") or error.get("message")):
+        title = error.get("error_user_title") or error.get("title") or error.get("message")
+        reason += f" ({error.get('code')}: {meta.redacted(str(title), 200)})"
+    return reason
+
+
+def _message_id(response: httpx.Response) -> str | None:
+    """The id Meta gave the sent message (``messages[0].id``), if it said."""
+    try:
+        messages = response.json().get("messages")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+        found = messages[0].get("id")
+        return found if isinstance(found, str) else None
+    return None

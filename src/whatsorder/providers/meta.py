@@ -1,0 +1,420 @@
+"""Meta's WhatsApp Cloud API webhooks: signature, parsing into plain values, keys, redaction.
+
+One delivery (``entry`` → ``changes`` → ``value``) may carry many messages and statuses, and a
+retry may batch them differently, so nothing here is keyed by the delivery: each message is
+keyed by its ``wamid`` and each status by ``wamid:status`` (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from whatsorder.idempotency import InvalidKey, validate_key
+from whatsorder.ordering.model import RequestedLine
+from whatsorder.ordering.services import InboundMessage
+from whatsorder.providers.twilio import split_message
+
+SOURCE = "meta"
+WEBHOOK_TYPE_MESSAGE = "meta_message"
+WEBHOOK_TYPE_STATUS = "meta_status"
+WEBHOOK_TYPE_DEAD_LETTER = "meta_dead_letter"
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+SIGNATURE_PREFIX = "sha256="
+
+MAX_TEXT_CHARS = 4096  # Cloud API limit on a text message's body
+MAX_WAMID_CHARS = 200  # real ones are ~60; leaves room for "reply:" and ":status" in 255
+MAX_SENDER_CHARS = 64  # retailers.whatsapp_id and outbox_messages.recipient
+MAX_NAME_CHARS = 200  # retailers.name
+
+# Messages that carry no request from the customer: acknowledged, never answered.
+SILENT_TYPES = frozenset({"reaction", "system"})
+
+_PHONE = re.compile(r"\+?\d{6,}")  # the rule of providers.twilio.redacted
+# A catalogue's retailer id as our products.sku can hold it: printable, at most 64 characters.
+_PRODUCT_ID = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{1,64}")
+
+
+class MalformedWebhook(ValueError):
+    """A signed delivery (or a part of one) that is not shaped like Meta's webhooks."""
+
+
+def sign(app_secret: str, body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` Meta sends with ``body`` (for ``whatsorder send``, tests)."""
+    digest = hmac.new(app_secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return SIGNATURE_PREFIX + digest
+
+
+def signature_is_valid(app_secret: str, body: bytes, header: str) -> bool:
+    """Meta's check: HMAC-SHA256 of the raw body bytes with the app secret, constant-time.
+
+    No maintained library verifies Meta's webhook signature (unlike Twilio's, Stripe's or
+    Razorpay's SDKs), so this is done here. It runs over the bytes as received, before any JSON
+    parsing: re-serialised JSON would differ (key order, spacing, ``\\u`` escapes of non-ASCII).
+    """
+    if not header.startswith(SIGNATURE_PREFIX):
+        return False
+    given = header[len(SIGNATURE_PREFIX) :].strip().lower()
+    return hmac.compare_digest(sign(app_secret, body)[len(SIGNATURE_PREFIX) :], given)
+
+
+@dataclass(frozen=True, slots=True)
+class CartItem:
+    """One line of a catalogue cart. ``item_price`` is Meta's, kept for the record only."""
+
+    product_retailer_id: str
+    quantity: int
+    item_price: Decimal | None
+    currency: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MetaMessage:
+    """A customer's message, with who sent it as the delivery's ``contacts`` name them."""
+
+    wamid: str
+    wa_id: str | None  # the phone number, absent for users who hide it behind a username
+    user_id: str | None  # the business-scoped user id (BSUID)
+    profile_name: str
+    type: str
+    text: str | None  # type "text"
+    cart: tuple[CartItem, ...] | None  # type "order"
+    canonical: bytes  # the message's own JSON, canonical: what its fingerprint covers
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of everything this message causes."""
+        return self.wamid
+
+    @property
+    def address(self) -> str:
+        """Where Meta delivers our reply: the phone number, else the BSUID."""
+        address = self.wa_id or self.user_id
+        assert address is not None  # parse_delivery refuses messages with neither
+        return address
+
+    @property
+    def sender(self) -> str:
+        """Our retailer identity: ``whatsapp:+<E.164>`` as Twilio spells it, else the BSUID.
+
+        Spelled like Twilio's ``From`` so a retailer keeps one account (orders, balance,
+        STATUS) whichever provider brings its messages.
+        """
+        return f"whatsapp:+{self.wa_id}" if self.wa_id else self.address
+
+    @property
+    def silent(self) -> bool:
+        return self.type in SILENT_TYPES
+
+    def inbound(self) -> InboundMessage:
+        """The message for the service layer. Media and other types read as empty text,
+        which the grammar answers the way it answers Twilio's media messages."""
+        return InboundMessage(
+            source=SOURCE,
+            message_id=self.wamid,
+            sender=self.sender,
+            sender_name=self.profile_name,
+            text=self.text or "",
+        )
+
+    def requested_lines(self) -> tuple[RequestedLine, ...]:
+        """The cart as the customer asked for it; prices are deliberately left behind."""
+        return tuple(
+            RequestedLine(item.product_retailer_id, item.quantity) for item in self.cart or ()
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """What Meta says happened to a message we sent."""
+
+    wamid: str
+    status: str
+    recipient: str | None
+    error_code: str | None
+    canonical: bytes
+
+    @property
+    def key(self) -> str:
+        """``wamid:status``: each state of a message arrives (and counts) once."""
+        return f"{self.wamid}:{self.status}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A part of a signed delivery that cannot be processed; kept as a dead letter."""
+
+    reason: str
+    fragment: bytes  # canonical JSON of the part
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    messages: tuple[MetaMessage, ...]
+    statuses: tuple[StatusUpdate, ...]
+    rejected: tuple[Rejected, ...]
+
+
+def canonical_json(value: object) -> bytes:
+    """One spelling per JSON value: sorted keys, no spaces, UTF-8 (not ``\\u`` escapes)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # JSON may spell lone surrogates ("\ud800"): kept distinct, not refused.
+    return text.encode("utf-8", errors="surrogatepass")
+
+
+def parse_delivery(body: bytes) -> Delivery:
+    """The messages and statuses of a (verified) delivery.
+
+    Raises `MalformedWebhook` when the body as a whole is unusable (not JSON, not a WhatsApp
+    Business Account notification); a single unusable message or status is returned in
+    ``rejected`` so that its siblings are still processed.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise MalformedWebhook("The body is not JSON.") from error
+    if not isinstance(document, dict):
+        raise MalformedWebhook("The body is not a JSON object.")
+    if document.get("object") != "whatsapp_business_account":
+        raise MalformedWebhook("The body is not a WhatsApp Business Account notification.")
+    entries = document.get("entry")
+    if not isinstance(entries, list):
+        raise MalformedWebhook("The notification has no entry list.")
+    messages: list[MetaMessage] = []
+    statuses: list[StatusUpdate] = []
+    rejected: list[Rejected] = []
+    for entry in entries:
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        if not isinstance(changes, list):
+            rejected.append(Rejected("An entry has no changes list.", canonical_json(entry)))
+            continue
+        for change in changes:
+            if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
+                rejected.append(Rejected("A change has no value object.", canonical_json(change)))
+                continue
+            if change.get("field", "messages") != "messages":
+                continue  # another subscription's notification (templates, account updates)
+            _parse_value(change["value"], messages, statuses, rejected)
+    return Delivery(tuple(messages), tuple(statuses), tuple(rejected))
+
+
+def _parse_value(
+    value: Mapping[str, Any],
+    messages: list[MetaMessage],
+    statuses: list[StatusUpdate],
+    rejected: list[Rejected],
+) -> None:
+    contacts = _objects(value, "contacts", rejected)
+    for message in _objects(value, "messages", rejected):
+        try:
+            messages.append(_message(message, contacts))
+        except MalformedWebhook as error:
+            rejected.append(Rejected(str(error), canonical_json(message)))
+    for status in _objects(value, "statuses", rejected):
+        try:
+            statuses.append(_status(status))
+        except MalformedWebhook as error:
+            rejected.append(Rejected(str(error), canonical_json(status)))
+
+
+def _objects(
+    value: Mapping[str, Any], name: str, rejected: list[Rejected]
+) -> list[Mapping[str, Any]]:
+    items = value.get(name, [])
+    if not isinstance(items, list):
+        rejected.append(Rejected(f"{name} is not a list.", canonical_json(items)))
+        return []
+    good: list[Mapping[str, Any]] = [item for item in items if isinstance(item, dict)]
+    for item in items:
+        if not isinstance(item, dict):
+            rejected.append(Rejected(f"An item of {name} is not an object.", canonical_json(item)))
+    return good
+
+
+def _message(message: Mapping[str, Any], contacts: Sequence[Mapping[str, Any]]) -> MetaMessage:
+    wamid = _key_part(message.get("id"), "message id")
+    wa_id = _optional_text(message.get("from"))
+    user_id = _optional_text(message.get("from_user_id"))
+    contact = _contact_of(contacts, wa_id, user_id)
+    if contact is not None:
+        wa_id = wa_id or _optional_text(contact.get("wa_id"))
+        user_id = user_id or _optional_text(contact.get("user_id"))
+    if wa_id is None and user_id is None:
+        raise MalformedWebhook(f"Message {wamid} names no sender (wa_id or user_id).")
+    if wa_id is not None:
+        _check_identity(wa_id, "whatsapp:+")
+    if user_id is not None:
+        _check_identity(user_id, "")
+    kind = _optional_text(message.get("type")) or "unknown"
+    profile = contact.get("profile") if contact is not None else None
+    name = _optional_text(profile.get("name")) if isinstance(profile, dict) else None
+    return MetaMessage(
+        wamid=wamid,
+        wa_id=wa_id,
+        user_id=user_id,
+        profile_name=_storable(name or "").strip()[:MAX_NAME_CHARS],
+        type=kind,
+        text=_text_body(message) if kind == "text" else None,
+        cart=_cart(message, wamid) if kind == "order" else None,
+        canonical=canonical_json(message),
+    )
+
+
+def _contact_of(
+    contacts: Sequence[Mapping[str, Any]], wa_id: str | None, user_id: str | None
+) -> Mapping[str, Any] | None:
+    """The contact the message came from: matched by wa_id or user_id, or the only one."""
+    for contact in contacts:
+        if (wa_id is not None and contact.get("wa_id") == wa_id) or (
+            user_id is not None and contact.get("user_id") == user_id
+        ):
+            return contact
+    return contacts[0] if len(contacts) == 1 else None
+
+
+def _check_identity(identity: str, prefix: str) -> None:
+    # Phone digits, or a BSUID like "US.13491208655302741918": visible ASCII, and short
+    # enough for our identity columns as we spell it (see MetaMessage.sender).
+    try:
+        validate_key(identity)
+    except InvalidKey as error:
+        raise MalformedWebhook(f"A sender id is unusable: {error}") from error
+    if len(prefix + identity) > MAX_SENDER_CHARS:
+        raise MalformedWebhook(f"A sender id is too long for {MAX_SENDER_CHARS} characters.")
+
+
+def _text_body(message: Mapping[str, Any]) -> str:
+    text = message.get("text")
+    body = text.get("body") if isinstance(text, dict) else None
+    if not isinstance(body, str):
+        raise MalformedWebhook("A text message has no text.body.")
+    return _storable(body)
+
+
+def _cart(message: Mapping[str, Any], wamid: str) -> tuple[CartItem, ...]:
+    order = message.get("order")
+    items = order.get("product_items") if isinstance(order, dict) else None
+    if not isinstance(items, list):
+        raise MalformedWebhook(f"Order message {wamid} has no order.product_items list.")
+    cart: list[CartItem] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise MalformedWebhook(f"Order message {wamid} has an item that is not an object.")
+        product = item.get("product_retailer_id")
+        quantity = item.get("quantity")
+        # Meta sends quantity as a number; a whole-number string is accepted as the same.
+        if isinstance(quantity, str) and quantity.strip().isdecimal():
+            quantity = int(quantity)
+        if not isinstance(product, str) or not _PRODUCT_ID.fullmatch(product.strip()):
+            raise MalformedWebhook(
+                f"Order message {wamid} has an item without a usable product id."
+            )
+        if isinstance(quantity, bool) or not isinstance(quantity, int):
+            raise MalformedWebhook(f"Order message {wamid} has an item without a whole quantity.")
+        cart.append(
+            CartItem(
+                product_retailer_id=product.strip(),
+                quantity=quantity,
+                item_price=_price(item.get("item_price")),
+                currency=_optional_text(item.get("currency")),
+            )
+        )
+    return tuple(cart)
+
+
+def _price(value: object) -> Decimal | None:
+    """Meta's ``item_price`` (a JSON number, often fractional) as an exact Decimal.
+
+    ``Decimal(str(x))``, not ``Decimal(x)``: 35.5 stays 35.5, 0.1 does not become
+    0.1000000000000000055511151231257827. Never used for money: we price from our catalogue.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return price if price.is_finite() else None
+
+
+def _status(status: Mapping[str, Any]) -> StatusUpdate:
+    wamid = _key_part(status.get("id"), "status id")
+    state = _optional_text(status.get("status"))
+    if state is None:
+        raise MalformedWebhook(f"Status of {wamid} has no status.")
+    state = state.lower()
+    try:
+        validate_key(f"{wamid}:{state}")
+    except InvalidKey as error:
+        raise MalformedWebhook(f"Status of {wamid} has an unusable status: {error}") from error
+    errors = status.get("errors")
+    first_error = errors[0] if isinstance(errors, list) and errors else None
+    code = first_error.get("code") if isinstance(first_error, dict) else None
+    return StatusUpdate(
+        wamid=wamid,
+        status=state,
+        recipient=_optional_text(status.get("recipient_id"))
+        or _optional_text(status.get("recipient_user_id")),
+        error_code=None if code is None else str(code)[:32],
+        canonical=canonical_json(status),
+    )
+
+
+def _key_part(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise MalformedWebhook(f"A {what} is missing.")
+    try:
+        key = validate_key(value)
+    except InvalidKey as error:
+        raise MalformedWebhook(f"A {what} is unusable: {error}") from error
+    if len(key) > MAX_WAMID_CHARS:
+        raise MalformedWebhook(f"A {what} is longer than {MAX_WAMID_CHARS} characters.")
+    return key
+
+
+def _storable(text: str) -> str:
+    """``text`` without lone surrogates (JSON can spell them; UTF-8 and our database cannot)."""
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def _optional_text(value: object) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def redacted(body: bytes | str, limit: int = 64 * 1024) -> str:
+    """Text fit to keep: phone-like numbers cut to their last four digits, at most ``limit``
+    characters. Signed deliveries hold no secrets of ours; numbers are personal data."""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    text = text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
+    if len(text) > limit:
+        text = text[:limit] + f"… [{len(text) - limit} characters cut]"
+    return _PHONE.sub(lambda match: "…" + match.group(0)[-4:], text)
+
+
+def text_parts(text: str) -> list[str]:
+    """A reply in pieces of at most 4,096 characters, cut at line ends where possible."""
+    return split_message(text, MAX_TEXT_CHARS)
+
+
+def send_payload(recipient: str, text: str) -> dict[str, Any]:
+    """The Cloud API's send-message body for a text reply.
+
+    Phone numbers go in ``to``; a business-scoped user id (BSUID, ``CC.digits``) in
+    ``recipient``, where Meta takes it for users without a known number.
+    """
+    address = {"to": recipient} if recipient.isdigit() else {"recipient": recipient}
+    return {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        **address,
+        "type": "text",
+        "text": {"preview_url": False, "body": text},
+    }
