@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 DEV_TWILIO_TOKEN := dev-twilio-auth-token
 DEV_ADMIN_TOKEN := dev-admin-token
+DEV_META_SECRET := dev-meta-app-secret
 
 .PHONY: run test lint typecheck pytest install install-dev clean
 
@@ -33,11 +34,13 @@ run: $(STAMP)
 	@echo "  whatsorder on http://127.0.0.1:8000  (docs: http://127.0.0.1:8000/docs)"
 	@echo "  development Twilio auth token: $(DEV_TWILIO_TOKEN)"
 	@echo "  development admin token:       $(DEV_ADMIN_TOKEN)"
+	@echo "  development Meta app secret:   $(DEV_META_SECRET)"
 	@echo "  try it from another shell:     $(BIN)/whatsorder send \"ORDER 2 x ATTA-5KG\""
 	@echo
 	WHATSORDER_REQUIRE_HTTPS=false \
 	WHATSORDER_TWILIO_AUTH_TOKEN=$${WHATSORDER_TWILIO_AUTH_TOKEN:-$(DEV_TWILIO_TOKEN)} \
 	WHATSORDER_ADMIN_TOKEN=$${WHATSORDER_ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)} \
+	WHATSORDER_META_APP_SECRET=$${WHATSORDER_META_APP_SECRET:-$(DEV_META_SECRET)} \
 	WHATSORDER_PUBLIC_URL=$${WHATSORDER_PUBLIC_URL:-http://127.0.0.1:8000} \
 	$(BIN)/whatsorder serve --host 127.0.0.1 --port 8000
 

@@ -154,3 +154,31 @@ def test_audit_fails_naming_each_violation_on_a_corrupted_database(
     assert audit.returncode == 1
     assert "VIOLATION" in audit.stdout
     assert named in audit.stdout
+
+
+@pytest.mark.slow
+def test_send_through_meta_places_the_order_once_and_queues_the_reply(
+    database_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    public_url = f"http://127.0.0.1:{port}"
+    env = {"WHATSORDER_PUBLIC_URL": public_url, "WHATSORDER_META_APP_SECRET": "meta-test-secret"}
+    with running_server(database_url, tmp_path / "server.log", port=port, **env):
+        runs = [
+            subprocess.run(
+                whatsorder_command(
+                    "send", "ORDER 1 x RICE-5KG", "--provider", "meta", "--message-id", "wamid.1"
+                ),
+                env=server_env(database_url, **env),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            for _ in range(2)
+        ]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr
+    assert "outbox" in runs[0].stdout
+    listed = json.loads(cli(database_url, "orders", "--json").stdout)
+    assert [order["number"] for order in listed] == ["ORD-000001"]  # the resend made none
+    assert cli(database_url, "audit").returncode == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -25,9 +24,6 @@ if TYPE_CHECKING:
     from whatsorder.scheduler import CleanupRun
 
 T = TypeVar("T")
-
-# The token `make run` serves with, so `whatsorder send` works against it with no set-up.
-DEVELOPMENT_TWILIO_AUTH_TOKEN = "dev-twilio-auth-token"  # noqa: S105 (development only)
 
 
 @click.group()
@@ -109,53 +105,66 @@ def seed_demo() -> None:
 
 @main.command()
 @click.argument("text")
+@click.option(
+    "--provider",
+    type=click.Choice(["twilio", "meta"]),
+    default="twilio",
+    show_default=True,
+    help="Which provider's webhook to post to, signed as that provider signs.",
+)
 @click.option("--url", "base_url", help="The server's public URL [default: WHATSORDER_PUBLIC_URL].")
 @click.option("--from", "sender", default="whatsapp:+919800000001", show_default=True)
 @click.option("--name", default="Demo Kirana Store", show_default=True)
-@click.option("--message-sid", help="Reuse a MessageSid to see a replay [default: a new one].")
 @click.option(
-    "--token", help="Twilio auth token [default: WHATSORDER_TWILIO_AUTH_TOKEN, else dev]."
+    "--message-sid",
+    "--message-id",
+    "message_id",
+    help="Reuse a MessageSid (Twilio) or wamid (Meta) to see a replay [default: a new one].",
+)
+@click.option(
+    "--token",
+    help="Twilio auth token or Meta app secret [default: from WHATSORDER_*, else development].",
 )
 def send(
     text: str,
+    provider: str,
     base_url: str | None,
     sender: str,
     name: str,
-    message_sid: str | None,
+    message_id: str | None,
     token: str | None,
 ) -> None:
-    """Send TEXT as a WhatsApp message through Twilio's webhook, signed as Twilio signs it."""
-    from whatsorder.providers import twilio
-    from whatsorder.web.twilio import INBOUND_PATH
+    """Send TEXT as a customer's WhatsApp message and print the reply."""
+    from whatsorder import simulate
 
     settings = Settings()
-    url = (base_url or settings.public_url).rstrip("/") + INBOUND_PATH
-    auth_token = token or secret(settings.twilio_auth_token) or DEVELOPMENT_TWILIO_AUTH_TOKEN
-    sid = message_sid or "SM" + secrets.token_hex(16)
-    digits = sender.removeprefix("whatsapp:").lstrip("+")
-    pairs = [
-        ("MessageSid", sid),
-        ("SmsMessageSid", sid),
-        ("AccountSid", "AC" + "0" * 32),
-        ("From", sender),
-        ("To", "whatsapp:+14155238886"),
-        ("WaId", digits),
-        ("ProfileName", name),
-        ("Body", text),
-        ("NumMedia", "0"),
-        ("MessageType", "text"),
-        ("ApiVersion", "2010-04-01"),
-    ]
-    signature = twilio.sign(auth_token, url, twilio.FormParams.of(pairs))
+    base = base_url or settings.public_url
+    if provider == "meta":
+        app_secret = (
+            token or secret(settings.meta_app_secret) or simulate.DEVELOPMENT_META_APP_SECRET
+        )
+        request = simulate.meta_message(
+            base, text, sender=sender, name=name, app_secret=app_secret, wamid=message_id
+        )
+    else:
+        auth_token = (
+            token or secret(settings.twilio_auth_token) or simulate.DEVELOPMENT_TWILIO_AUTH_TOKEN
+        )
+        request = simulate.twilio_message(
+            base, text, sender=sender, name=name, auth_token=auth_token, sid=message_id
+        )
     try:
         response = httpx.post(
-            url, data=dict(pairs), headers={twilio.SIGNATURE_HEADER: signature}, timeout=20
+            request.url, content=request.body, headers=request.headers, timeout=20
         )
     except httpx.HTTPError as error:
-        raise click.ClickException(f"could not reach {url}: {error}") from error
+        raise click.ClickException(f"could not reach {request.url}: {error}") from error
     replayed = " (replayed)" if response.headers.get("idempotent-replayed") == "true" else ""
-    click.echo(f"HTTP {response.status_code}{replayed}  MessageSid={sid}", err=True)
-    click.echo(_reply_text(response))
+    click.echo(f"HTTP {response.status_code}{replayed}  message id {request.message_id}", err=True)
+    if provider == "meta" and response.status_code == 200:
+        click.echo(f"accepted: {response.text}; the reply waits in the outbox for the Graph API")
+    else:
+        click.echo(_reply_text(response))
     if response.status_code >= 400:
         sys.exit(1)
 

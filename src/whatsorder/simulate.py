@@ -1,0 +1,103 @@
+"""Requests signed exactly as each provider signs them, for trying the service by hand.
+
+``whatsorder send`` and ``whatsorder pay`` build their requests here; the signing itself is the
+providers' own code (twilio's RequestValidator, our Meta check's counterpart).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from whatsorder.providers import meta, twilio
+
+# The development secrets `make run` serves with, so `send` works against it with no set-up.
+DEVELOPMENT_TWILIO_AUTH_TOKEN = "dev-twilio-auth-token"  # noqa: S105 (development only)
+DEVELOPMENT_META_APP_SECRET = "dev-meta-app-secret"  # noqa: S105 (development only)
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    message_id: str
+
+
+def twilio_message(
+    base_url: str, text: str, *, sender: str, name: str, auth_token: str, sid: str | None = None
+) -> SignedRequest:
+    """An inbound WhatsApp message as Twilio posts it, signed over the URL and every field."""
+    from urllib.parse import urlencode
+
+    from whatsorder.web.twilio import INBOUND_PATH
+
+    url = base_url.rstrip("/") + INBOUND_PATH
+    sid = sid or "SM" + secrets.token_hex(16)
+    pairs = [
+        ("MessageSid", sid),
+        ("SmsMessageSid", sid),
+        ("AccountSid", "AC" + "0" * 32),
+        ("From", sender),
+        ("To", "whatsapp:+14155238886"),
+        ("WaId", sender.removeprefix("whatsapp:").lstrip("+")),
+        ("ProfileName", name),
+        ("Body", text),
+        ("NumMedia", "0"),
+        ("MessageType", "text"),
+        ("ApiVersion", "2010-04-01"),
+    ]
+    signature = twilio.sign(auth_token, url, twilio.FormParams.of(pairs))
+    headers = {
+        twilio.SIGNATURE_HEADER: signature,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    return SignedRequest(url, urlencode(pairs).encode(), headers, sid)
+
+
+def meta_message(
+    base_url: str, text: str, *, sender: str, name: str, app_secret: str, wamid: str | None = None
+) -> SignedRequest:
+    """A Cloud API delivery of one text message, signed over its raw bytes."""
+    from whatsorder.web.meta import PATH
+
+    wa_id = sender.removeprefix("whatsapp:").lstrip("+")
+    wamid = wamid or "wamid." + secrets.token_hex(16)
+    document = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "0",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550000000",
+                                "phone_number_id": "0",
+                            },
+                            "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
+                            "messages": [
+                                {
+                                    "from": wa_id,
+                                    "id": wamid,
+                                    "timestamp": str(int(time.time())),
+                                    "type": "text",
+                                    "text": {"body": text},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    body = json.dumps(document, ensure_ascii=False).encode()
+    headers = {
+        "X-Hub-Signature-256": meta.sign(app_secret, body),
+        "Content-Type": "application/json",
+    }
+    return SignedRequest(base_url.rstrip("/") + PATH, body, headers, wamid)
