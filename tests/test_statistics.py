@@ -141,3 +141,23 @@ def test_the_stats_command_prints_the_same_figures(database_url: str) -> None:
     )
     assert "retry hit rate" in text.stdout
     assert "last cleanup:       never" in text.stdout
+
+
+async def test_dead_letters_show_in_the_stats_and_the_admin_api(
+    client: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    from whatsorder.db.tables import dead_letters
+
+    async with db.begin() as connection:
+        await connection.execute(
+            insert(dead_letters).values(
+                provider="meta", reason="not JSON", body="{oops", received_at=utcnow()
+            )
+        )
+    stats = (await client.get(STATS_PATH, headers=ADMIN)).json()
+    assert stats["dead_letters"] == {"total": 1, "last_day": 1}
+    listed = (await client.get("/api/v1/admin/dead-letters", headers=ADMIN)).json()
+    assert [(row["provider"], row["reason"]) for row in listed["dead_letters"]] == [
+        ("meta", "not JSON")
+    ]
+    assert_problem(await client.get("/api/v1/admin/dead-letters"), 401, "unauthenticated")

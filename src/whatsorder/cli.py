@@ -357,6 +357,8 @@ def stats(as_json: bool) -> None:
             f"{w['replays']} replays, {w['conflicts']} conflicts, {w['mismatches']} mismatches, "
             f"{w['errors']} errors; retry hit rate {rate}"
         )
+    dead = figures["dead_letters"]
+    click.echo(f"dead letters:       {dead['total']} ({dead['last_day']} in the last day)")
     last = figures["last_cleanup"]
     if last is None:
         click.echo("last cleanup:       never")

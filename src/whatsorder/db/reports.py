@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder.db.tables import (
+    dead_letters,
     idempotency_cleanup_runs,
     idempotency_stats,
     ledger_entries,
@@ -224,8 +225,17 @@ async def idempotency_statistics(connection: AsyncConnection, now: datetime) -> 
         .mappings()
         .first()
     )
+    dead_total, dead_day = (
+        await connection.execute(
+            select(
+                func.count(),
+                func.count().filter(dead_letters.c.received_at >= now - timedelta(days=1)),
+            ).select_from(dead_letters)
+        )
+    ).one()
     return {
         "generated_at": now.isoformat(),
+        "dead_letters": {"total": dead_total, "last_day": dead_day},
         "records": {
             "total": sum(sum(statuses.values()) for statuses in by_type.values()),
             "by_webhook_type": by_type,
@@ -272,3 +282,20 @@ async def _table_bytes(connection: AsyncConnection, table: str) -> int | None:
     except DBAPIError:  # SQLite built without the dbstat table
         return None
     return int(size or 0)
+
+
+async def recent_dead_letters(connection: AsyncConnection, limit: int = 50) -> list[dict[str, Any]]:
+    """Signed deliveries that could not be processed, newest first (bodies already redacted)."""
+    rows = await connection.execute(
+        select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+    )
+    return [
+        {
+            "id": row.id,
+            "provider": row.provider,
+            "reason": row.reason,
+            "received_at": _iso(row.received_at),
+            "body": row.body,
+        }
+        for row in rows
+    ]

@@ -157,9 +157,9 @@ async def _delete_batch(
     store: SqlStore, condition: ColumnElement[bool], order: ColumnElement[Any], batch_size: int
 ) -> int:
     table = store.table
-    # Rows locked by a request in flight are skipped (PostgreSQL; SQLite has no row locks and
-    # ignores the clause). The condition is checked again on each row deleted, so one updated
-    # since the subquery looked (taken over by a retry) stays.
+    # Rows a request in flight holds are skipped, not waited for (SQLite has no row locks and
+    # leaves the clause out). The condition is checked again on each row deleted: a record
+    # taken over by a retry since the batch was chosen stays.
     batch = (
         select(table.c.id)
         .where(condition)
@@ -167,6 +167,13 @@ async def _delete_batch(
         .limit(batch_size)
         .with_for_update(skip_locked=True)
     )
+    if store.kind == "postgresql":
+        # Chosen once, in a materialized CTE: PostgreSQL may run a LIMIT subquery under IN
+        # once per outer row, each run skipping the rows the last one locked, and the
+        # "batch" becomes the whole backlog. (SQLite runs it once, and reports no row count
+        # for a statement that starts WITH.)
+        chosen = batch.cte("cleanup_batch").prefix_with("MATERIALIZED")
+        batch = select(chosen.c.id)
     async with store.transaction() as transaction:
         result = await transaction.context.execute(
             delete(table).where(table.c.id.in_(batch), condition)

@@ -99,6 +99,14 @@ async def admin_idempotency_stats(request: Request) -> dict[str, Any]:
     return await statistics.report(runtime.database, runtime.outcomes)
 
 
+@router.get("/api/v1/admin/dead-letters", summary="Unprocessable deliveries (Bearer admin)")
+async def admin_dead_letters(request: Request, limit: int = 50) -> dict[str, Any]:
+    require_admin(request)
+    async with runtime_of(request).database.connect() as connection:
+        rows = await reports.recent_dead_letters(connection, limit=max(1, min(limit, 500)))
+    return {"dead_letters": rows}
+
+
 @router.get("/api/v1/admin/orders", summary="Recent orders (Bearer admin token)")
 async def admin_orders(request: Request, limit: int = 50) -> dict[str, Any]:
     require_admin(request)
