@@ -27,11 +27,24 @@ T = TypeVar("T")
 
 
 @click.group()
-def main() -> None:
+def commands() -> None:
     """whatsorder: WhatsApp orders whose webhooks take effect exactly once."""
 
 
-@main.command()
+def main() -> None:
+    """The console script: a bad setting is one clear line, not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        commands()
+    except ValidationError as error:
+        for problem in error.errors():
+            name = "WHATSORDER_" + "_".join(str(part) for part in problem["loc"]).upper()
+            click.echo(f"error: {name}: {problem['msg']}", err=True)
+        sys.exit(2)
+
+
+@commands.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
@@ -73,7 +86,7 @@ def serve(host: str, port: int, workers: int, log_format: str) -> None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-@main.command()
+@commands.command()
 @click.option(
     "--check", is_flag=True, help="Only tell whether the schema is current (exit 1 if not)."
 )
@@ -94,7 +107,7 @@ def migrate(check: bool) -> None:
     click.echo(f"schema current ({migrations.head_revision(url)})")
 
 
-@main.command("seed-demo")
+@commands.command("seed-demo")
 def seed_demo() -> None:
     """Load the demo catalogue (products already present keep their stock)."""
     from whatsorder.db.seed import seed_demo as load
@@ -103,7 +116,7 @@ def seed_demo() -> None:
     click.echo(f"demo catalogue loaded ({added} new products)")
 
 
-@main.command()
+@commands.command()
 @click.argument("text")
 @click.option(
     "--provider",
@@ -190,7 +203,7 @@ async def _with_connection(url: str, work: Callable[..., Awaitable[T]]) -> T:
         await engine.dispose()
 
 
-@main.command()
+@commands.command()
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 def orders(limit: int, as_json: bool) -> None:
@@ -216,7 +229,7 @@ def orders(limit: int, as_json: bool) -> None:
         click.echo(f"{row['number']:<12} {row['status']:<10} {total:>12}  {retailer:<24} {created}")
 
 
-@main.command()
+@commands.command()
 def audit() -> None:
     """Check the invariants (stock, ledger, unique business keys); exit 1 naming each violation."""
     from whatsorder.db import reports
@@ -230,7 +243,7 @@ def audit() -> None:
     click.echo("audit passed: stock, ledger and business keys are consistent")
 
 
-@main.command()
+@commands.command()
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @click.option(
     "--batch-size",
@@ -324,7 +337,7 @@ def _progress(estimate: CleanupRun) -> Iterator[Callable[[int], None]]:
     yield line
 
 
-@main.command()
+@commands.command()
 @click.option("--json", "as_json", is_flag=True, help="Everything, as JSON.")
 def stats(as_json: bool) -> None:
     """Idempotency statistics: records, replays, conflicts, mismatches, size, last cleanup."""

@@ -44,6 +44,7 @@ class OrderStatus(enum.StrEnum):
     PLACED = "placed"
     PAID = "paid"
     CANCELLED = "cancelled"
+    REFUNDED = "refunded"
 
 
 class EntryType(enum.StrEnum):
