@@ -318,3 +318,156 @@ def meta_delivery(
         batches.append({"id": template["id"], "changes": [{"value": value, "field": "messages"}]})
     document = {"object": "whatsapp_business_account", "entry": batches}
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# Payments: Stripe and Razorpay events signed exactly as the providers sign them.
+
+STRIPE_SECRET = "whsec_test_stripe_endpoint_secret"
+RAZORPAY_SECRET = "test-razorpay-webhook-secret"
+STRIPE_PATH = "/api/v1/payments/stripe/webhook"
+RAZORPAY_PATH = "/api/v1/payments/razorpay/webhook"
+
+
+def stripe_v1(body: bytes, timestamp: int, secret: str = STRIPE_SECRET) -> str:
+    """Stripe's ``v1``: hex HMAC-SHA256 of ``"{t}.{raw body}"`` under the endpoint secret."""
+    import hashlib
+    import hmac
+
+    signed = str(timestamp).encode() + b"." + body
+    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def stripe_headers(
+    body: bytes,
+    *,
+    secret: str = STRIPE_SECRET,
+    timestamp: int | None = None,
+    extra_v1: Sequence[str] = (),
+) -> dict[str, str]:
+    """``Stripe-Signature: t=…,v1=…`` as Stripe sends it; ``extra_v1`` go first (rotation)."""
+    moment = int(time.time()) if timestamp is None else timestamp
+    signatures = [*extra_v1, stripe_v1(body, moment, secret)]
+    header = ",".join([f"t={moment}", *(f"v1={signature}" for signature in signatures)])
+    return {"Stripe-Signature": header, "Content-Type": "application/json; charset=utf-8"}
+
+
+def stripe_event(
+    order: str | None,
+    amount: int,
+    *,
+    event_type: str = "payment_intent.succeeded",
+    event_id: str | None = None,
+    payment_id: str | None = None,
+    currency: str = "inr",
+) -> dict[str, Any]:
+    """``stripe_payment_intent_succeeded.json`` pointed at our order, as another event."""
+    import json
+
+    event: dict[str, Any] = json.loads(fixture_text("stripe_payment_intent_succeeded.json"))
+    event["id"] = event_id or "evt_" + secrets.token_hex(12)
+    event["type"] = event_type
+    obj: dict[str, Any] = event["data"]["object"]
+    obj["id"] = payment_id or obj["id"]
+    obj["amount"] = amount
+    obj["currency"] = currency
+    obj["metadata"] = {} if order is None else {"order_id": order}
+    if event_type == "charge.refunded":
+        obj.update(
+            {
+                "id": "ch_" + secrets.token_hex(12),
+                "object": "charge",
+                "payment_intent": payment_id or "pi_3PqXyZ2eZvKYlo2C1xyz",
+                "amount_refunded": amount,
+                "refunded": True,
+            }
+        )
+    return event
+
+
+def stripe_body(event: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def razorpay_signature(body: bytes, secret: str = RAZORPAY_SECRET) -> str:
+    """Razorpay's ``X-Razorpay-Signature``: hex HMAC-SHA256 of the raw body."""
+    import hashlib
+    import hmac
+
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def razorpay_headers(
+    body: bytes, event_id: str | None = None, *, secret: str = RAZORPAY_SECRET
+) -> dict[str, str]:
+    headers = {
+        "X-Razorpay-Signature": razorpay_signature(body, secret),
+        "Content-Type": "application/json",
+    }
+    if event_id is not None:
+        headers["x-razorpay-event-id"] = event_id
+    return headers
+
+
+def new_razorpay_event_id() -> str:
+    return "evt_" + secrets.token_hex(7)
+
+
+def razorpay_event(
+    order: str | None,
+    amount: int,
+    *,
+    event: str = "payment.captured",
+    payment_id: str = "pay_DESyzxuld02Zul",
+    currency: str = "INR",
+) -> bytes:
+    """``razorpay_payment_captured.json`` pointed at our order, as ``event``.
+
+    ``order.paid`` adds the order entity; ``payment.failed`` marks the payment failed;
+    ``refund.*`` adds the refund entity Razorpay sends.
+    """
+    import json
+
+    document: dict[str, Any] = json.loads(fixture_text("razorpay_payment_captured.json"))
+    document["event"] = event
+    payment: dict[str, Any] = document["payload"]["payment"]["entity"]
+    payment.update(
+        {
+            "id": payment_id,
+            "amount": amount,
+            "base_amount": amount,
+            "currency": currency,
+            "notes": [] if order is None else {"order_id": order},  # Razorpay's empty notes
+        }
+    )
+    if event == "order.paid":
+        document["contains"] = ["payment", "order"]
+        document["payload"]["order"] = {
+            "entity": {
+                "id": payment["order_id"],
+                "entity": "order",
+                "amount": amount,
+                "amount_paid": amount,
+                "amount_due": 0,
+                "currency": currency,
+                "status": "paid",
+                "notes": payment["notes"],
+            }
+        }
+    elif event == "payment.failed":
+        payment.update({"status": "failed", "captured": False})
+    elif event.startswith("refund."):
+        document["contains"] = ["refund", "payment"]
+        document["payload"]["refund"] = {
+            "entity": {
+                "id": "rfnd_" + secrets.token_hex(7),
+                "entity": "refund",
+                "amount": amount,
+                "currency": currency,
+                "payment_id": payment_id,
+                "notes": [],
+                "status": "processed",
+            }
+        }
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()

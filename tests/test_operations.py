@@ -182,3 +182,36 @@ def test_send_through_meta_places_the_order_once_and_queues_the_reply(
     listed = json.loads(cli(database_url, "orders", "--json").stdout)
     assert [order["number"] for order in listed] == ["ORD-000001"]  # the resend made none
     assert cli(database_url, "audit").returncode == 0
+
+
+@pytest.mark.slow
+def test_pay_marks_the_order_paid_through_each_provider(database_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "WHATSORDER_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "WHATSORDER_STRIPE_WEBHOOK_SECRET": "whsec_test",
+        "WHATSORDER_RAZORPAY_WEBHOOK_SECRET": "rzp-test",
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            whatsorder_command(*args),
+            env=server_env(database_url, **env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    with running_server(database_url, tmp_path / "server.log", port=port, **env):
+        assert run("send", "ORDER 1 x OIL-1L").returncode == 0
+        assert run("send", "ORDER 1 x SUGAR-1KG").returncode == 0
+        stripe_paid = run("pay", "ORD-000001", "--provider", "stripe")
+        razorpay_paid = run("pay", "ORD-000002", "--provider", "razorpay")
+    assert stripe_paid.returncode == 0, stripe_paid.stderr + stripe_paid.stdout
+    assert razorpay_paid.returncode == 0, razorpay_paid.stderr + razorpay_paid.stdout
+    statuses = {
+        order["number"]: order["status"] for order in json.loads(run("orders", "--json").stdout)
+    }
+    assert statuses == {"ORD-000001": "paid", "ORD-000002": "paid"}
+    assert run("audit").returncode == 0

@@ -380,3 +380,75 @@ def stats(as_json: bool) -> None:
             f"last cleanup:       {last['finished_at']} {last['outcome']} ({last['trigger']}): "
             f"{last['rows_deleted']} rows, {last['stale_removed']} stale, {last['seconds']:.2f} s"
         )
+
+
+@commands.command()
+@click.argument("order_number")
+@click.option(
+    "--provider", type=click.Choice(["stripe", "razorpay"]), default="stripe", show_default=True
+)
+@click.option("--amount", type=int, help="In minor units (paise) [default: the order's total].")
+@click.option("--url", "base_url", help="The server's public URL [default: WHATSORDER_PUBLIC_URL].")
+@click.option(
+    "--secret", "webhook_secret", help="Webhook secret [default: WHATSORDER_*, else dev]."
+)
+def pay(
+    order_number: str,
+    provider: str,
+    amount: int | None,
+    base_url: str | None,
+    webhook_secret: str | None,
+) -> None:
+    """Pay ORDER_NUMBER through the provider's webhook, signed as the provider signs it."""
+    from whatsorder import simulate
+    from whatsorder.db.tables import orders
+    from whatsorder.ordering.model import order_id_from_number
+
+    settings = Settings()
+    order_id = order_id_from_number(order_number)
+    if order_id is None:
+        raise click.ClickException(f"{order_number!r} is not an order number like ORD-000001")
+
+    async def order_total(connection: Any) -> tuple[int, str] | None:
+        from sqlalchemy import select
+
+        row = (
+            await connection.execute(
+                select(orders.c.total, orders.c.currency).where(orders.c.id == order_id)
+            )
+        ).first()
+        return None if row is None else (int(row.total), str(row.currency))
+
+    found = asyncio.run(_with_connection(settings.database_url, order_total))
+    if found is None and amount is None:
+        raise click.ClickException(f"no order {order_number} in the database; give --amount")
+    total, currency = found or (amount or 0, "INR")
+    base = base_url or settings.public_url
+    if provider == "stripe":
+        key = (
+            webhook_secret
+            or secret(settings.stripe_webhook_secret)
+            or simulate.DEVELOPMENT_STRIPE_SECRET
+        )
+        request = simulate.stripe_payment(
+            base, order_number.upper(), amount or total, currency, secret=key
+        )
+    else:
+        key = (
+            webhook_secret
+            or secret(settings.razorpay_webhook_secret)
+            or simulate.DEVELOPMENT_RAZORPAY_SECRET
+        )
+        request = simulate.razorpay_payment(
+            base, order_number.upper(), amount or total, currency, secret=key
+        )
+    try:
+        response = httpx.post(
+            request.url, content=request.body, headers=request.headers, timeout=20
+        )
+    except httpx.HTTPError as error:
+        raise click.ClickException(f"could not reach {request.url}: {error}") from error
+    click.echo(f"HTTP {response.status_code}  event {request.message_id}", err=True)
+    click.echo(response.text)
+    if response.status_code >= 400:
+        sys.exit(1)

@@ -101,3 +101,78 @@ def meta_message(
         "Content-Type": "application/json",
     }
     return SignedRequest(base_url.rstrip("/") + PATH, body, headers, wamid)
+
+
+DEVELOPMENT_STRIPE_SECRET = "whsec_dev_stripe_secret"  # noqa: S105 (development only)
+DEVELOPMENT_RAZORPAY_SECRET = "dev-razorpay-webhook-secret"  # noqa: S105 (development only)
+
+
+def stripe_payment(
+    base_url: str, order_number: str, amount: int, currency: str, *, secret: str
+) -> SignedRequest:
+    """A ``payment_intent.succeeded`` event for the order, signed ``t=…,v1=…`` as Stripe does."""
+    from whatsorder.providers import stripe
+    from whatsorder.web.payments import STRIPE_PATH
+
+    event_id = "evt_" + secrets.token_hex(12)
+    event = {
+        "id": event_id,
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": int(time.time()),
+        "livemode": False,
+        "type": "payment_intent.succeeded",
+        "data": {
+            "object": {
+                "id": "pi_" + secrets.token_hex(12),
+                "object": "payment_intent",
+                "amount": amount,
+                "currency": currency.lower(),
+                "status": "succeeded",
+                "metadata": {"order_id": order_number},
+            }
+        },
+    }
+    payload = json.dumps(event)
+    headers = {
+        stripe.SIGNATURE_HEADER: stripe.sign(secret, payload, int(time.time())),
+        "Content-Type": "application/json",
+    }
+    return SignedRequest(base_url.rstrip("/") + STRIPE_PATH, payload.encode(), headers, event_id)
+
+
+def razorpay_payment(
+    base_url: str, order_number: str, amount: int, currency: str, *, secret: str
+) -> SignedRequest:
+    """A ``payment.captured`` event for the order, signed over the raw body as Razorpay does."""
+    from whatsorder.providers import razorpay
+    from whatsorder.web.payments import RAZORPAY_PATH
+
+    event_id = secrets.token_hex(10)
+    event = {
+        "entity": "event",
+        "account_id": "acc_dev",
+        "event": "payment.captured",
+        "contains": ["payment"],
+        "payload": {
+            "payment": {
+                "entity": {
+                    "id": "pay_" + secrets.token_hex(7),
+                    "entity": "payment",
+                    "amount": amount,
+                    "currency": currency.upper(),
+                    "status": "captured",
+                    "captured": True,
+                    "notes": {"order_id": order_number},
+                }
+            }
+        },
+        "created_at": int(time.time()),
+    }
+    body = json.dumps(event).encode()
+    headers = {
+        razorpay.SIGNATURE_HEADER: razorpay.sign(secret, body),
+        razorpay.EVENT_ID_HEADER: event_id,
+        "Content-Type": "application/json",
+    }
+    return SignedRequest(base_url.rstrip("/") + RAZORPAY_PATH, body, headers, event_id)

@@ -12,6 +12,7 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from whatsorder.db.payments import PaymentRepository
 from whatsorder.db.repository import OrderingRepository
 
 
@@ -19,6 +20,7 @@ class SqlUnitOfWork:
     """``async with uow: …; await uow.commit()``. Leaving the block without commit rolls back."""
 
     ordering: OrderingRepository
+    payments: PaymentRepository
 
     def __init__(self, source: AsyncEngine | AsyncConnection) -> None:
         self._source = source
@@ -33,6 +35,7 @@ class SqlUnitOfWork:
             self._connection = self._source
             self._transaction = await self._source.begin_nested()
         self.ordering = OrderingRepository(self._connection)
+        self.payments = PaymentRepository(self._connection)
         return self
 
     async def __aexit__(

@@ -116,23 +116,21 @@ def mismatches(order: PayableOrder, event: PaymentEvent) -> list[PaymentExceptio
     found: list[PaymentException] = []
     if not same_currency(order.currency, event.currency):
         found.append(
-            PaymentException(
+            _noted(
                 ExceptionKind.CURRENCY_MISMATCH,
                 f"{order.number} is in {order.currency}; the payment is in "
                 f"{event.currency.upper()}.",
-                order.total,
-                event.amount,
-                event.currency.upper(),
+                order,
+                event,
             )
         )
     if event.amount != order.total:
         found.append(
-            PaymentException(
+            _noted(
                 ExceptionKind.AMOUNT_MISMATCH,
                 f"{order.number} totals {order.total}; the payment is {event.amount}.",
-                order.total,
-                event.amount,
-                event.currency.upper(),
+                order,
+                event,
             )
         )
     return found
@@ -160,9 +158,7 @@ def refund_reversal_for(event: PaymentEvent) -> LedgerEntry:
     )
 
 
-async def apply_payment(
-    uow: SqlUnitOfWork, event: PaymentEvent, now: datetime
-) -> PaymentOutcome:
+async def apply_payment(uow: SqlUnitOfWork, event: PaymentEvent, now: datetime) -> PaymentOutcome:
     """Record the event and do to the order and the ledger what it says, once per payment.
 
     Safe to run again for the same event, or for another event about the same payment: every
@@ -177,12 +173,18 @@ async def apply_payment(
                 event,
                 None,
                 PaymentException(
-                    ExceptionKind.UNKNOWN_ORDER, f"The payment names {named!r}, not an order."
+                    ExceptionKind.UNKNOWN_ORDER,
+                    f"The {event.kind.value} payment {event.payment_id} names {named!r}, "
+                    "not an order of ours.",
+                    received_amount=event.amount,
+                    currency=event.currency.upper(),
                 ),
                 now,
             )
             await uow.commit()
-            return PaymentOutcome(PaymentResult.UNKNOWN_ORDER, exceptions=(ExceptionKind.UNKNOWN_ORDER,))
+            return PaymentOutcome(
+                PaymentResult.UNKNOWN_ORDER, exceptions=(ExceptionKind.UNKNOWN_ORDER,)
+            )
 
         await uow.payments.record_event(event, order.id, now)
         if event.kind is PaymentKind.SUCCEEDED:
@@ -201,10 +203,10 @@ async def _succeeded(
 ) -> PaymentOutcome:
     wrong = mismatches(order, event)
     if wrong:
-        for exception in wrong:
-            await uow.payments.record_exception(event, order.id, exception, now)
+        for mismatch in wrong:
+            await uow.payments.record_exception(event, order.id, mismatch, now)
         return PaymentOutcome(
-            PaymentResult.MISMATCH, order.id, order.status, tuple(e.kind for e in wrong)
+            PaymentResult.MISMATCH, order.id, order.status, tuple(m.kind for m in wrong)
         )
     if not await uow.payments.post_entry(order, credit_for(event), now):
         return PaymentOutcome(PaymentResult.ALREADY_CREDITED, order.id, await _status(uow, order))
@@ -212,29 +214,34 @@ async def _succeeded(
         return PaymentOutcome(PaymentResult.CREDITED, order.id, OrderStatus.PAID)
     # Re-read: on PostgreSQL a concurrent change we waited for is visible now.
     status = await _status(uow, order)
-    exception: PaymentException | None = None
+    late = _late_credit(order, status, event)
+    if late is None:
+        return PaymentOutcome(PaymentResult.CREDITED, order.id, status)
+    await uow.payments.record_exception(event, order.id, late, now)
+    return PaymentOutcome(PaymentResult.CREDITED, order.id, status, (late.kind,))
+
+
+def _late_credit(
+    order: PayableOrder, status: OrderStatus, event: PaymentEvent
+) -> PaymentException | None:
+    """What to tell an operator about money that reached an order no longer waiting for it."""
     if status is OrderStatus.CANCELLED:
         # The money arrived all the same: it is on the ledger, and someone must refund it.
-        exception = PaymentException(
+        return _noted(
             ExceptionKind.PAID_AFTER_CANCEL,
             f"{order.number} was cancelled before this payment arrived; refund it.",
-            order.total,
-            event.amount,
-            event.currency.upper(),
+            order,
+            event,
         )
-    elif status is OrderStatus.PAID:
-        exception = PaymentException(
+    if status is OrderStatus.PAID:
+        return _noted(
             ExceptionKind.PAID_TWICE,
             f"{order.number} was already paid by another payment; refund one of them.",
-            order.total,
-            event.amount,
-            event.currency.upper(),
+            order,
+            event,
         )
-    # REFUNDED: the refund came first and was noted then; the credit completes the pair.
-    if exception is None:
-        return PaymentOutcome(PaymentResult.CREDITED, order.id, status)
-    await uow.payments.record_exception(event, order.id, exception, now)
-    return PaymentOutcome(PaymentResult.CREDITED, order.id, status, (exception.kind,))
+    # REFUNDED: the refund came first and was noted then; this credit completes the pair.
+    return None
 
 
 async def _refunded(
@@ -246,25 +253,23 @@ async def _refunded(
     if not await uow.payments.has_entry(event.provider, event.payment_id, EntryType.PAYMENT_CREDIT):
         # Providers promise no order: the success will still come and post its credit.
         noted.append(
-            PaymentException(
+            _noted(
                 ExceptionKind.REFUND_BEFORE_PAYMENT,
                 f"The refund of {event.payment_id} arrived before its payment.",
-                order.total,
-                event.amount,
-                event.currency.upper(),
+                order,
+                event,
             )
         )
     if mismatches(order, event):
         # A partial (or foreign-currency) refund: the money left, but the order is not
         # refunded as a whole. An operator decides.
         noted.append(
-            PaymentException(
+            _noted(
                 ExceptionKind.REFUND_MISMATCH,
                 f"{order.number} totals {order.total} {order.currency}; the refund is "
                 f"{event.amount} {event.currency.upper()}.",
-                order.total,
-                event.amount,
-                event.currency.upper(),
+                order,
+                event,
             )
         )
     else:
@@ -279,6 +284,12 @@ async def _refunded(
         await _status(uow, order),
         tuple(exception.kind for exception in noted),
     )
+
+
+def _noted(
+    kind: ExceptionKind, detail: str, order: PayableOrder, event: PaymentEvent
+) -> PaymentException:
+    return PaymentException(kind, detail, order.total, event.amount, event.currency.upper())
 
 
 async def _status(uow: SqlUnitOfWork, order: PayableOrder) -> OrderStatus:

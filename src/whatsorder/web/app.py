@@ -12,7 +12,7 @@ from whatsorder import observability
 from whatsorder.outbox import OutboxSender
 from whatsorder.scheduler import CleanupScheduler
 from whatsorder.settings import Settings, secret
-from whatsorder.web import meta, metrics, operations, problems, twilio
+from whatsorder.web import meta, metrics, operations, payments, problems, twilio
 from whatsorder.web.runtime import Runtime
 
 
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(twilio.router)
     app.include_router(meta.router)
+    app.include_router(payments.router)
     app.include_router(operations.router)
     app.include_router(metrics.router)
     app.add_middleware(metrics.RequestObserver)

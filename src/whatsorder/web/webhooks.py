@@ -1,0 +1,77 @@
+"""What every signed-webhook route shares: the cheap guards, the refusals, the JSON answer.
+
+DESIGN.md §2 in order: body limit, HTTPS, per-IP limit (`admit`), then the route's own secret
+and signature (refused with `not_configured`, `signature_missing`, `signature_invalid`), then
+the idempotency engine, whose `Result` becomes the HTTP response in `to_response`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request, Response
+
+from whatsorder.idempotency import Result, StoredResponse
+from whatsorder.web.guards import client_ip, read_body, require_https
+from whatsorder.web.problems import Problem
+from whatsorder.web.runtime import Runtime
+
+JSON_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request past the cheap guards: its raw body, unparsed, and who sent it."""
+
+    body: bytes
+    source_ip: str
+
+
+async def admit(request: Request, runtime: Runtime, max_body_bytes: int | None = None) -> Admitted:
+    """Steps 1–3 of DESIGN.md §2: 413, 403 (not HTTPS), 429 — before any crypto."""
+    settings = runtime.settings
+    body = await read_body(request, max_body_bytes or settings.max_body_bytes)
+    require_https(request, settings)
+    address = client_ip(request, settings)
+    await runtime.limits.check_ip(address)
+    return Admitted(body, address)
+
+
+def not_configured(provider: str, variable: str) -> Problem:
+    return Problem(
+        503,
+        "provider-not-configured",
+        f"{provider} not configured",
+        f"{variable} is not set; unsigned traffic is never accepted.",
+    )
+
+
+def signature_missing(header: str) -> Problem:
+    return Problem(401, "signature-missing", "Signature missing", f"{header} header is missing.")
+
+
+def signature_invalid(header: str) -> Problem:
+    return Problem(
+        403, "signature-invalid", "Signature invalid", f"{header} does not match this request."
+    )
+
+
+def malformed_body() -> Problem:
+    return Problem(400, "malformed-body", "Malformed body", "The body is not UTF-8.")
+
+
+def json_stored(document: dict[str, Any], status: int = 200) -> StoredResponse:
+    """A small JSON answer, in the shape the engine stores and replays."""
+    body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return StoredResponse(status, body, (("content-type", JSON_CONTENT_TYPE),))
+
+
+def to_response(result: Result) -> Response:
+    """The engine's answer over HTTP; a replay says so in ``Idempotent-Replayed``."""
+    response = result.response
+    headers = dict(response.headers)
+    if result.replayed:
+        headers["idempotent-replayed"] = "true"
+    return Response(response.body, status_code=response.status, headers=headers)
