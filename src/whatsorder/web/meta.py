@@ -48,7 +48,8 @@ from whatsorder.ordering.grammar import PlaceOrder, parse_message
 from whatsorder.ordering.model import OrderRejected, order_number
 from whatsorder.providers import meta
 from whatsorder.settings import secret
-from whatsorder.web.guards import client_ip, read_body, require_https
+from whatsorder.web import webhooks
+from whatsorder.web.guards import client_ip, require_https
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime, runtime_of
 
@@ -72,10 +73,10 @@ async def verify_subscription(request: Request) -> Response:
     """Answer Meta's subscription check: ``hub.challenge`` if mode and verify token match."""
     runtime = runtime_of(request)
     require_https(request, runtime.settings)
-    await _check_ip(runtime, client_ip(request, runtime.settings))
+    await webhooks.check_ip(runtime, client_ip(request, runtime.settings))
     expected = secret(runtime.settings.meta_verify_token)
     if expected is None:
-        raise _not_configured("WHATSORDER_META_VERIFY_TOKEN")
+        raise webhooks.not_configured("Meta", "WHATSORDER_META_VERIFY_TOKEN")
     query = request.query_params
     token = query.get("hub.verify_token", "")
     challenge = query.get("hub.challenge", "")
@@ -119,45 +120,21 @@ async def receive_delivery(request: Request) -> Response:
 async def _verify(request: Request, runtime: Runtime) -> tuple[bytes, str]:
     """The raw body and the caller's address, once every guard and the signature passed."""
     settings = runtime.settings
-    body = await read_body(request, MAX_BODY_BYTES)
-    require_https(request, settings)
-    address = client_ip(request, settings)
-    await _check_ip(runtime, address)
+    admitted = await webhooks.admit(request, runtime, MAX_BODY_BYTES)
+    body, address = admitted.body, admitted.source_ip
     app_secret = secret(settings.meta_app_secret)
     if app_secret is None:
-        raise _not_configured("WHATSORDER_META_APP_SECRET")
+        raise webhooks.not_configured("Meta", "WHATSORDER_META_APP_SECRET")
     signature = request.headers.get(meta.SIGNATURE_HEADER)
     if not signature:
-        observability.record_signature_failure(meta.SOURCE, "missing")
-        raise Problem(
-            401, "signature-missing", "Signature missing", "X-Hub-Signature-256 header is missing."
-        )
+        raise webhooks.signature_missing(meta.SOURCE, meta.SIGNATURE_HEADER)
     if not meta.signature_is_valid(app_secret, body, signature):
-        observability.record_signature_failure(meta.SOURCE, "invalid")
-        raise Problem(
-            403,
-            "signature-invalid",
-            "Signature invalid",
+        raise webhooks.signature_invalid(
+            meta.SOURCE,
+            meta.SIGNATURE_HEADER,
             "X-Hub-Signature-256 does not match the body and the configured app secret.",
         )
     return body, address
-
-
-async def _check_ip(runtime: Runtime, address: str) -> None:
-    try:
-        await runtime.limits.check_ip(address)
-    except Problem:
-        observability.record_rate_limited("ip")
-        raise
-
-
-def _not_configured(variable: str) -> Problem:
-    return Problem(
-        503,
-        "provider-not-configured",
-        "Meta not configured",
-        f"{variable} is not set; unsigned traffic is never accepted.",
-    )
 
 
 def _received(messages: int, statuses: int, *, dead_lettered: int) -> Response:

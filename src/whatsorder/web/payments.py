@@ -53,12 +53,12 @@ async def stripe_webhook(request: Request) -> Response:
         raise not_configured("Stripe", "WHATSORDER_STRIPE_WEBHOOK_SECRET")
     header = request.headers.get(stripe.SIGNATURE_HEADER)
     if not header:
-        raise signature_missing(stripe.SIGNATURE_HEADER)
+        raise signature_missing(stripe.SOURCE, stripe.SIGNATURE_HEADER)
     payload = _text(admitted.body)
     try:
         stripe.verify(payload, header, signing_secret, time.time())
     except stripe.SignatureInvalid as error:
-        raise signature_invalid(stripe.SIGNATURE_HEADER) from error
+        raise signature_invalid(stripe.SOURCE, stripe.SIGNATURE_HEADER) from error
     except stripe.OutsideReplayWindow as error:
         raise Problem(
             400, "outside-replay-window", "Outside the replay window", str(error)
@@ -83,10 +83,10 @@ async def razorpay_webhook(request: Request) -> Response:
         raise not_configured("Razorpay", "WHATSORDER_RAZORPAY_WEBHOOK_SECRET")
     signature = request.headers.get(razorpay.SIGNATURE_HEADER)
     if not signature:
-        raise signature_missing(razorpay.SIGNATURE_HEADER)
+        raise signature_missing(razorpay.SOURCE, razorpay.SIGNATURE_HEADER)
     body = _text(admitted.body)
     if not razorpay.signature_is_valid(signing_secret, body, signature):
-        raise signature_invalid(razorpay.SIGNATURE_HEADER)
+        raise signature_invalid(razorpay.SOURCE, razorpay.SIGNATURE_HEADER)
     event_id = request.headers.get(razorpay.EVENT_ID_HEADER)
     if not event_id:
         raise Problem(

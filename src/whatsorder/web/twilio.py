@@ -15,7 +15,6 @@ from whatsorder.idempotency import (
     IdempotentRequest,
     InvalidKey,
     Outcome,
-    Result,
     StoredResponse,
     form_fingerprint,
     key_from_headers,
@@ -25,7 +24,7 @@ from whatsorder.ordering import replies, services
 from whatsorder.ordering.grammar import PlaceOrder, parse_message
 from whatsorder.providers import twilio
 from whatsorder.settings import secret
-from whatsorder.web.guards import client_ip, read_body, require_https
+from whatsorder.web import webhooks
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime, runtime_of
 
@@ -55,28 +54,13 @@ class _Verified:
 
 async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
     settings = runtime.settings
-    body = await read_body(request, settings.max_body_bytes)
-    require_https(request, settings)
-    address = client_ip(request, settings)
-    try:
-        await runtime.limits.check_ip(address)
-    except Problem:
-        observability.record_rate_limited("ip")
-        raise
+    admitted = await webhooks.admit(request, runtime)
     token = secret(settings.twilio_auth_token)
     if token is None:
-        raise Problem(
-            503,
-            "provider-not-configured",
-            "Twilio not configured",
-            "WHATSORDER_TWILIO_AUTH_TOKEN is not set; unsigned traffic is never accepted.",
-        )
+        raise webhooks.not_configured("Twilio", "WHATSORDER_TWILIO_AUTH_TOKEN")
     signature = request.headers.get(twilio.SIGNATURE_HEADER)
     if not signature:
-        observability.record_signature_failure(twilio.SOURCE, "missing")
-        raise Problem(
-            401, "signature-missing", "Signature missing", "X-Twilio-Signature header is missing."
-        )
+        raise webhooks.signature_missing(twilio.SOURCE, twilio.SIGNATURE_HEADER)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != FORM_CONTENT_TYPE:
         raise Problem(
@@ -86,22 +70,21 @@ async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
             f"Expected {FORM_CONTENT_TYPE}.",
         )
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        text = admitted.body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise Problem(400, "malformed-body", "Malformed body", "The body is not UTF-8.") from error
+        raise webhooks.malformed_body() from error
+    pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False)
     params = twilio.FormParams.of(pairs)
     # Twilio signs the URL it called, query string included.
     query = request.url.query
     signed_url = settings.public_url_for(path) + (f"?{query}" if query else "")
     if not twilio.signature_is_valid(token, signed_url, params, signature):
-        observability.record_signature_failure(twilio.SOURCE, "invalid")
-        raise Problem(
-            403,
-            "signature-invalid",
-            "Signature invalid",
+        raise webhooks.signature_invalid(
+            twilio.SOURCE,
+            twilio.SIGNATURE_HEADER,
             "X-Twilio-Signature does not match this request and the configured public URL.",
         )
-    return _Verified(pairs, address)
+    return _Verified(pairs, admitted.source_ip)
 
 
 def _idempotent_request(
@@ -123,21 +106,13 @@ def _idempotent_request(
     )
 
 
-def _to_response(result: Result) -> Response:
-    response = result.response
-    headers = dict(response.headers)
-    if result.replayed:
-        headers["idempotent-replayed"] = "true"
-    return Response(response.body, status_code=response.status, headers=headers)
-
-
 async def _run(
     request: Request,
     runtime: Runtime,
     idempotent: IdempotentRequest,
     handler: Callable[[AsyncConnection], Awaitable[HandlerResult]],
 ) -> Response:
-    return _to_response(await runtime.idempotency.execute(idempotent, handler))
+    return webhooks.to_response(await runtime.idempotency.execute(idempotent, handler))
 
 
 def _malformed(error: twilio.MalformedWebhook) -> Problem:
@@ -178,7 +153,7 @@ async def inbound(request: Request) -> Response:
     # order the business key finds again; only a retry after cleanup could count twice.
     if placed_order is not None and result.outcome is Outcome.NEW:
         observability.record_order_created(twilio.SOURCE, placed_order)
-    return _to_response(result)
+    return webhooks.to_response(result)
 
 
 @router.post(STATUS_PATH, responses={200: _TWIML_DOC}, summary="Twilio message status callback")

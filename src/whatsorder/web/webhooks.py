@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import Request, Response
 
+from whatsorder import observability
 from whatsorder.idempotency import Result, StoredResponse
 from whatsorder.web.guards import client_ip, read_body, require_https
 from whatsorder.web.problems import Problem
@@ -35,8 +36,17 @@ async def admit(request: Request, runtime: Runtime, max_body_bytes: int | None =
     body = await read_body(request, max_body_bytes or settings.max_body_bytes)
     require_https(request, settings)
     address = client_ip(request, settings)
-    await runtime.limits.check_ip(address)
+    await check_ip(runtime, address)
     return Admitted(body, address)
+
+
+async def check_ip(runtime: Runtime, address: str) -> None:
+    """The per-IP limit (429), counted in the rate-limit metric."""
+    try:
+        await runtime.limits.check_ip(address)
+    except Problem:
+        observability.record_rate_limited("ip")
+        raise
 
 
 def not_configured(provider: str, variable: str) -> Problem:
@@ -48,13 +58,20 @@ def not_configured(provider: str, variable: str) -> Problem:
     )
 
 
-def signature_missing(header: str) -> Problem:
+def signature_missing(provider: str, header: str) -> Problem:
+    """401 for an unsigned request, counted in the signature-failure metric."""
+    observability.record_signature_failure(provider, "missing")
     return Problem(401, "signature-missing", "Signature missing", f"{header} header is missing.")
 
 
-def signature_invalid(header: str) -> Problem:
+def signature_invalid(provider: str, header: str, detail: str | None = None) -> Problem:
+    """403 for a signature that does not match, counted in the signature-failure metric."""
+    observability.record_signature_failure(provider, "invalid")
     return Problem(
-        403, "signature-invalid", "Signature invalid", f"{header} does not match this request."
+        403,
+        "signature-invalid",
+        "Signature invalid",
+        detail or f"{header} does not match this request.",
     )
 
 
