@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
@@ -106,15 +105,6 @@ def _idempotent_request(
     )
 
 
-async def _run(
-    request: Request,
-    runtime: Runtime,
-    idempotent: IdempotentRequest,
-    handler: Callable[[AsyncConnection], Awaitable[HandlerResult]],
-) -> Response:
-    return webhooks.to_response(await runtime.idempotency.execute(idempotent, handler))
-
-
 def _malformed(error: twilio.MalformedWebhook) -> Problem:
     return Problem(400, "malformed-webhook", "Malformed webhook", str(error))
 
@@ -181,4 +171,4 @@ async def status_callback(request: Request) -> Response:
         )
         return HandlerResult(twiml_response(None))
 
-    return await _run(request, runtime, idempotent, handle)
+    return webhooks.to_response(await runtime.idempotency.execute(idempotent, handle))
