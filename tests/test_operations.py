@@ -215,3 +215,28 @@ def test_pay_marks_the_order_paid_through_each_provider(database_url: str, tmp_p
     }
     assert statuses == {"ORD-000001": "paid", "ORD-000002": "paid"}
     assert run("audit").returncode == 0
+
+
+def test_each_migration_steps_down_and_up_again_without_losing_orders(database_url: str) -> None:
+    """Head → one step down → head, with orders in the database: they are all still there."""
+
+    async def count(*, place_one_first: bool = False) -> int:
+        engine = create_engine(database_url)
+        try:
+            if place_one_first:
+                await _place_order_rows(engine)
+            async with engine.connect() as connection:
+                return len(list(await connection.execute(select(orders))))
+        finally:
+            await engine.dispose()
+
+    before = asyncio.run(count(place_one_first=True))
+    assert before == 1
+    head = migrate.head_revision(database_url)
+    migrate.downgrade(database_url, "-1")
+    assert not migrate.is_current(database_url)
+    migrate.upgrade(database_url)
+    assert migrate.head_revision(database_url) == head
+    assert migrate.is_current(database_url)
+    assert asyncio.run(count()) == before
+    assert cli(database_url, "audit").returncode == 0
