@@ -28,7 +28,6 @@ from whatsorder.db.outbox import OutboxMessage, OutboxRepository
 from whatsorder.idempotency.record import utcnow
 from whatsorder.providers import meta
 
-DEFAULT_GRAPH_URL = "https://graph.facebook.com/v21.0"
 log = logging.getLogger("whatsorder.outbox")
 
 # Answers worth retrying as they are; any other 4xx will not change by sending it again.

@@ -122,12 +122,10 @@ async def _verify(request: Request, runtime: Runtime) -> tuple[bytes, str]:
     settings = runtime.settings
     admitted = await webhooks.admit(request, runtime, MAX_BODY_BYTES)
     body, address = admitted.body, admitted.source_ip
-    app_secret = secret(settings.meta_app_secret)
-    if app_secret is None:
-        raise webhooks.not_configured("Meta", "WHATSORDER_META_APP_SECRET")
-    signature = request.headers.get(meta.SIGNATURE_HEADER)
-    if not signature:
-        raise webhooks.signature_missing(meta.SOURCE, meta.SIGNATURE_HEADER)
+    app_secret = webhooks.required_secret(
+        settings.meta_app_secret, "Meta", "WHATSORDER_META_APP_SECRET"
+    )
+    signature = webhooks.signature_of(request, meta.SOURCE, meta.SIGNATURE_HEADER)
     if not meta.signature_is_valid(app_secret, body, signature):
         raise webhooks.signature_invalid(
             meta.SOURCE,

@@ -21,7 +21,6 @@ from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering.payments import PaymentEvent, apply_payment
 from whatsorder.providers import razorpay, stripe
 from whatsorder.providers.payment_payload import MalformedPayment
-from whatsorder.settings import secret
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime, runtime_of
 from whatsorder.web.webhooks import (
@@ -30,9 +29,9 @@ from whatsorder.web.webhooks import (
     admit,
     json_stored,
     malformed_body,
-    not_configured,
+    required_secret,
     signature_invalid,
-    signature_missing,
+    signature_of,
     to_response,
 )
 
@@ -48,12 +47,10 @@ _JSON_DOC = {"content": {JSON_CONTENT_TYPE: {}}, "description": "Received"}
 async def stripe_webhook(request: Request) -> Response:
     runtime = runtime_of(request)
     admitted = await admit(request, runtime)
-    signing_secret = secret(runtime.settings.stripe_webhook_secret)
-    if signing_secret is None:
-        raise not_configured("Stripe", "WHATSORDER_STRIPE_WEBHOOK_SECRET")
-    header = request.headers.get(stripe.SIGNATURE_HEADER)
-    if not header:
-        raise signature_missing(stripe.SOURCE, stripe.SIGNATURE_HEADER)
+    signing_secret = required_secret(
+        runtime.settings.stripe_webhook_secret, "Stripe", "WHATSORDER_STRIPE_WEBHOOK_SECRET"
+    )
+    header = signature_of(request, stripe.SOURCE, stripe.SIGNATURE_HEADER)
     payload = _text(admitted.body)
     try:
         stripe.verify(payload, header, signing_secret, time.time())
@@ -78,12 +75,10 @@ async def stripe_webhook(request: Request) -> Response:
 async def razorpay_webhook(request: Request) -> Response:
     runtime = runtime_of(request)
     admitted = await admit(request, runtime)
-    signing_secret = secret(runtime.settings.razorpay_webhook_secret)
-    if signing_secret is None:
-        raise not_configured("Razorpay", "WHATSORDER_RAZORPAY_WEBHOOK_SECRET")
-    signature = request.headers.get(razorpay.SIGNATURE_HEADER)
-    if not signature:
-        raise signature_missing(razorpay.SOURCE, razorpay.SIGNATURE_HEADER)
+    signing_secret = required_secret(
+        runtime.settings.razorpay_webhook_secret, "Razorpay", "WHATSORDER_RAZORPAY_WEBHOOK_SECRET"
+    )
+    signature = signature_of(request, razorpay.SOURCE, razorpay.SIGNATURE_HEADER)
     body = _text(admitted.body)
     if not razorpay.signature_is_valid(signing_secret, body, signature):
         raise signature_invalid(razorpay.SOURCE, razorpay.SIGNATURE_HEADER)

@@ -22,7 +22,6 @@ from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering import replies, services
 from whatsorder.ordering.grammar import PlaceOrder, parse_message
 from whatsorder.providers import twilio
-from whatsorder.settings import secret
 from whatsorder.web import webhooks
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime, runtime_of
@@ -54,12 +53,10 @@ class _Verified:
 async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
     settings = runtime.settings
     admitted = await webhooks.admit(request, runtime)
-    token = secret(settings.twilio_auth_token)
-    if token is None:
-        raise webhooks.not_configured("Twilio", "WHATSORDER_TWILIO_AUTH_TOKEN")
-    signature = request.headers.get(twilio.SIGNATURE_HEADER)
-    if not signature:
-        raise webhooks.signature_missing(twilio.SOURCE, twilio.SIGNATURE_HEADER)
+    token = webhooks.required_secret(
+        settings.twilio_auth_token, "Twilio", "WHATSORDER_TWILIO_AUTH_TOKEN"
+    )
+    signature = webhooks.signature_of(request, twilio.SOURCE, twilio.SIGNATURE_HEADER)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != FORM_CONTENT_TYPE:
         raise Problem(

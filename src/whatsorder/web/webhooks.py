@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request, Response
+from pydantic import SecretStr
 
 from whatsorder import observability
 from whatsorder.idempotency import Result, StoredResponse
+from whatsorder.settings import secret
 from whatsorder.web.guards import client_ip, read_body, require_https
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime
@@ -56,6 +58,22 @@ def not_configured(provider: str, variable: str) -> Problem:
         f"{provider} not configured",
         f"{variable} is not set; unsigned traffic is never accepted.",
     )
+
+
+def required_secret(value: SecretStr | None, provider: str, variable: str) -> str:
+    """The provider's secret, or 503: without it, unsigned traffic is never accepted."""
+    plain = secret(value)
+    if plain is None:
+        raise not_configured(provider, variable)
+    return plain
+
+
+def signature_of(request: Request, source: str, header: str) -> str:
+    """The request's signature header, or 401 (counted as a signature failure)."""
+    value = request.headers.get(header)
+    if not value:
+        raise signature_missing(source, header)
+    return value
 
 
 def signature_missing(provider: str, header: str) -> Problem:
