@@ -10,7 +10,7 @@ DEV_META_SECRET := dev-meta-app-secret
 DEV_STRIPE_SECRET := whsec_dev_stripe_secret
 DEV_RAZORPAY_SECRET := dev-razorpay-webhook-secret
 
-.PHONY: run test lint typecheck pytest install install-dev clean
+.PHONY: run test faults bench lint typecheck pytest install install-dev system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,12 +48,25 @@ run: $(STAMP)
 	WHATSORDER_PUBLIC_URL=$${WHATSORDER_PUBLIC_URL:-http://127.0.0.1:8000} \
 	$(BIN)/whatsorder serve --host 127.0.0.1 --port 8000
 
-## make test: lint, format check, type check and the whole test suite.
-test: $(DEV_STAMP)
+## make test: lint, format check, type check and the whole test suite (the quick mode of the fault suite
+## included; nginx, for the replica tests, is installed from Debian's packages when missing).
+test: $(DEV_STAMP) system-packages
 	$(BIN)/ruff check src tests examples
 	$(BIN)/ruff format --check src tests examples
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+system-packages:
+	@bash scripts/system-packages.sh nginx
+
+## make faults: the full fault-injection and adversarial suite (hundreds of SIGKILLs, outages, fuzzing).
+faults: $(DEV_STAMP) system-packages
+	WHATSORDER_FAULTS=full $(BIN)/pytest tests/faults
+
+## make bench: the benchmark suite against the peer idempotency layers; writes bench/results/ and the plots.
+bench: $(DEV_STAMP)
+	@bash scripts/system-packages.sh wrk
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
