@@ -56,8 +56,24 @@ def main() -> None:
     envvar="WHATSORDER_LOG_FORMAT",
     help="auto: JSON lines unless stdout is a terminal [env: WHATSORDER_LOG_FORMAT].",
 )
-def serve(host: str, port: int, workers: int, log_format: str) -> None:
-    """Serve the webhooks (uvicorn). Settings come from WHATSORDER_* variables."""
+@click.option(
+    "--graceful-timeout",
+    type=click.IntRange(1, 3600),
+    default=20,
+    show_default=True,
+    envvar="WHATSORDER_GRACEFUL_TIMEOUT_SECONDS",
+    help="On SIGTERM: stop accepting connections, give requests in flight this many seconds "
+    "to finish, then cancel them (their transactions roll back) "
+    "[env: WHATSORDER_GRACEFUL_TIMEOUT_SECONDS].",
+)
+def serve(host: str, port: int, workers: int, log_format: str, graceful_timeout: int) -> None:
+    """Serve the webhooks (uvicorn). Settings come from WHATSORDER_* variables.
+
+    SIGTERM drains: the port closes at once (a proxy sends new requests to another replica),
+    requests in flight finish within --graceful-timeout, then the cleanup job stops after its
+    batch and the last statistics are written. Nothing half-done is kept: a cancelled request's
+    transaction rolls back and the provider's retry processes it afresh.
+    """
     import uvicorn
 
     # Workers share no memory: each writes its metrics to files here, /metrics adds them up.
@@ -76,7 +92,7 @@ def serve(host: str, port: int, workers: int, log_format: str) -> None:
             port=port,
             workers=workers,
             proxy_headers=False,  # X-Forwarded-* is trusted only from WHATSORDER_TRUSTED_PROXIES
-            timeout_graceful_shutdown=20,
+            timeout_graceful_shutdown=graceful_timeout,
             log_config=observability.logging_config(
                 json={"auto": None, "json": True, "text": False}[log_format]
             ),
@@ -90,11 +106,29 @@ def serve(host: str, port: int, workers: int, log_format: str) -> None:
 @click.option(
     "--check", is_flag=True, help="Only tell whether the schema is current (exit 1 if not)."
 )
-def migrate(check: bool) -> None:
-    """Bring the database schema up to date (Alembic)."""
+@click.option(
+    "--revision",
+    help="Move to this revision instead of the newest: an id (0002), head, base, or a step "
+    "(-1). Down is a rollback: it drops what the later migrations added, rows included.",
+)
+def migrate(check: bool, revision: str | None) -> None:
+    """Bring the database schema up to date (Alembic), or to --revision."""
     from whatsorder.db import migrate as migrations
 
     url = Settings().database_url
+    if check and revision is not None:
+        raise click.UsageError("--check compares with the newest revision; leave out --revision")
+    if revision is not None:
+        try:
+            now = migrations.move_to(url, revision)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from error
+        head = migrations.head_revision(url)
+        if now == head:
+            click.echo(f"schema current ({head})")
+        else:
+            click.echo(f"schema at {now or 'nothing'}; the code expects {head}")
+        return
     if check:
         current = asyncio.run(migrations.current_revision(url))
         head = migrations.head_revision(url)

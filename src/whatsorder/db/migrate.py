@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection
 
 from whatsorder.idempotency.stores.sql import create_engine
@@ -40,6 +41,41 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def move_to(database_url: str, target: str) -> str | None:
+    """Upgrade or downgrade to ``target``; returns the revision the database is at afterwards.
+
+    ``target`` is a revision id (``0002``), ``head``, ``base``, or a step (``-1``, ``+1``).
+    Whether that is up or down is read from where the database is now. A downgrade drops what
+    the later migrations added, tables and their rows included. Raises ``ValueError`` for a
+    revision these migrations do not know.
+    """
+    config = alembic_config(database_url)
+    script = ScriptDirectory.from_config(config)
+    current = asyncio.run(current_revision(database_url))
+    if target in {"base"} or target.startswith("-"):
+        down = True
+    elif target in {"head", "heads"} or target.startswith("+"):
+        down = False
+    else:
+        try:
+            wanted = script.get_revision(target)
+        except CommandError as error:
+            raise ValueError(f"unknown revision {target!r}: {error}") from error
+        if wanted is None:
+            raise ValueError(f"unknown revision {target!r}")
+        below = (
+            set()
+            if current is None
+            else {revision.revision for revision in script.walk_revisions("base", current)}
+        )
+        down = wanted.revision in below and wanted.revision != current
+    if down:
+        downgrade(database_url, target)
+    else:
+        upgrade(database_url, target)
+    return asyncio.run(current_revision(database_url))
 
 
 def head_revision(database_url: str) -> str | None:
