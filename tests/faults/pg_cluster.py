@@ -114,9 +114,30 @@ class PostgresCluster:
             "pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-o", options, "-w", "start"
         )
 
-    def stop(self, mode: str = "fast") -> None:
-        """``fast``: sessions are ended and rolled back; ``immediate``: as if it crashed."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+    def stop(self, mode: str = "fast", *, wait: bool = True) -> None:
+        """``fast``: sessions are ended and rolled back; ``immediate``: as if it crashed;
+        ``smart``: new sessions are refused while the open ones finish."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w" if wait else "-W", "stop")
+
+    async def until_shutting_down(self) -> None:
+        """Wait (10 s at most) until new sessions are refused: "the database system is shutting
+        down"."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                connection = await asyncpg.connect(self.url("postgres"), timeout=2)
+            except asyncpg.CannotConnectNowError:
+                return
+            await connection.close()
+            await asyncio.sleep(0.05)
+        raise TimeoutError("the cluster never began to shut down")
+
+    def wait_stopped(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.running():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the cluster did not stop")
+            time.sleep(0.05)
 
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()

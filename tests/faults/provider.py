@@ -92,12 +92,15 @@ class Tally:
     seconds: dict[str, list[float]] = field(default_factory=dict)
     unanswered: list[Delivery] = field(default_factory=list)  # gave up: attempts or time ran out
     refused: list[tuple[Delivery, int, str]] = field(default_factory=list)  # 4xx, not retried
+    timeline: list[tuple[float, float, str]] = field(default_factory=list)  # sent, took, answer
+    bodies: Counter[str] = field(default_factory=Counter)  # the problem types of non-200 answers
 
     @property
     def retries(self) -> int:
         return self.attempts - self.deliveries
 
     def note(self, answer: str, seconds: float) -> None:
+        self.timeline.append((time.monotonic() - seconds, seconds, answer))
         self.attempts += 1
         self.answers[answer] += 1
         self.seconds.setdefault(answer, []).append(seconds)
@@ -108,6 +111,10 @@ class Tally:
     def percentile(self, answer: str, share: float) -> float:
         values = sorted(self.seconds.get(answer, [0.0]))
         return values[min(len(values) - 1, int(share * len(values)))]
+
+
+def _is_problem(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("application/problem+json")
 
 
 def retryable(status: int) -> bool:
@@ -156,6 +163,9 @@ class Provider:
             self.tally.note("connection", time.monotonic() - started)
             return "connection"
         self.tally.note(str(response.status_code), time.monotonic() - started)
+        if response.status_code != 200:
+            kind = response.json().get("type", "?") if _is_problem(response) else response.text[:80]
+            self.tally.bodies[f"{response.status_code} {kind}"] += 1
         return response
 
     async def deliver(self, delivery: Delivery) -> httpx.Response | None:

@@ -49,6 +49,11 @@ from whatsorder.idempotency.stores.base import Claimed
 DEFAULT_TABLE_NAME = "webhook_idempotency"
 PG_LOCK_NOT_AVAILABLE = "55P03"
 PG_CONNECTION_CLASS = "08"
+# Operator intervention: the server is shutting down, starting up or recovering (57P01-57P03),
+# or ended our session. A retry after it is back succeeds; 57014 (a cancelled query) is not it.
+PG_OPERATOR_CLASS = "57"
+PG_QUERY_CANCELED = "57014"
+PG_TOO_MANY_CONNECTIONS = "53300"
 
 
 def idempotency_table(
@@ -398,10 +403,14 @@ class SqlStore:
 
 def _classify(error: sa_exc.DBAPIError) -> Exception:
     """Turn the database's way of saying "not now" into outcomes; anything else stays itself."""
-    code = sqlstate(error)
+    code = sqlstate(error) or ""
     if code == PG_LOCK_NOT_AVAILABLE:
         return StoreBusy("A database lock was not granted in time.", retry_after=1)
-    if error.connection_invalidated or (code or "").startswith(PG_CONNECTION_CLASS):
+    if code == PG_TOO_MANY_CONNECTIONS:
+        return StoreBusy("The database has no connection free.", retry_after=2)
+    if code.startswith(PG_OPERATOR_CLASS) and code != PG_QUERY_CANCELED:
+        return StoreUnavailable("The database is shutting down or starting up.")
+    if error.connection_invalidated or code.startswith(PG_CONNECTION_CLASS):
         return StoreUnavailable("The database connection was lost.")
     message = str(error.orig).lower()
     if "database is locked" in message or "database is busy" in message:
