@@ -10,6 +10,10 @@ from sqlalchemy.engine import Connection
 from whatsorder.db.tables import metadata
 from whatsorder.idempotency.stores.sql import create_engine
 
+# Replicas keep serving during a migration. A statement waiting for a lock on a busy table
+# makes every query after it wait too: better to give up and run `whatsorder migrate` again.
+POSTGRES_LOCK_TIMEOUT = "10s"
+
 
 def _run(connection: Connection) -> None:
     context.configure(
@@ -19,6 +23,9 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # For the session: it outlives the commit an autocommit_block() makes.
+            context.execute(f"SET lock_timeout = '{POSTGRES_LOCK_TIMEOUT}'")
         context.run_migrations()
 
 

@@ -5,6 +5,18 @@ Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 """
 
+# Replicas keep serving while this runs (docs/deployment.md), so nothing here may lock a busy
+# table for long. An index on a table that already holds rows is built CONCURRENTLY on
+# PostgreSQL, outside the migration's transaction:
+#
+#     with op.get_context().autocommit_block():
+#         op.create_index("ix_t_c", "t", ["c"], postgresql_concurrently=True)
+#
+# (and dropped the same way in downgrade). Say in a comment why an index is not, e.g. its table
+# is created in this same migration and is empty. tests/deploy/test_migrations.py checks this.
+# Old replicas run against the new schema until the roll is over: add, never rename or drop,
+# in the release that migrates; the release after can drop what nothing reads any more.
+
 from __future__ import annotations
 
 from collections.abc import Sequence

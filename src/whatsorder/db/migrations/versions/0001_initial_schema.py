@@ -17,6 +17,9 @@ down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# Indexes are built in the plain, locking way: every table here is created by this migration
+# and empty, so there is nothing to lock out (CONCURRENTLY is for tables that hold rows).
+
 
 def upgrade() -> None:
     op.create_table(

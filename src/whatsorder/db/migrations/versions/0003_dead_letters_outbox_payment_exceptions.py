@@ -17,6 +17,9 @@ down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# Indexes are built in the plain, locking way: their tables are created by this migration and
+# empty, so there is nothing to lock out (CONCURRENTLY is for tables that hold rows).
+
 
 def upgrade() -> None:
     op.create_table(
