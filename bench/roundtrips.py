@@ -1,0 +1,163 @@
+"""Store round trips per request, counted where they really happen.
+
+SQL stores: SQLAlchemy's engine events see every statement the driver is given
+(``before_cursor_execute``), every BEGIN/COMMIT/ROLLBACK, and we count the pool's pre-ping
+(``do_ping``), each of which is a round trip to PostgreSQL. Redis: the server's own MONITOR
+stream, filtered to the store's connection between two ECHO markers.
+
+The middleware runs in process (httpx's ASGI transport) in front of the same endpoint shape the
+HTTP scenarios use, so the counts are the middleware's and nothing else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from sqlalchemy import MetaData, event
+
+from bench import harness
+from bench.contenders import GROUPS
+from bench.context import Context
+
+
+def measure(ctx: Context, stores: list[str]) -> None:
+    section: dict[str, Any] = ctx.results.setdefault("roundtrips", {})
+    for name in stores:
+        group = GROUPS[name]
+        with ctx.databases(group, "trips") as (_db_url, store_url):
+            section[name] = asyncio.run(_count(store_url))
+        ctx.log(f"{name:8} round trips: {section[name]}")
+
+
+def _app(store: Any) -> Any:
+    from fastapi import FastAPI
+
+    from whatsorder.idempotency import IdempotencyMiddleware
+
+    app = FastAPI()
+
+    @app.post("/orders", status_code=201)
+    async def create_order(order: dict[str, Any]) -> dict[str, Any]:
+        return {"id": 1, **order}
+
+    app.add_middleware(IdempotencyMiddleware, store=store)
+    return app
+
+
+async def _count(store_url: str) -> dict[str, Any]:
+    from whatsorder.idempotency import SqlStore, create_engine, idempotency_table
+    from whatsorder.idempotency.stores.redis import RedisStore
+
+    store: Any
+    if store_url.startswith("redis"):
+        store = RedisStore.from_url(store_url, prefix=harness.REDIS_PREFIX + "trips:")
+    else:
+        store = SqlStore(
+            create_engine(store_url, pool_size=1, max_overflow=0),
+            idempotency_table(MetaData(), "idempotency_records"),
+            create_table=True,
+        )
+    transport = httpx.ASGITransport(app=_app(store))
+    counts: dict[str, Any] = {}
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+
+            async def post(key: str) -> httpx.Response:
+                return await client.post(
+                    "/orders", json={"sku": "ATTA-5KG", "qty": 2}, headers={"Idempotency-Key": key}
+                )
+
+            await post("warm-up")  # table created, scripts loaded, pool filled
+            await post("warm-up")
+            for kind, key in (("first", "trips-1"), ("replay", "trips-1")):
+                if isinstance(store, RedisStore):
+                    counts[kind] = await _redis_commands(store, lambda k=key: post(k))
+                else:
+                    with _sql_counter(store) as seen:
+                        response = await post(key)
+                    assert response.status_code == 201, response.text
+                    counts[kind] = seen
+    finally:
+        await store.close()
+    return counts
+
+
+@contextlib.contextmanager
+def _sql_counter(store: Any) -> Iterator[dict[str, Any]]:
+    engine = store.engine.sync_engine
+    seen: dict[str, Any] = {"statements": [], "begin": 0, "commit": 0, "rollback": 0, "ping": 0}
+
+    def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen["statements"].append(" ".join(statement.split())[:80])
+
+    def counter(name: str) -> Any:
+        def count(*_: Any) -> None:
+            seen[name] += 1
+
+        return count
+
+    listeners = [
+        ("before_cursor_execute", on_statement),
+        ("begin", counter("begin")),
+        ("commit", counter("commit")),
+        ("rollback", counter("rollback")),
+    ]
+    for name, listener in listeners:
+        event.listen(engine, name, listener)
+    dialect = engine.dialect
+    original_ping = dialect.do_ping
+
+    def ping(connection: Any) -> bool:
+        seen["ping"] += 1
+        return bool(original_ping(connection))
+
+    dialect.do_ping = ping  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        dialect.do_ping = original_ping  # type: ignore[method-assign]
+        for name, listener in listeners:
+            event.remove(engine, name, listener)
+        # Round trips to the server: statements (BEGIN IMMEDIATE on SQLite is one of them),
+        # plus PostgreSQL's BEGIN, COMMIT/ROLLBACK and pre-ping, which are not cursor executes.
+        statements = len(seen["statements"])
+        if store.kind == "postgresql":
+            seen["round_trips"] = statements + seen["begin"] + seen["commit"] + seen["ping"]
+        else:
+            seen["round_trips"] = statements + seen["commit"]
+        seen["statement_count"] = statements
+
+
+async def _redis_commands(store: Any, send: Any) -> dict[str, Any]:
+    """Commands the store's connection sent between two markers, as Redis's MONITOR saw them."""
+    monitor = subprocess.Popen(  # noqa: ASYNC220 (started once, read after the request)
+        ["redis-cli", "-u", harness.REDIS_URL, "monitor"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        await asyncio.sleep(0.3)
+        await store.client.echo("bench-mark-start")
+        response = await send()
+        await store.client.echo("bench-mark-end")
+        assert response.status_code == 201, response.text
+        await asyncio.sleep(0.3)
+    finally:
+        monitor.terminate()
+        output, _ = monitor.communicate(timeout=10)
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "bench-mark-start" in line)
+    client = lines[start].split("[", 1)[1].split("]", 1)[0]  # "db addr" of the store's connection
+    commands = []
+    for line in lines[start + 1 :]:
+        if "bench-mark-end" in line:
+            break
+        if f"[{client}]" in line:
+            commands.append(line.split("]", 1)[1].strip()[:80])
+    return {"commands": commands, "round_trips": len(commands)}
