@@ -32,6 +32,7 @@ from support import server_env, whatsorder_command
 REPO = Path(__file__).resolve().parents[2]
 NGINX_SAMPLE = REPO / "deploy" / "nginx" / "whatsorder.conf"
 ROLLING_RESTART = REPO / "deploy" / "rolling-restart.sh"
+CHECK = REPO / "deploy" / "check.sh"
 SAMPLE_REPLICA_PORTS = (8001, 8002, 8003)
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 MAX_GENERATIONS = 10  # a replica that keeps dying is not restarted for ever
