@@ -188,9 +188,11 @@ async def constant_rate(
     duplicate_share: float = 0.1,
     seed: int = 6,
     max_connections: int = 256,
+    stop: asyncio.Event | None = None,
 ) -> Figures:
     """Open loop: ``rate`` requests/s for ``seconds``, ``duplicate_share`` of them re-sending
     a key sent at least a second earlier (a provider's retry). Latency from the scheduled time.
+    With ``stop``, requests go on past ``seconds`` until it is set (bounded: 10× ``seconds``).
     """
     chooser = random.Random(seed)
     total = int(rate * seconds)
@@ -229,13 +231,17 @@ async def constant_rate(
                 connection.close()
 
     tasks = []
-    for index in range(total):
+    index = -1
+    while True:
+        index += 1
+        if index >= total and (stop is None or stop.is_set() or index >= 10 * total):
+            break
         scheduled = start + index / rate
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(index, scheduled)))
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 60)
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
     elapsed = time.perf_counter() - start
     for connection in idle:
         connection.close()

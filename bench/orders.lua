@@ -3,6 +3,7 @@
 --   fresh:  a new key every request (PREFIX .. thread .. "-" .. n)
 --   cycle:  keys PREFIX0 .. PREFIX(POOL-1) in turn (all completed beforehand: replays)
 --   random: a random key of PREFIX1 .. PREFIXPOOL (a bulk-loaded table: replays)
+--   padded: a random key of PREFIX .. %035d of 1 .. POOL (the growth scenario's loaded keys)
 --   none:   no key at all
 -- done() prints one line "JSON:{...}": counts, latency percentiles (us) and status codes.
 local threads = {}
@@ -32,6 +33,8 @@ function request()
     key = prefix .. ((counter * 7 + id) % pool)
   elseif mode == "random" then
     key = prefix .. math.random(1, pool)
+  elseif mode == "padded" then
+    key = prefix .. string.format("%035d", math.random(1, pool))
   end
   local headers = { ["Content-Type"] = base["Content-Type"], ["Host"] = base["Host"] }
   if key then
