@@ -9,6 +9,7 @@ from fastapi import Request
 from limits import parse
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from whatsorder.settings import Settings
@@ -89,14 +90,28 @@ def require_https(request: Request, settings: Settings) -> None:
         )
 
 
+# Redis answers in milliseconds; past this it is down or wedged, and the provider is waiting.
+REDIS_TIMEOUT_SECONDS = 2.0
+
+
 class RateLimits:
-    """Per-IP (before any crypto) and per-sender (inside the idempotency scope) limits."""
+    """Per-IP (before any crypto) and per-sender (inside the idempotency scope) limits.
+
+    With the shared counters (Redis) unreachable, a webhook is refused with 503, like an
+    unreachable idempotency store: the provider retries it later, and nothing was kept.
+    """
 
     def __init__(self, settings: Settings) -> None:
         storage: Storage
         if settings.redis_url:
             # Shared by every worker and replica; without Redis each process counts alone.
-            shared = storage_from_string("async+" + settings.redis_url, implementation="redispy")
+            shared = storage_from_string(
+                "async+" + settings.redis_url,
+                implementation="redispy",
+                wrap_exceptions=True,  # every Redis failure arrives as one StorageError
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            )
             assert isinstance(shared, Storage)
             storage = shared
         else:
@@ -106,9 +121,12 @@ class RateLimits:
         self._per_sender = parse(settings.rate_limit_per_sender)
 
     async def check_ip(self, address: str) -> None:
-        if await self._limiter.hit(self._per_ip, "ip", address):
-            return
-        stats = await self._limiter.get_window_stats(self._per_ip, "ip", address)
+        try:
+            if await self._limiter.hit(self._per_ip, "ip", address):
+                return
+            stats = await self._limiter.get_window_stats(self._per_ip, "ip", address)
+        except StorageError as error:
+            raise _counters_unavailable() from error
         retry_after = max(1, int(stats.reset_time - time.time()) + 1)
         raise Problem(
             429,
@@ -119,4 +137,17 @@ class RateLimits:
         )
 
     async def allow_sender(self, sender: str) -> bool:
-        return bool(await self._limiter.hit(self._per_sender, "sender", sender))
+        try:
+            return bool(await self._limiter.hit(self._per_sender, "sender", sender))
+        except StorageError as error:
+            raise _counters_unavailable() from error
+
+
+def _counters_unavailable() -> Problem:
+    return Problem(
+        503,
+        "rate-limit-store-unavailable",
+        "Rate-limit store unavailable",
+        "The shared rate-limit counters (Redis) cannot be reached; nothing was processed. Retry.",
+        {"retry-after": "5"},
+    )

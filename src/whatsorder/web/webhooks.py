@@ -46,8 +46,9 @@ async def check_ip(runtime: Runtime, address: str) -> None:
     """The per-IP limit (429), counted in the rate-limit metric."""
     try:
         await runtime.limits.check_ip(address)
-    except Problem:
-        observability.record_rate_limited("ip")
+    except Problem as refused:
+        if refused.status == 429:  # not the 503 of unreachable counters
+            observability.record_rate_limited("ip")
         raise
 
 
