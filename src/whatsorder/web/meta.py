@@ -50,6 +50,7 @@ from whatsorder.providers import meta
 from whatsorder.settings import secret
 from whatsorder.web import webhooks
 from whatsorder.web.guards import client_ip, require_https
+from whatsorder.web.openapi import META_DELIVERY, META_HANDSHAKE, problems
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime, runtime_of
 
@@ -67,7 +68,11 @@ _TRANSIENT = (StoreBusy, StoreUnavailable, RequestInFlight)
     PATH,
     response_class=PlainTextResponse,
     summary="Meta webhook verification handshake",
-    responses={200: {"content": {"text/plain": {}}, "description": "hub.challenge, echoed"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "hub.challenge, echoed"},
+        **problems(403, 429, 503),
+    },
+    openapi_extra=META_HANDSHAKE,
 )
 async def verify_subscription(request: Request) -> Response:
     """Answer Meta's subscription check: ``hub.challenge`` if mode and verify token match."""
@@ -92,7 +97,15 @@ async def verify_subscription(request: Request) -> Response:
     return PlainTextResponse(challenge)
 
 
-@router.post(PATH, summary="Meta WhatsApp Cloud API webhook delivery")
+@router.post(
+    PATH,
+    summary="Meta WhatsApp Cloud API webhook delivery",
+    responses={
+        200: {"content": {JSON_CONTENT_TYPE: {}}, "description": "Every item processed or kept"},
+        **problems(401, 403, 408, 413, 429, 503),
+    },
+    openapi_extra=META_DELIVERY,
+)
 async def receive_delivery(request: Request) -> Response:
     """Process every message and status of a delivery once; 200 when all are done."""
     observability.bind(webhook_type=meta.SOURCE)

@@ -6,16 +6,23 @@ import hmac
 from typing import Any
 
 from alembic.runtime.migration import MigrationContext
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 
 from whatsorder import statistics
 from whatsorder.db import migrate, reports
 from whatsorder.settings import secret
+from whatsorder.web.openapi import problems
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import runtime_of
 
 router = APIRouter(tags=["operations"])
+# Declares the Bearer scheme in /docs; require_admin does the checking and the refusing.
+_BEARER = HTTPBearer(auto_error=False, description="WHATSORDER_ADMIN_TOKEN")
+_ADMIN_ONLY = [Depends(_BEARER)]
+_ADMIN_REFUSALS = problems(401, 403, 503)
+_LISTING_REFUSALS = problems(401, 403, 422, 503, why={422: "Invalid query parameters"})
 
 
 @router.get("/healthz", summary="The process is up")
@@ -23,7 +30,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database answers and its schema is current")
+@router.get(
+    "/readyz",
+    summary="The database answers and its schema is current",
+    responses={503: {"description": "Not ready: the reason says why"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     runtime = runtime_of(request)
     try:
@@ -92,14 +103,24 @@ def require_admin(request: Request) -> None:
         raise Problem(403, "forbidden", "Forbidden", "The admin token is wrong.")
 
 
-@router.get("/api/v1/admin/idempotency/stats", summary="Idempotency statistics (Bearer admin)")
+@router.get(
+    "/api/v1/admin/idempotency/stats",
+    summary="Idempotency statistics (Bearer admin)",
+    dependencies=_ADMIN_ONLY,
+    responses=_ADMIN_REFUSALS,
+)
 async def admin_idempotency_stats(request: Request) -> dict[str, Any]:
     require_admin(request)
     runtime = runtime_of(request)
     return await statistics.report(runtime.database, runtime.outcomes)
 
 
-@router.get("/api/v1/admin/dead-letters", summary="Unprocessable deliveries (Bearer admin)")
+@router.get(
+    "/api/v1/admin/dead-letters",
+    summary="Unprocessable deliveries (Bearer admin)",
+    dependencies=_ADMIN_ONLY,
+    responses=_LISTING_REFUSALS,
+)
 async def admin_dead_letters(request: Request, limit: int = 50) -> dict[str, Any]:
     require_admin(request)
     async with runtime_of(request).database.connect() as connection:
@@ -107,7 +128,12 @@ async def admin_dead_letters(request: Request, limit: int = 50) -> dict[str, Any
     return {"dead_letters": rows}
 
 
-@router.get("/api/v1/admin/orders", summary="Recent orders (Bearer admin token)")
+@router.get(
+    "/api/v1/admin/orders",
+    summary="Recent orders (Bearer admin token)",
+    dependencies=_ADMIN_ONLY,
+    responses=_LISTING_REFUSALS,
+)
 async def admin_orders(request: Request, limit: int = 50) -> dict[str, Any]:
     require_admin(request)
     async with runtime_of(request).database.connect() as connection:

@@ -21,6 +21,7 @@ from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering.payments import PaymentEvent, apply_payment
 from whatsorder.providers import razorpay, stripe
 from whatsorder.providers.payment_payload import MalformedPayment
+from whatsorder.web.openapi import RAZORPAY_EVENT, STRIPE_EVENT, WEBHOOK_REFUSALS, problems
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime, runtime_of
 from whatsorder.web.webhooks import (
@@ -40,10 +41,15 @@ RAZORPAY_PATH = "/api/v1/payments/razorpay/webhook"
 
 router = APIRouter(tags=["payments"])
 
-_JSON_DOC = {"content": {JSON_CONTENT_TYPE: {}}, "description": "Received"}
+_RESPONSES = {
+    200: {"content": {JSON_CONTENT_TYPE: {}}, "description": "Received"},
+    **problems(*WEBHOOK_REFUSALS),
+}
 
 
-@router.post(STRIPE_PATH, responses={200: _JSON_DOC}, summary="Stripe payment events")
+@router.post(
+    STRIPE_PATH, responses=_RESPONSES, openapi_extra=STRIPE_EVENT, summary="Stripe payment events"
+)
 async def stripe_webhook(request: Request) -> Response:
     runtime = runtime_of(request)
     admitted = await admit(request, runtime)
@@ -71,7 +77,12 @@ async def stripe_webhook(request: Request) -> Response:
     return await _apply(runtime, admitted, stripe.WEBHOOK_TYPE, event.payment, digest)
 
 
-@router.post(RAZORPAY_PATH, responses={200: _JSON_DOC}, summary="Razorpay payment events")
+@router.post(
+    RAZORPAY_PATH,
+    responses=_RESPONSES,
+    openapi_extra=RAZORPAY_EVENT,
+    summary="Razorpay payment events",
+)
 async def razorpay_webhook(request: Request) -> Response:
     runtime = runtime_of(request)
     admitted = await admit(request, runtime)

@@ -23,6 +23,7 @@ from whatsorder.ordering import replies, services
 from whatsorder.ordering.grammar import PlaceOrder, parse_message
 from whatsorder.providers import twilio
 from whatsorder.web import webhooks
+from whatsorder.web.openapi import TWILIO_INBOUND, TWILIO_STATUS, WEBHOOK_REFUSALS, problems
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime, runtime_of
 
@@ -32,7 +33,10 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 router = APIRouter(tags=["twilio"])
 
-_TWIML_DOC = {"content": {"text/xml": {}}, "description": "TwiML reply"}
+_RESPONSES = {
+    200: {"content": {"text/xml": {}}, "description": "TwiML reply"},
+    **problems(*WEBHOOK_REFUSALS, 415),
+}
 
 
 def twiml_response(text: str | None, status: int = 200) -> StoredResponse:
@@ -106,7 +110,12 @@ def _malformed(error: twilio.MalformedWebhook) -> Problem:
     return Problem(400, "malformed-webhook", "Malformed webhook", str(error))
 
 
-@router.post(INBOUND_PATH, responses={200: _TWIML_DOC}, summary="Twilio inbound WhatsApp message")
+@router.post(
+    INBOUND_PATH,
+    responses=_RESPONSES,
+    openapi_extra=TWILIO_INBOUND,
+    summary="Twilio inbound WhatsApp message",
+)
 async def inbound(request: Request) -> Response:
     observability.bind(webhook_type=twilio.WEBHOOK_TYPE_INBOUND)
     runtime = runtime_of(request)
@@ -143,7 +152,12 @@ async def inbound(request: Request) -> Response:
     return webhooks.to_response(result)
 
 
-@router.post(STATUS_PATH, responses={200: _TWIML_DOC}, summary="Twilio message status callback")
+@router.post(
+    STATUS_PATH,
+    responses=_RESPONSES,
+    openapi_extra=TWILIO_STATUS,
+    summary="Twilio message status callback",
+)
 async def status_callback(request: Request) -> Response:
     observability.bind(webhook_type=twilio.WEBHOOK_TYPE_STATUS)
     runtime = runtime_of(request)
