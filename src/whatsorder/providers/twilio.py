@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
+from whatsorder.idempotency import InvalidKey, validate_key
 from whatsorder.ordering.services import InboundMessage
 
 SOURCE = "twilio"
@@ -19,6 +20,8 @@ IDEMPOTENCY_TOKEN_HEADER = "I-Twilio-Idempotency-Token"  # noqa: S105 (a header 
 TWIML_CONTENT_TYPE = "text/xml; charset=utf-8"
 
 MAX_MESSAGE_CHARS = 1600  # Twilio refuses longer WhatsApp bodies (error 21617)
+MAX_SENDER_CHARS = 64  # retailers.whatsapp_id
+MAX_STATUS_CHARS = 32  # message_statuses.status and .error_code
 
 _PHONE = re.compile(r"\+?\d{6,}")
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -63,25 +66,46 @@ def _required(params: FormParams, name: str) -> str:
     return value
 
 
+def _identifier(params: FormParams, name: str, limit: int) -> str:
+    """A field that becomes a key or an identity column: 1-``limit`` visible ASCII characters.
+
+    Twilio's ids and addresses always are; anything else is refused here with a 400 rather
+    than by the database with a 500 (PostgreSQL refuses NUL and over-long values).
+    """
+    value = _required(params, name)
+    try:
+        validate_key(value)
+    except InvalidKey as error:
+        raise MalformedWebhook(f"{name} is not usable: {error}") from error
+    if len(value) > limit:
+        raise MalformedWebhook(f"{name} is longer than {limit} characters.")
+    return value
+
+
 def message_key(params: FormParams) -> str:
     """The idempotency key of an inbound message: its ``MessageSid``."""
-    return _required(params, "MessageSid")
+    return _identifier(params, "MessageSid", 255)
 
 
 def status_key(params: FormParams) -> str:
     """A status callback's key: ``MessageSid:MessageStatus`` (each state arrives once)."""
-    return f"{_required(params, 'MessageSid')}:{_required(params, 'MessageStatus').lower()}"
+    update = status_update(params)
+    return f"{update.message_id}:{update.status}"
 
 
 def inbound_message(params: FormParams) -> InboundMessage:
-    sender = _required(params, "From")
     return InboundMessage(
         source=SOURCE,
-        message_id=_required(params, "MessageSid"),
-        sender=sender,
-        sender_name=(params.first("ProfileName") or "").strip()[:200],
-        text=params.first("Body") or "",
+        message_id=message_key(params),
+        sender=_identifier(params, "From", MAX_SENDER_CHARS),
+        sender_name=_text(params, "ProfileName").strip()[:200],
+        text=_text(params, "Body"),
     )
+
+
+def _text(params: FormParams, name: str) -> str:
+    """Free text as a database can hold it: PostgreSQL text cannot carry NUL."""
+    return (params.first(name) or "").replace("\x00", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +116,12 @@ class StatusUpdate:
 
 
 def status_update(params: FormParams) -> StatusUpdate:
+    message_id = _identifier(params, "MessageSid", 255 - MAX_STATUS_CHARS - 1)
+    status = _identifier(params, "MessageStatus", MAX_STATUS_CHARS).lower()
     return StatusUpdate(
-        message_id=_required(params, "MessageSid"),
-        status=_required(params, "MessageStatus").lower(),
-        error_code=params.first("ErrorCode") or None,
+        message_id=message_id,
+        status=status,
+        error_code=_text(params, "ErrorCode")[:MAX_STATUS_CHARS] or None,
     )
 
 
