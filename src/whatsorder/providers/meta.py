@@ -58,8 +58,8 @@ def signature_is_valid(app_secret: str, body: bytes, header: str) -> bool:
     Razorpay's SDKs), so this is done here. It runs over the bytes as received, before any JSON
     parsing: re-serialised JSON would differ (key order, spacing, ``\\u`` escapes of non-ASCII).
     """
-    if not header.startswith(SIGNATURE_PREFIX):
-        return False
+    if not header.startswith(SIGNATURE_PREFIX) or not header.isascii():
+        return False  # compare_digest raises on non-ASCII text: that would be a 500
     given = header[len(SIGNATURE_PREFIX) :].strip().lower()
     return hmac.compare_digest(sign(app_secret, body)[len(SIGNATURE_PREFIX) :], given)
 
