@@ -26,6 +26,8 @@ def parse_object(text: str) -> Mapping[str, Any]:
         document = json.loads(text)
     except ValueError as error:
         raise MalformedPayment("The body is not JSON.") from error
+    except RecursionError as error:  # deeper than Python's JSON parser goes
+        raise MalformedPayment("The body is nested too deeply.") from error
     if not isinstance(document, dict):
         raise MalformedPayment("The body is not a JSON object.")
     return document
