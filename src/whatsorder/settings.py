@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     require_https: bool = True
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # A body must arrive within this; a client that stalls is answered 408 and let go.
+    body_read_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from ipaddress import ip_address
 
@@ -16,18 +17,31 @@ from whatsorder.settings import Settings
 from whatsorder.web.problems import Problem
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it passes ``limit`` bytes."""
+async def read_body(request: Request, limit: int, seconds: float) -> bytes:
+    """The raw body, refused with 413 as soon as it passes ``limit`` bytes, and with 408 when
+    it has not all arrived within ``seconds``: a client that sends a few bytes and
+    stalls (by accident or to tie the server up) is let go, never waited for without end.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError as error:
+        raise Problem(
+            408,
+            "body-timeout",
+            "Request body too slow",
+            f"The body did not arrive within {seconds:g} s; send it again.",
+            {"connection": "close"},
+        ) from error
     return b"".join(chunks)
 
 

@@ -33,9 +33,12 @@ class Admitted:
 
 
 async def admit(request: Request, runtime: Runtime, max_body_bytes: int | None = None) -> Admitted:
-    """Steps 1–3 of DESIGN.md §2: 413, 403 (not HTTPS), 429 — before any crypto."""
+    """Steps 1–3 of DESIGN.md §2: 413 (or 408, too slow), 403 (not HTTPS), 429 — before any
+    crypto."""
     settings = runtime.settings
-    body = await read_body(request, max_body_bytes or settings.max_body_bytes)
+    body = await read_body(
+        request, max_body_bytes or settings.max_body_bytes, settings.body_read_timeout_seconds
+    )
     require_https(request, settings)
     address = client_ip(request, settings)
     await check_ip(runtime, address)
