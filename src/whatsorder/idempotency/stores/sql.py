@@ -49,6 +49,7 @@ from whatsorder.idempotency.stores.base import Claimed
 DEFAULT_TABLE_NAME = "webhook_idempotency"
 PG_LOCK_NOT_AVAILABLE = "55P03"
 PG_CONNECTION_CLASS = "08"
+READ_ONLY_OPTION = "idempotency_read_only"  # SQLite: skip BEGIN IMMEDIATE for a lone read
 # Operator intervention: the server is shutting down, starting up or recovering (57P01-57P03),
 # or ended our session. A retry after it is back succeeds; 57014 (a cancelled query) is not it.
 PG_OPERATOR_CLASS = "57"
@@ -138,6 +139,8 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine, busy_timeout: timed
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            return  # a lone SELECT: SQLite runs it as a read transaction of its own, no lock
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -321,6 +324,12 @@ class SqlStore:
         self, request: IdempotentRequest, now: datetime, lease: timedelta, ttl: timedelta
     ) -> Claimed | IdempotencyRecord:
         await self._ensure_table()
+        # A replay (or a duplicate in flight) is answered by one SELECT outside any transaction:
+        # no BEGIN, lock_timeout, INSERT or COMMIT, and no SQLite write lock. Only a key that is
+        # absent or can be taken over goes on to the atomic claim below.
+        found = await self._peek(request.scope, request.key)
+        if found is not None and not found.can_be_taken_over(now):
+            return found
         for _ in range(3):
             async with self.transaction() as transaction:
                 if await transaction.insert_claim(request, now, lease):
@@ -337,8 +346,23 @@ class SqlStore:
 
     async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
         await self._ensure_table()
-        async with self.transaction() as transaction:
-            return await transaction.load(scope, key)
+        return await self._peek(scope, key)
+
+    async def _peek(self, scope: str, key: str) -> IdempotencyRecord | None:
+        """The record as last committed, read by one statement in autocommit."""
+        try:
+            async with self.engine.connect() as connection:
+                if self.kind == "postgresql":
+                    await connection.execution_options(isolation_level="AUTOCOMMIT")
+                else:
+                    await connection.execution_options(**{READ_ONLY_OPTION: True})
+                return await SqlTransaction(connection, self.table).load(scope, key)
+        except sa_exc.TimeoutError as error:
+            raise StoreBusy("No database connection was free in time.", retry_after=2) from error
+        except sa_exc.DBAPIError as error:
+            raise _classify(error) from error
+        except OSError as error:
+            raise StoreUnavailable("The database cannot be reached.") from error
 
     async def renew(self, scope: str, key: str, epoch: int, locked_until: datetime) -> bool:
         table = self.table
