@@ -17,13 +17,13 @@ from bench.contenders import Group
 class Settings:
     """Durations and sizes; ``--smoke`` shrinks every one of them."""
 
-    seconds: float = 8.0  # one wrk run
-    warmup: float = 2.0
+    seconds: float = 6.0  # one wrk run
+    warmup: float = 1.0
     rounds: int = 2  # interleaved rounds of every contender (drift hits all alike)
     connections: int = 16
     workers: int = 2
     rate: float = 100.0  # mixed traffic, requests per second
-    mixed_seconds: float = 10.0
+    mixed_seconds: float = 8.0
     storm_copies: int = 1000
     storm_workers: int = 4
     storm_sleep_ms: int = 200

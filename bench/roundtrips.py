@@ -23,6 +23,7 @@ from sqlalchemy import MetaData, event
 from bench import harness
 from bench.contenders import GROUPS
 from bench.context import Context
+from whatsorder.idempotency.stores.sql import READ_ONLY_OPTION as READ_ONLY
 
 
 def measure(ctx: Context, stores: list[str]) -> None:
@@ -101,9 +102,15 @@ def _sql_counter(store: Any) -> Iterator[dict[str, Any]]:
 
         return count
 
+    def on_begin(connection: Any) -> None:
+        # In autocommit the driver sends no BEGIN (asyncpg starts no transaction).
+        options = connection.get_execution_options()
+        if options.get("isolation_level") != "AUTOCOMMIT" and not options.get(READ_ONLY):
+            seen["begin"] += 1
+
     listeners = [
         ("before_cursor_execute", on_statement),
-        ("begin", counter("begin")),
+        ("begin", on_begin),
         ("commit", counter("commit")),
         ("rollback", counter("rollback")),
     ]
