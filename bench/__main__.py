@@ -3,6 +3,7 @@
     python -m bench                       everything, peers included (creates .venv-bench)
     python -m bench --smoke               a quick pass of every scenario, small sizes
     python -m bench --only replay,storm --db sqlite,postgres --no-peers
+    python -m bench --render              latest.md, plots and docs again from latest.json
 
 Writes bench/results/latest.json and latest.md, the plots in docs/benchmarks/, and the
 generated section of docs/benchmarks.md. A partial run (--only/--db/--smoke) writes its results
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import harness, machine, peers, report
 from bench.context import Context, Settings
@@ -35,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", help="comma-separated stores of sqlite, postgres, redis")
     parser.add_argument("--no-peers", action="store_true", help="whatsorder and no idempotency")
     parser.add_argument("--seconds", type=float, help="length of one wrk run")
+    parser.add_argument("--render", action="store_true", help="only re-render latest.json")
     args = parser.parse_args(argv)
+    if args.render:
+        results = json.loads((RESULTS / "latest.json").read_text())
+        _publish(results, "latest", full=True)
+        return 0
 
     chosen = _pick(args.only, SCENARIOS, ALIASES, parser)
     stores = _pick(args.db, STORES, {"pg": "postgres"}, parser)
@@ -70,17 +77,21 @@ def main(argv: list[str] | None = None) -> int:
         ctx.results["seconds"] = round(time.monotonic() - started, 1)
 
     stem = "latest" if full else "partial-" + ("smoke" if args.smoke else "run")
+    _publish(ctx.results, stem, full=full)
+    return 0
+
+
+def _publish(results: dict[str, Any], stem: str, *, full: bool) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(ctx.results, indent=1) + "\n")
-    table = report.markdown(ctx.results)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = report.markdown(results)
     (RESULTS / f"{stem}.md").write_text(table)
     if full:
-        report.plots(ctx.results, harness.ROOT / "docs" / "benchmarks")
+        report.plots(results, harness.ROOT / "docs" / "benchmarks")
         report.update_docs(harness.ROOT / "docs" / "benchmarks.md", table)
     print()
     print(table)
-    print(f"wrote bench/results/{stem}.json and {stem}.md in {ctx.results['seconds']:.0f} s")
-    return 0
+    print(f"wrote bench/results/{stem}.json and {stem}.md ({results.get('seconds', 0):.0f} s run)")
 
 
 def _run(ctx: Context, chosen: list[str], stores: list[str]) -> None:
