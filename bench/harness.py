@@ -67,7 +67,10 @@ class Server:
             BENCH_STORE=self.store_url,
             BENCH_PREFIX=REDIS_PREFIX,
             BENCH_SLEEP_MS=str(self.sleep_ms),
-            PYTHONPATH=str(ROOT),
+            # BENCH_ENGINE_SRC: another checkout's src/ to measure (before/after comparisons).
+            PYTHONPATH=os.pathsep.join(
+                filter(None, [os.environ.get("BENCH_ENGINE_SRC"), str(ROOT)])
+            ),
         )
         self.log_path = folder / f"{self.variant}-{self.port}.log"
         command = [
