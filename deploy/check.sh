@@ -25,7 +25,7 @@ if [ -n "${WHATSORDER_ENV_FILE:-}" ]; then
     . "$WHATSORDER_ENV_FILE"
     set +a
 fi
-whatsorder=${WHATSORDER_BIN:-whatsorder}
+whatsorder=${WHATSORDER_BIN:-$(command -v whatsorder || echo /opt/whatsorder/venv/bin/whatsorder)}
 public=${WHATSORDER_PUBLIC_URL:?set WHATSORDER_PUBLIC_URL (or WHATSORDER_ENV_FILE)}
 failed=0
 
@@ -46,7 +46,13 @@ status_is() {  # status_is CODE CURL-ARGS...
     shift
     local got
     got=$(curl --silent --output /dev/null --max-time 5 --write-out '%{http_code}' "$@")
-    [ "$got" = "$want" ] || { echo "HTTP $got, expected $want"; return 1; }
+    [ "$got" = "$want" ] && return 0
+    if [ "$got" = "000" ]; then
+        echo "no answer: refused, timed out, or TLS failed (a self-signed certificate needs CURL_CA_BUNDLE)"
+    else
+        echo "HTTP $got, expected $want"
+    fi
+    return 1
 }
 
 for port in "$@"; do

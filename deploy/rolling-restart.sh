@@ -12,7 +12,8 @@
 # Environment:
 #   WHATSORDER_RESTART  the restart command, {port} replaced by the port
 #                       [default: systemctl restart whatsorder@{port}]
-#   WHATSORDER_BIN      the whatsorder command [default: whatsorder]
+#   WHATSORDER_BIN      the whatsorder command [default: whatsorder on PATH, else
+#                       /opt/whatsorder/venv/bin/whatsorder]
 #   WHATSORDER_ENV_FILE a file of WHATSORDER_* settings to read first, as the units do
 #                       (e.g. /etc/whatsorder/whatsorder.env) [default: the environment as is]
 #   READY_TIMEOUT       seconds to wait for a replica to be ready [default: 60]
@@ -24,7 +25,7 @@ if [ $# -eq 0 ]; then
     exit 2
 fi
 restart=${WHATSORDER_RESTART:-"systemctl restart whatsorder@{port}"}
-whatsorder=${WHATSORDER_BIN:-whatsorder}
+whatsorder=${WHATSORDER_BIN:-$(command -v whatsorder || echo /opt/whatsorder/venv/bin/whatsorder)}
 ready_timeout=${READY_TIMEOUT:-60}
 settle=${SETTLE:-2}
 
