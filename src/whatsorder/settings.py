@@ -50,7 +50,10 @@ class Settings(BaseSettings):
     body_read_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
-    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A webhook waiting this long for a connection is answered 503 (the provider retries).
+    # Waiting for the first copy of a duplicate (idempotency_wait_seconds) may follow, and a
+    # storm of copies queues for the CPU too: together they must stay inside Twilio's 15 s.
+    db_pool_timeout_seconds: float = Field(default=3.0, gt=0)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

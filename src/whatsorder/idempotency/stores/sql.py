@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -55,6 +56,8 @@ READ_ONLY_OPTION = "idempotency_read_only"  # SQLite: skip BEGIN IMMEDIATE for a
 PG_OPERATOR_CLASS = "57"
 PG_QUERY_CANCELED = "57014"
 PG_TOO_MANY_CONNECTIONS = "53300"
+# What a request that spent its whole wait on the pool still gets for row locks (ms).
+MIN_LOCK_WAIT_MS = 500
 
 
 def idempotency_table(
@@ -397,6 +400,13 @@ class SqlStore:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    def _lock_wait_left(self, asked: float) -> int:
+        """The wait (ms) not yet spent getting a pooled connection: in a storm the two waits
+        would otherwise add up past the provider's timeout."""
+        spent = int((time.monotonic() - asked) * 1000)
+        floor = min(MIN_LOCK_WAIT_MS, self._lock_timeout_ms)
+        return max(floor, self._lock_timeout_ms - spent)
+
     def _holder(self, scope: str, key: str, epoch: int) -> tuple[Any, ...]:
         table = self.table
         return (
@@ -409,12 +419,13 @@ class SqlStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
+        asked = time.monotonic()
         try:
             async with self.engine.connect() as connection, connection.begin():
                 if self.kind == "postgresql":
                     # Bounds how long a duplicate waits on the first copy's claim (DESIGN §7).
                     await connection.exec_driver_sql(
-                        f"SET LOCAL lock_timeout = {self._lock_timeout_ms}"
+                        f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
                     )
                 yield SqlTransaction(connection, self.table)
         except sa_exc.TimeoutError as error:  # the connection pool stayed empty
