@@ -40,9 +40,8 @@ MAX_GENERATIONS = 10  # a replica that keeps dying is not restarted for ever
 
 def nginx_binary() -> str:
     """nginx and the tools around it, or skip (fail under CI=true) saying how to get them."""
-    nginx = shutil.which("nginx") or next(
-        (path for path in ("/usr/sbin/nginx",) if Path(path).exists()), None
-    )
+    # Debian puts nginx in /usr/sbin, which is not on every user's PATH.
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     missing = [
         name
         for name, found in (

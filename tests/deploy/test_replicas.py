@@ -95,7 +95,8 @@ def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def _deliver_with_duplicates(cluster: Cluster, messages: int) -> list[list[Delivery]]:
-    """Each message three times: two copies at once (on two replicas), then a resend."""
+    """Each message three times: two copies at once (round robin: on two replicas), then a
+    resend."""
     provider = Provider(cluster.url, cluster.certificate)
     try:
 
@@ -253,8 +254,8 @@ def test_cleanup_runs_on_one_replica_at_a_time(cluster: Cluster) -> None:
     """Every replica tries every second; the advisory lock lets exactly one of them clean."""
     expired = 20_000  # batches of 100: a run long enough for the others to try meanwhile
 
-    async def hold_lock_while(check: object) -> None:
-        # While the test holds the cleanup lock, every replica's every run is a skip.
+    async def hold_the_lock_until_every_replica_skipped() -> None:
+        # While someone else holds the cleanup lock, every run of every replica is a skip.
         holder = await asyncpg.connect(_dsn(cluster.database_url))
         try:
             await holder.execute(
@@ -274,7 +275,7 @@ def test_cleanup_runs_on_one_replica_at_a_time(cluster: Cluster) -> None:
             await holder.close()  # the session ends: the lock is released
 
     deleted_before = _expired_deleted(cluster)
-    asyncio.run(hold_lock_while(None))
+    asyncio.run(hold_the_lock_until_every_replica_skipped())
     released = datetime.now(UTC)
 
     deadline = time.monotonic() + 30
@@ -350,7 +351,7 @@ def test_rolling_upgrade_under_traffic_loses_nothing_and_doubles_nothing(
         stop = asyncio.Event()
         traffic = asyncio.create_task(keep_delivering(provider, stop, skus=SKUS, senders=4))
         try:
-            await asyncio.sleep(1)  # deliveries flowing before the first replica goes
+            await asyncio.sleep(0.5)  # deliveries flowing before the first replica goes
             started = time.monotonic()
             roll = await asyncio.create_subprocess_exec(
                 "bash",
@@ -362,7 +363,7 @@ def test_rolling_upgrade_under_traffic_loses_nothing_and_doubles_nothing(
             )
             output, _ = await asyncio.wait_for(roll.communicate(), timeout=120)
             seconds = time.monotonic() - started
-            await asyncio.sleep(1)  # and while the last one settles in
+            await asyncio.sleep(0.5)  # and while the last one settles in
         finally:
             stop.set()
             deliveries = await traffic
