@@ -14,9 +14,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conftest import fresh_postgres_database
 from support import (
     ADMIN_TOKEN,
     INBOUND_PATH,
@@ -83,6 +85,19 @@ def sqlite_copy(template: Path, directory: Path) -> str:
     path = directory / "whatsorder.db"
     shutil.copyfile(template, path)
     return f"sqlite:///{path}"
+
+
+def database_for(
+    request: pytest.FixtureRequest, backend: str, *, seeded: bool = True
+) -> Iterator[str]:
+    """A database of its own for a module-scoped fixture: migrated and seeded, or empty."""
+    directory = request.getfixturevalue("tmp_path_factory").mktemp("hostile")
+    if backend == "sqlite" and seeded:
+        yield sqlite_copy(request.getfixturevalue("sqlite_template"), directory)
+    elif backend == "sqlite":
+        yield f"sqlite:///{directory / 'store.db'}"
+    else:
+        yield from fresh_postgres_database(request.getfixturevalue("postgres_template"))
 
 
 # ---------------------------------------------------------------------------------------------

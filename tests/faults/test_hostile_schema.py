@@ -27,15 +27,15 @@ from schemathesis.checks import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conftest import fresh_postgres_database, make_settings
+from conftest import make_settings
 from faults.hostile_support import (
     WEBHOOK_PATHS,
     Signing,
     all_providers,
     answer_faults,
+    database_for,
     event_loop,
     row_counts,
-    sqlite_copy,
 )
 from faults.modes import scaled
 from whatsorder.idempotency import create_engine
@@ -110,20 +110,11 @@ class Fuzzed:
         self.runner.run(self.app.state.runtime.database.dispose())
 
 
-def _database(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "sqlite":
-        template = request.getfixturevalue("sqlite_template")
-        directory = request.getfixturevalue("tmp_path_factory").mktemp("fuzz")
-        yield sqlite_copy(template, directory)
-    else:
-        yield from fresh_postgres_database(request.getfixturevalue("postgres_template"))
-
-
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def fuzzed(request: pytest.FixtureRequest) -> Iterator[Fuzzed]:
-    for database_url in _database(request):
+    for database_url in database_for(request, request.param):
         with event_loop() as runner:
             target = Fuzzed(runner, database_url)
             yield target
