@@ -277,8 +277,29 @@ def _mask_match(match: re.Match[str]) -> str:
     return plus + "*" * (len(digits) - 4) + digits[-4:]
 
 
+# A query string may carry a credential (Meta's handshake sends hub.verify_token in it):
+# access log lines keep the parameters' names, never their values.
+_QUERY_VALUE: Final = re.compile(r"=[^&]*")
+
+
+def _redact_access(record: logging.LogRecord) -> None:
+    """Blank the query values of an access log line's path, for every handler alike."""
+    if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+        client, method, path, version, status = record.args
+        if isinstance(path, str) and "?" in path:
+            base, _, query = path.partition("?")
+            record.args = (
+                client,
+                method,
+                f"{base}?{_QUERY_VALUE.sub('=*', query)}",
+                version,
+                status,
+            )
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The record's context and extra fields, phone numbers masked in any text among them."""
+    _redact_access(record)
     fields: dict[str, Any] = dict(_context.get())
     fields.update(
         (name, value) for name, value in vars(record).items() if name not in _RECORD_ATTRIBUTES
@@ -324,6 +345,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s  %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        _redact_access(record)
         line = mask_phone(super().format(record))
         fields = _fields(record)
         if record.name == "uvicorn.access":
