@@ -20,7 +20,7 @@ Environment (read by each worker):
 
 Workers are forked from a parent that has already imported the app (uvicorn spawns them
 afresh by default, 1.7 s of CPU each here): hundreds of restarts then cost milliseconds each.
-uvicorn's supervisor restarts a dead worker either way.
+uvicorn's supervisor restarts a dead worker either way (it checks every 0.5 s).
 """
 
 from __future__ import annotations
@@ -129,6 +129,10 @@ def fork_preloaded_workers() -> None:
         import whatsorder.web.app  # noqa: F401 (imported once, inherited by every fork)
 
         _subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
+        # The supervisor pings each worker in turn and waits this long for the answer; a worker
+        # killed between ping and pong stalls it that long (5 s by default) before it restarts
+        # anything. With hundreds of kills, 1 s keeps the run short.
+        kwargs.setdefault("timeout_worker_healthcheck", 1)
         run(*args, **kwargs)
 
     uvicorn.run = run_forking

