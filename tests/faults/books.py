@@ -139,3 +139,13 @@ async def restock(database_url: str, units: int) -> None:
             )
     finally:
         await engine.dispose()
+
+
+async def count_rows(database_url: str, table: str) -> int:
+    """How many rows ``table`` holds."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            return int(await connection.scalar(text(f"SELECT count(*) FROM {table}")) or 0)  # noqa: S608
+    finally:
+        await engine.dispose()
