@@ -23,6 +23,7 @@ from faults.hostile_support import (
     row_counts,
     server_secrets_env,
 )
+from faults.modes import scaled
 from support import (
     INBOUND_PATH,
     META_PATH,
@@ -48,6 +49,7 @@ from whatsorder.web.meta import MAX_BODY_BYTES as META_MAX_BODY_BYTES
 
 AppFactory = Callable[..., FastAPI]
 LIMIT = 4096
+FIELDS = scaled(30_000, 100_000)  # 100,000 empty fields fill most of the 1 MiB limit
 
 
 def signed(path: str, body: bytes) -> dict[str, str]:
@@ -141,10 +143,10 @@ async def test_a_meta_message_nested_deeply_inside_is_kept_as_a_dead_letter(
     assert response.status_code == 200
 
 
-async def test_a_form_of_a_hundred_thousand_fields_is_answered_in_seconds(
+async def test_a_form_of_a_huge_number_of_fields_is_answered_in_seconds(
     app_factory: AppFactory, db: AsyncEngine
 ) -> None:
-    pairs = [*inbound_form("ORDER 1 x RICE-5KG"), *((f"f{i}", "") for i in range(100_000))]
+    pairs = [*inbound_form("ORDER 1 x RICE-5KG"), *((f"f{i}", "") for i in range(FIELDS))]
     body = encode(pairs)
     assert len(body) < 1024 * 1024
     async with app_client(app_factory(**all_providers())) as client:
@@ -271,18 +273,19 @@ def _complete(received: bytes) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("declared", [4096, None], ids=["content-length", "chunked"])
 def test_a_body_that_stalls_gets_408_in_bounded_time_and_the_worker_serves_others(
-    sqlite_template: Path, tmp_path: Path, declared: int | None
+    sqlite_template: Path, tmp_path: Path
 ) -> None:
     from faults.hostile_support import sqlite_copy
 
     database_url = sqlite_copy(sqlite_template, tmp_path)
     env = server_secrets_env(WHATSORDER_BODY_READ_TIMEOUT_SECONDS="2")
     with running_server(database_url, tmp_path / "server.log", **env) as server:
+        # A declared length never reached, and a chunked body whose next chunk never comes.
         stalled = [
             stalled_request(server.base_url, path, b'{"obj', declared)
-            for path in (META_PATH, STRIPE_PATH)
+            for path in (META_PATH, STRIPE_PATH, INBOUND_PATH)
+            for declared in (4096, None)
         ]
         # Meanwhile the one worker answers everyone else at once.
         healthy = httpx.get(server.base_url + "/healthz", timeout=5)

@@ -35,7 +35,7 @@ from whatsorder.idempotency import IdempotencyMiddleware, create_engine, open_st
 from whatsorder.idempotency.stores.redis import RedisStore
 from whatsorder.web.app import create_app
 
-EXAMPLES = scaled(25, 400)
+EXAMPLES = scaled(15, 400)
 RULES = {"empty", "too-long", "not-visible-ascii", "malformed-structured-field"}
 
 # What breaks naive SQL, Redis (glob, protocol), JSON, shells and logs.

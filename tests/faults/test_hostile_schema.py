@@ -37,7 +37,8 @@ from faults.hostile_support import (
     event_loop,
     row_counts,
 )
-from faults.modes import scaled
+from faults.modes import FULL, scaled
+from support import META_PATH
 from whatsorder.idempotency import create_engine
 from whatsorder.web.app import create_app
 
@@ -59,7 +60,9 @@ OPERATIONS = [
 ]
 # Operations that take no input at all: nothing to make invalid.
 NO_INPUT = {"/healthz", "/readyz", "/api/v1/whatsapp/test", "/metrics"}
-EXAMPLES = scaled(12, 200)  # per operation, generation mode and signing
+EXAMPLES = scaled(10, 200)
+# Meta's nested delivery schema is slow to generate: fewer in the quick mode.
+META_EXAMPLES = scaled(4, 200)  # per operation, generation mode and signing
 BASE_URL = "http://testserver"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
 
@@ -110,9 +113,14 @@ class Fuzzed:
         self.runner.run(self.app.state.runtime.database.dispose())
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+# PostgreSQL refuses what SQLite stores (NUL, over-long values): the quick mode fuzzes there.
+BACKENDS = [
+    *(["sqlite"] if FULL else []),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
 def fuzzed(request: pytest.FixtureRequest) -> Iterator[Fuzzed]:
     for database_url in database_for(request, request.param):
         with event_loop() as runner:
@@ -120,10 +128,13 @@ def fuzzed(request: pytest.FixtureRequest) -> Iterator[Fuzzed]:
             yield target
             target.close()
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"schemathesis: {sum(sent.values())} requests sent")
-        for label, count in sorted(sent.items()):
-            reporter.write_line(f"  {count:5d}  {label}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nschemathesis ({request.param}): {sum(sent.values())} requests")
+            for label, count in sorted(sent.items()):
+                reporter.write_line(f"  {count:5d}  {label}")
+    sent.clear()
 
 
 def prepared(kwargs: dict[str, Any]) -> requests.PreparedRequest:
@@ -165,7 +176,7 @@ def test_fuzzed_requests_get_clean_answers(
     before = fuzzed.counts()
 
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=META_EXAMPLES if (method, path) == ("POST", META_PATH) else EXAMPLES,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
