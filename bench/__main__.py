@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (make bench installs it)")
+    harness.raise_open_files_limit()
     with_peers = not args.no_peers
     if with_peers:
         peers.ensure_venv(log=print)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -34,6 +35,12 @@ def server_python() -> str:
     """The bench venv's interpreter when it exists (peers installed there), else this one."""
     bench_python = ROOT / ".venv-bench" / "bin" / "python"
     return str(bench_python) if bench_python.exists() else sys.executable
+
+
+def raise_open_files_limit() -> None:
+    """A storm holds ~1,000 client sockets plus store connections: 1,024 files is too few."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65_536), hard))
 
 
 def free_port() -> int:
@@ -94,7 +101,7 @@ class Server:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=raise_open_files_limit,
             )  # fmt: skip
         self._wait_ready()
         return self

@@ -185,13 +185,14 @@ def _http_tables(results: dict[str, Any]) -> list[str]:
                 if best_replay and replay and name != BASELINE and replay.get("correct")
                 else None
             )
-            right = (
-                "n/a (no layer)"
-                if name == BASELINE
-                else (
-                    "yes" if replay.get("correct") else f"**no** ({_statuses(replay['statuses'])})"
-                )
-            )
+            if name == BASELINE:
+                right = "n/a (no layer)"
+            elif not replay:
+                right = "not measured" + (f": {row['error']}" if "error" in row else "")
+            elif replay.get("correct"):
+                right = "yes"
+            else:
+                right = f"**no** ({_statuses(replay['statuses'])})"
             out.append(
                 f"| {name} | {store} | {_num(first.get('rps'), 0)} "
                 f"| {_num(first.get('p50_ms'), 2)} "

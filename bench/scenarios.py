@@ -82,9 +82,16 @@ def _one_round(
                 )
                 run["mixed"] = mixed.as_dict()
     except (RuntimeError, OSError) as error:
-        run["error"] = str(error).splitlines()[0][:300] if str(error) else repr(error)
+        run["error"] = _reason(error)
         ctx.log(f"{contender}: could not be measured: {run['error']}")
         run["log"] = server.log()[-1500:]
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return f"some answers never came ({load.STORM_TIMEOUT} s)"
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _median_of(runs: list[dict[str, Any]], field: str) -> float:
@@ -154,7 +161,7 @@ def storm(ctx: Context, group_names: list[str]) -> None:
                         "handler_ms": s.storm_sleep_ms,
                     }
                 except (RuntimeError, OSError, TimeoutError) as error:
-                    results[contender] = {"error": str(error).splitlines()[0][:300]}
+                    results[contender] = {"error": _reason(error)}
                     ctx.log(f"{contender}: storm failed: {results[contender]['error']}")
         section[name] = results
 
