@@ -3,7 +3,7 @@
 uvicorn loads ``bench.app:create`` (``--factory``) in each worker; the environment says which
 idempotency layer wraps the endpoint and where its records and the orders live:
 
-    BENCH_VARIANT   none | whatsorder | powertools | fastapi-idempotency-key |
+    BENCH_VARIANT   none | whatsorder | whatsorder-tx | powertools | fastapi-idempotency-key |
                     fastapi-idempotency | fastidempotent | asgi-idempotency-header | trivial
     BENCH_DB        the orders' database (sqlite:///… or postgresql://…)
     BENCH_STORE     the layer's store: sqlite:///…, postgresql://… or redis://…/15
@@ -11,7 +11,11 @@ idempotency layer wraps the endpoint and where its records and the orders live:
     BENCH_SLEEP_MS  extra handler time (the storm scenario's slow handler)
 
 The handler is the same for all: parse the JSON, insert one order, answer 201 with it. Only the
-idempotency layer around it differs, configured as its README shows.
+idempotency layer around it differs, configured as its README shows. whatsorder is measured
+twice: as the middleware (lease mode: the claim, the handler's insert and the stored answer are
+three transactions) and, where records and orders share a SQL database, in transactional mode
+(``whatsorder-tx``: the claim, the order and the stored answer commit as one transaction, the
+way whatsorder's own webhooks run).
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ def create() -> Any:
     app = FastAPI(lifespan=lifespan)
     if variant == "powertools":
         _powertools(app, place)
+    elif variant == "whatsorder-tx":
+        _whatsorder_tx(app, database, sleep)
     else:
 
         @app.post("/orders", status_code=201)
@@ -126,6 +132,63 @@ def _whatsorder(app: Any, _startup: list[Hook], shutdown: list[Hook]) -> None:
         )
     app.add_middleware(IdempotencyMiddleware, store=store)
     shutdown.append(store.close)
+
+
+def _whatsorder_tx(app: Any, database: Any, sleep: float) -> None:
+    """Transactional mode: the order is inserted on the claim's own connection and transaction."""
+    from fastapi.responses import Response
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from whatsorder.idempotency import (
+        HandlerResult,
+        IdempotencyEngine,
+        IdempotencyError,
+        IdempotentRequest,
+        InvalidKey,
+        SqlStore,
+        StoredResponse,
+        fingerprint,
+        idempotency_table,
+        key_from_headers,
+        problem_for,
+    )
+
+    engine = IdempotencyEngine(
+        SqlStore(database, idempotency_table(MetaData(), "idempotency_records"), create_table=True)
+    )
+
+    @app.post("/orders", status_code=201)
+    async def create_order(request: Request) -> Any:
+        body = await request.body()
+        order = Order.model_validate_json(body)
+        try:
+            key = key_from_headers(request.headers)
+            if key is None:  # no key: unprotected, as with the middleware's required=False
+                async with database.begin() as connection:
+                    return await _insert(connection, order)
+            claimed = IdempotentRequest(
+                "POST /orders", key, fingerprint("POST", "/orders", body, None)
+            )
+
+            async def handle(connection: AsyncConnection) -> HandlerResult:
+                answer = await _insert(connection, order)
+                if sleep:  # the storm's slow handler: inside the transaction, holding the claim
+                    await asyncio.sleep(sleep)
+                return HandlerResult(StoredResponse.build(201, answer.body, answer.headers))
+
+            result = await engine.execute(claimed, handle)
+        except (IdempotencyError, InvalidKey) as error:
+            status, problem, headers = problem_for(error)
+            return Response(problem, status, headers)
+        stored = result.response
+        return Response(stored.body, stored.status, dict(stored.headers))
+
+
+async def _insert(connection: Any, order: Order) -> JSONResponse:
+    result = await connection.execute(
+        insert(orders).values(sku=order.sku, qty=order.qty).returning(orders.c.id)
+    )
+    return JSONResponse({"id": result.scalar_one(), "sku": order.sku, "qty": order.qty}, 201)
 
 
 def _fastapi_idempotency_key(app: Any, _startup: list[Hook], _shutdown: list[Hook]) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-OURS = "whatsorder"
+OURS = "whatsorder"  # the middleware, lease mode
+OURS_TX = "whatsorder-tx"  # the engine in transactional mode (records beside the orders)
+OUR_VARIANTS = (OURS, OURS_TX)
 BASELINE = "none"
 PEERS = (
     "powertools",
@@ -60,8 +62,12 @@ class Group:
     def peers(self) -> list[str]:
         return [peer for peer in PEERS if PEER_STORES[peer][self.store]]
 
+    def ours(self) -> list[str]:
+        """Our variants: transactional mode only where records and orders share a database."""
+        return [OURS, OURS_TX] if self.store == self.database else [OURS]
+
     def contenders(self, *, with_peers: bool) -> list[str]:
-        return [BASELINE, OURS, *(self.peers() if with_peers else [])]
+        return [BASELINE, *self.ours(), *(self.peers() if with_peers else [])]
 
 
 GROUPS = {

@@ -149,7 +149,12 @@ def storm(ctx: Context, group_names: list[str]) -> None:
                         harness.reset_orders(db_url)
                         ctx.log(f"{name:8} {contender:24} storm of {s.storm_copies} copies")
                         figures, written = asyncio.run(
-                            load.storm(server.port, copies=s.storm_copies, key=f"s{harness.RUN_ID}")
+                            load.storm(
+                                server.port,
+                                copies=s.storm_copies,
+                                # a key of its own: whatsorder and whatsorder-tx share a table
+                                key=f"s{harness.RUN_ID}-{contender}",
+                            )
                         )
                         effects = harness.count_orders(db_url)
                     results[contender] = {

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from faults.modes import FIGURES, FULL
 from faults.pg_cluster import PostgresCluster, own_postgres
 
 
@@ -22,3 +23,12 @@ def private_database(private_postgres: PostgresCluster) -> str:
     if not private_postgres.running():
         private_postgres.start()
     return private_postgres.new_database()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures of this run (kills, outages, storms), for docs/reliability.md."""
+    if FIGURES:
+        mode = "full" if FULL else "quick"
+        terminalreporter.section(f"fault suite figures ({mode} mode)")
+        for figures in FIGURES:
+            terminalreporter.write_line(figures)

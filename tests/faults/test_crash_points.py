@@ -18,7 +18,7 @@ import pytest
 from faults.books import audit, check_books, restock
 from faults.crash_server import POINTS
 from faults.harness import Kills, whatsorder_with_kills
-from faults.modes import FULL, scaled
+from faults.modes import FULL, report, scaled
 from faults.provider import Provider, Shop
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -78,7 +78,7 @@ def test_every_request_killed_once_at_each_point_takes_effect_once(
 
         shop = asyncio.run(traffic())
     kills = Kills.read(kill_log)
-    print(_report("each point once per delivery", shop, kills, time.monotonic() - started))
+    report(_report("each point once per delivery", shop, kills, time.monotonic() - started))
 
     _assert_exactly_once(private_database, shop)
     deliveries = set(shop.expected.orders) | set(shop.expected.payments)
@@ -118,7 +118,7 @@ def test_hundreds_of_random_kills_lose_no_order_and_duplicate_nothing(
         shop = asyncio.run(traffic())
     kills = Kills.read(kill_log)
     mode = "full" if FULL else "quick"
-    print(_report(f"random kills ({mode})", shop, kills, time.monotonic() - started))
+    report(_report(f"random kills ({mode})", shop, kills, time.monotonic() - started))
 
     assert kills.total >= RANDOM_KILLS, f"only {kills.total} kills delivered"
     assert all(kills.by_point[point] > 0 for point in POINTS), kills.by_point

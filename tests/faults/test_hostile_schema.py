@@ -37,7 +37,7 @@ from faults.hostile_support import (
     event_loop,
     row_counts,
 )
-from faults.modes import FULL, scaled
+from faults.modes import FULL, report, scaled
 from support import META_PATH
 from whatsorder.idempotency import create_engine
 from whatsorder.web.app import create_app
@@ -127,13 +127,9 @@ def fuzzed(request: pytest.FixtureRequest) -> Iterator[Fuzzed]:
             target = Fuzzed(runner, database_url)
             yield target
             target.close()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\nschemathesis ({request.param}): {sum(sent.values())} requests")
-            for label, count in sorted(sent.items()):
-                reporter.write_line(f"  {count:5d}  {label}")
+    lines = [f"schemathesis ({request.param}): {sum(sent.values())} requests"]
+    lines += [f"  {count:5d}  {label}" for label, count in sorted(sent.items())]
+    report("\n".join(lines))
     sent.clear()
 
 

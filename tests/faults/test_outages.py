@@ -23,7 +23,7 @@ import pytest
 from conftest import make_settings
 from faults.books import audit, check_books, count_rows, restock
 from faults.harness import provider_secrets, serving
-from faults.modes import scaled
+from faults.modes import report, scaled
 from faults.pg_cluster import PostgresCluster
 from faults.provider import Delivery, Provider, Shop, Tally
 from faults.redis_server import RedisServer, own_redis
@@ -194,7 +194,7 @@ def test_postgres_stopped_and_restarted_under_load_loses_and_duplicates_nothing(
     )
     tally = shop.provider.tally
     during = _during(tally, windows)
-    print(_outage_report(f"PostgreSQL outages ({', '.join(modes)})", tally, during))
+    report(_outage_report(f"PostgreSQL outages ({', '.join(modes)})", tally, during))
     _assert_outage_handled(tally, during)
     _assert_books_match(private_database, shop)
 
@@ -219,7 +219,7 @@ def test_redis_of_the_shared_rate_limits_stopped_under_load_answers_503_and_lose
     )
     tally = shop.provider.tally
     during = _during(tally, windows)
-    print(_outage_report(f"Redis outages, rate limits (x{OUTAGES})", tally, during))
+    report(_outage_report(f"Redis outages, rate limits (x{OUTAGES})", tally, during))
     _assert_outage_handled(tally, during)
     _assert_books_match(private_database, shop)
 
@@ -277,7 +277,7 @@ def test_redis_stopped_and_restarted_under_load_in_lease_mode_runs_each_request_
         tally = asyncio.run(traffic())
 
     during = _during(tally, windows)
-    print(_outage_report("Redis outages (lease mode)", tally, during))
+    report(_outage_report("Redis outages (lease mode)", tally, during))
     _assert_outage_handled(tally, during)
     effects = asyncio.run(_effects(private_database))
     assert {key for key, count in effects.items() if count > 1} == set(), "a request ran twice"

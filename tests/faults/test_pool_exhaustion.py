@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from conftest import make_settings
 from faults.books import count_rows
 from faults.harness import provider_secrets
+from faults.modes import report
 from faults.pg_cluster import PostgresCluster
 from faults.provider import TWILIO_TIMEOUT, Delivery, Provider, Tally
 from support import (
@@ -207,7 +208,7 @@ def test_a_thousand_duplicates_exhausting_the_pool_get_409_or_503_fast_then_one_
 
     statuses = Counter(status for status, _took in answers)
     took = sorted(seconds for _status, seconds in answers)
-    print(
+    report(
         f"\n{STORM} duplicates, pool exhausted: {dict(statuses)}; answered in p50 "
         f"{took[len(took) // 2]:.1f} s, p99 {took[int(0.99 * len(took))]:.1f} s, "
         f"max {took[-1]:.1f} s; the retries: {dict(retries.answers)}"

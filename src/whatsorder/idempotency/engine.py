@@ -113,6 +113,11 @@ class IdempotencyEngine(Generic[ContextT]):
         # when done per request (py-spy, bench/), so it is done once here.
         self._transactional = isinstance(store, TransactionalStore)
         self._leased = isinstance(store, LeaseStore)
+        # A transactional store that can also read a committed record outside a transaction
+        # (SqlStore) answers replays with that one read: no BEGIN, no SQLite write lock.
+        self._read_committed: Callable[[str, str], Awaitable[IdempotencyRecord | None]] | None = (
+            cast(LeaseStore, store).get if self._transactional and self._leased else None
+        )
 
     async def execute(self, request: IdempotentRequest, handler: Handler[ContextT]) -> Result:
         """Claim the key, run ``handler`` in the claim's transaction, store and return its answer.
@@ -133,6 +138,16 @@ class IdempotencyEngine(Generic[ContextT]):
         handler: Handler[ContextT],
         watch: _Watch,
     ) -> Result:
+        if self._read_committed is not None:
+            # Only a completed record short-cuts the transaction. A claim of this mode is never
+            # seen in flight (its insert commits with the result); one of lease mode, or an
+            # expired record, is decided below under the row lock, as before.
+            found = await self._read_committed(request.scope, request.key)
+            if found is not None and found.status is Status.COMPLETED:
+                decision = self._decide(found, request, self._clock())
+                if isinstance(decision, StoredResponse):
+                    watch.looked_up()
+                    return Result(decision, Outcome.REPLAYED)
         try:
             async with store.transaction() as transaction:
                 claim = await self._claim_in(transaction, request)

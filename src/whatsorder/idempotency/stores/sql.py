@@ -314,12 +314,12 @@ class SqlStore:
         async with self._table_lock:
             if not self._table_ready:
                 try:
-                    async with self.transaction() as transaction:
+                    async with self._transaction() as transaction:
                         await transaction.context.run_sync(self.table.create, checkfirst=True)
                 except sa_exc.DBAPIError:
                     # Another process created it between our check and our CREATE (PostgreSQL's
                     # IF NOT EXISTS is not race-safe); the second look must find it.
-                    async with self.transaction() as transaction:
+                    async with self._transaction() as transaction:
                         await transaction.context.run_sync(self.table.create, checkfirst=True)
                 self._table_ready = True
 
@@ -419,6 +419,12 @@ class SqlStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
+        await self._ensure_table()
+        async with self._transaction() as transaction:
+            yield transaction
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[SqlTransaction]:
         asked = time.monotonic()
         try:
             async with self.engine.connect() as connection, connection.begin():
