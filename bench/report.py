@@ -82,6 +82,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             figure = (
                 f"{ours['effects']} effect(s), slowest {ours['slowest_ms']:.0f} ms (≤ {limit} ms)"
             )
+            floor = rows.get(BASELINE, {}).get("slowest_ms")
+            if floor is not None:
+                figure += f"; with no layer at all {floor:.0f} ms"
             add(name, figure, ours["effects"] == 1 and ours["slowest_ms"] <= limit)
     cleanup = results.get("cleanup", {}).get("postgres")
     if cleanup:
@@ -242,7 +245,9 @@ def _storm_table(results: dict[str, Any]) -> list[str]:
         "",
         f"{s['storm_copies']:,} connections opened, then the same request (one key) written on "
         f"all at once; {s['storm_workers']} uvicorn workers; the handler takes "
-        f"{s['storm_sleep_ms']} ms. Effects: orders in the table afterwards (must be 1).",
+        f"{s['storm_sleep_ms']} ms. Effects: orders in the table afterwards (must be 1). `none` "
+        "(no idempotency: every copy runs) gives the floor: how long this machine takes to "
+        "answer that many simultaneous requests at all.",
         "",
         "| store | contender | effects | slowest ms | p50 ms | statuses |",
         "|---|---|--:|--:|--:|---|",
@@ -252,7 +257,12 @@ def _storm_table(results: dict[str, Any]) -> list[str]:
             if "error" in row:
                 out.append(f"| {group} | {name} | not measured: {row['error']} | | | |")
                 continue
-            effects = str(row["effects"]) if row["effects"] == 1 else f"**{row['effects']}**"
+            if name == BASELINE:  # no layer: every copy runs, as it should
+                effects = f"{row['effects']:,} (no layer)"
+            elif row["effects"] == 1:
+                effects = "1"
+            else:
+                effects = f"**{row['effects']}**"
             out.append(
                 f"| {group} | {name} | {effects} | {row['slowest_ms']:,.0f} | "
                 f"{row['p50_ms']:,.0f} | {_statuses(row['statuses'])} |"
