@@ -278,7 +278,10 @@ def _roundtrip_table(results: dict[str, Any]) -> list[str]:
         "### Store round trips per request (whatsorder)",
         "",
         "Counted where they happen: SQLAlchemy engine events (statements, BEGIN/COMMIT, pool "
-        "pre-ping) for SQL stores, Redis's MONITOR for Redis.",
+        "pre-ping) for SQL stores, Redis's MONITOR for Redis. Rows by store name: the "
+        "middleware (lease mode: claim, then the handler, then the stored answer); rows "
+        '"one transaction": the engine\'s transactional mode (whatsorder-tx), whose claim and '
+        "stored answer share the handler's transaction. The handler itself writes nothing here.",
         "",
         "| store | first request | replay | replay's commands |",
         "|---|--:|--:|---|",

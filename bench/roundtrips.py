@@ -21,7 +21,7 @@ import httpx
 from sqlalchemy import MetaData, event
 
 from bench import harness
-from bench.contenders import GROUPS
+from bench.contenders import GROUPS, OURS_TX
 from bench.context import Context
 from whatsorder.idempotency.stores.sql import READ_ONLY_OPTION as READ_ONLY
 
@@ -32,7 +32,9 @@ def measure(ctx: Context, stores: list[str]) -> None:
         group = GROUPS[name]
         with ctx.databases(group, "trips") as (_db_url, store_url):
             section[name] = asyncio.run(_count(store_url))
-        ctx.log(f"{name:8} round trips: {section[name]}")
+            ctx.log(f"{name:8} round trips: {section[name]}")
+            if OURS_TX in group.ours():
+                section[f"{name}, one transaction"] = asyncio.run(_count_transactional(store_url))
 
 
 def _app(store: Any) -> Any:
@@ -83,6 +85,44 @@ async def _count(store_url: str) -> dict[str, Any]:
                         response = await post(key)
                     assert response.status_code == 201, response.text
                     counts[kind] = seen
+    finally:
+        await store.close()
+    return counts
+
+
+async def _count_transactional(store_url: str) -> dict[str, Any]:
+    """The engine's transactional mode (whatsorder-tx), its handler writing nothing itself."""
+    from whatsorder.idempotency import (
+        HandlerResult,
+        IdempotencyEngine,
+        IdempotentRequest,
+        SqlStore,
+        StoredResponse,
+        create_engine,
+        idempotency_table,
+    )
+
+    store = SqlStore(
+        create_engine(store_url, pool_size=1, max_overflow=0),
+        idempotency_table(MetaData(), "idempotency_records"),
+        create_table=True,
+    )
+    engine = IdempotencyEngine(store)
+
+    async def handle(_connection: Any) -> HandlerResult:
+        return HandlerResult(StoredResponse.build(201, b'{"id":1}', {}))
+
+    def execute(key: str) -> Any:
+        return engine.execute(IdempotentRequest("tx", key, "f"), handle)
+
+    counts: dict[str, Any] = {}
+    try:
+        await execute("warm-up")
+        await execute("warm-up")
+        for kind, key in (("first", "trips-tx-1"), ("replay", "trips-tx-1")):
+            with _sql_counter(store) as seen:
+                await execute(key)
+            counts[kind] = seen
     finally:
         await store.close()
     return counts

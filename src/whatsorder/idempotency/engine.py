@@ -114,7 +114,8 @@ class IdempotencyEngine(Generic[ContextT]):
         self._transactional = isinstance(store, TransactionalStore)
         self._leased = isinstance(store, LeaseStore)
         # A transactional store that can also read a committed record outside a transaction
-        # (SqlStore) answers replays with that one read: no BEGIN, no SQLite write lock.
+        # (SqlStore) answers a replay with that one read: no BEGIN, no lock_timeout, no claim
+        # INSERT, and on SQLite no wait for the write lock. A new key pays for the read.
         self._read_committed: Callable[[str, str], Awaitable[IdempotencyRecord | None]] | None = (
             cast(LeaseStore, store).get if self._transactional and self._leased else None
         )
