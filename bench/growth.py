@@ -10,9 +10,10 @@ random, so lookups land all over the index as they would in production.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import multiprocessing
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -253,9 +254,27 @@ def cleanup(ctx: Context, stores: list[str]) -> None:
             section[name] = _cleanup_under_load(ctx, name, db_url, store_url)
 
 
-def _cleanup_under_load(ctx: Context, name: str, db_url: str, store_url: str) -> dict[str, Any]:
+def _clean(store_url: str | None) -> Any:
+    """One cleanup run, in the process it is submitted to; its report. None: only the imports."""
     from whatsorder.idempotency import SqlStore, create_engine
-    from whatsorder.idempotency.cleanup import DEFAULT_BATCH_SIZE, delete_expired
+    from whatsorder.idempotency.cleanup import delete_expired
+
+    if store_url is None:
+        return None
+
+    async def clean() -> Any:
+        engine = create_engine(store_url, pool_size=2, max_overflow=0)
+        try:
+            store = SqlStore(engine, idempotency_table(MetaData(), TABLE))
+            return await delete_expired(store, now=datetime.now(UTC))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(clean())
+
+
+def _cleanup_under_load(ctx: Context, name: str, db_url: str, store_url: str) -> dict[str, Any]:
+    from whatsorder.idempotency.cleanup import DEFAULT_BATCH_SIZE
 
     s = ctx.settings
     loader = _Loader(name, store_url)
@@ -266,15 +285,9 @@ def _cleanup_under_load(ctx: Context, name: str, db_url: str, store_url: str) ->
             f"in {time.monotonic() - started:.1f} s")  # fmt: skip
     report: dict[str, Any] = {}
 
-    async def clean() -> None:
-        engine = create_engine(store_url, pool_size=2, max_overflow=0)
-        try:
-            store = SqlStore(engine, loader.table)
-            report["result"] = await delete_expired(store, now=datetime.now(UTC))
-        finally:
-            await engine.dispose()
-
-    async def claims_during_cleanup(port: int) -> load.Figures:
+    async def claims_during_cleanup(
+        port: int, cleaner: concurrent.futures.ProcessPoolExecutor
+    ) -> load.Figures:
         stop = asyncio.Event()
         claims = asyncio.create_task(
             load.constant_rate(
@@ -287,16 +300,19 @@ def _cleanup_under_load(ctx: Context, name: str, db_url: str, store_url: str) ->
             )
         )
         await asyncio.sleep(0.5)
-        # Its own thread and event loop, so the clients' timing is not held up by it.
-        cleaner = threading.Thread(target=asyncio.run, args=(clean(),))
-        cleaner.start()
-        await asyncio.to_thread(cleaner.join)
+        report["result"] = await asyncio.wrap_future(cleaner.submit(_clean, store_url))
         stop.set()
         return await claims
 
-    server = harness.Server(OURS, db_url, store_url, workers=s.workers)
-    with server.running(ctx.folder):
-        figures = asyncio.run(claims_during_cleanup(server.port))
+    # The cleaner is a process of its own, as a replica's scheduler would be (in a thread here
+    # it would share the load generator's GIL), started and warmed before the claims begin.
+    with concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn")
+    ) as cleaner:
+        cleaner.submit(_clean, None).result()
+        server = harness.Server(OURS, db_url, store_url, workers=s.workers)
+        with server.running(ctx.folder):
+            figures = asyncio.run(claims_during_cleanup(server.port, cleaner))
     result = report["result"]
     ctx.log(
         f"{name:8} cleanup: {result.rows_deleted:,} rows in {result.seconds:.1f} s; "
