@@ -51,6 +51,8 @@ DEFAULT_TABLE_NAME = "webhook_idempotency"
 PG_LOCK_NOT_AVAILABLE = "55P03"
 PG_CONNECTION_CLASS = "08"
 READ_ONLY_OPTION = "idempotency_read_only"  # SQLite: skip BEGIN IMMEDIATE for a lone read
+# SQLite: skip BEGIN IMMEDIATE for a lone compare-and-set UPDATE, atomic on its own
+LONE_STATEMENT_OPTION = "idempotency_lone_statement"
 # Operator intervention: the server is shutting down, starting up or recovering (57P01-57P03),
 # or ended our session. A retry after it is back succeeds; 57014 (a cancelled query) is not it.
 PG_OPERATOR_CLASS = "57"
@@ -142,8 +144,9 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine, busy_timeout: timed
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        if connection.get_execution_options().get(READ_ONLY_OPTION):
-            return  # a lone SELECT: SQLite runs it as a read transaction of its own, no lock
+        options = connection.get_execution_options()
+        if options.get(READ_ONLY_OPTION) or options.get(LONE_STATEMENT_OPTION):
+            return  # a lone statement: SQLite runs it as a transaction of its own
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -333,6 +336,13 @@ class SqlStore:
         found = await self._peek(request.scope, request.key)
         if found is not None and not found.can_be_taken_over(now):
             return found
+        if found is None:
+            # A new key: the INSERT … ON CONFLICT DO NOTHING is atomic on its own. It can only
+            # wait on another lease claim's insert, itself one statement, so it needs no
+            # lock_timeout; a conflict (a duplicate won the race) goes on to the transaction.
+            async with self._lone_statement() as connection:
+                if await SqlTransaction(connection, self.table).insert_claim(request, now, lease):
+                    return Claimed(epoch=1, takeover=False)
         for _ in range(3):
             async with self.transaction() as transaction:
                 if await transaction.insert_claim(request, now, lease):
@@ -368,10 +378,9 @@ class SqlStore:
             raise StoreUnavailable("The database cannot be reached.") from error
 
     async def renew(self, scope: str, key: str, epoch: int, locked_until: datetime) -> bool:
-        table = self.table
-        async with self.transaction() as transaction:
-            result = await transaction.context.execute(
-                update(table)
+        async with self._lone_statement() as connection:
+            result = await connection.execute(
+                update(self.table)
                 .where(*self._holder(scope, key, epoch))
                 .values(locked_until=locked_until)
             )
@@ -385,17 +394,43 @@ class SqlStore:
         now: datetime,
         ttl: timedelta,
     ) -> bool:
-        async with self.transaction() as transaction:
-            return await transaction.complete(request, epoch, response, {}, now, ttl)
+        async with self._lone_statement() as connection:
+            return await SqlTransaction(connection, self.table).complete(
+                request, epoch, response, {}, now, ttl
+            )
 
     async def release(self, scope: str, key: str, epoch: int) -> bool:
         # The lease ends now but the row stays: the next claim takes it over with a higher
         # epoch, so the released holder stays fenced out.
-        async with self.transaction() as transaction:
-            result = await transaction.context.execute(
+        async with self._lone_statement() as connection:
+            result = await connection.execute(
                 update(self.table).where(*self._holder(scope, key, epoch)).values(locked_until=None)
             )
         return result.rowcount == 1
+
+    @asynccontextmanager
+    async def _lone_statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one compare-and-set UPDATE, committed by itself (autocommit).
+
+        The holder's steps (renew, complete, release) are each one statement whose WHERE is the
+        fence: no BEGIN, lock_timeout or COMMIT around it (three round trips fewer on
+        PostgreSQL). The row it updates is the holder's own: only a take-over or a cleanup
+        batch, both one short statement, ever locks it, so no lock_timeout is needed.
+        """
+        await self._ensure_table()
+        try:
+            async with self.engine.connect() as connection:
+                if self.kind == "postgresql":
+                    await connection.execution_options(isolation_level="AUTOCOMMIT")
+                else:
+                    await connection.execution_options(**{LONE_STATEMENT_OPTION: True})
+                yield connection
+        except sa_exc.TimeoutError as error:
+            raise StoreBusy("No database connection was free in time.", retry_after=2) from error
+        except sa_exc.DBAPIError as error:
+            raise _classify(error) from error
+        except OSError as error:
+            raise StoreUnavailable("The database cannot be reached.") from error
 
     async def close(self) -> None:
         await self.engine.dispose()
