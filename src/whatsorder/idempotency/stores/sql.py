@@ -293,7 +293,7 @@ class SqlStore:
 
     Transactional mode (``transaction()``) shares the application's database and transaction;
     lease mode (``claim`` … ``release``) serves applications whose data lives elsewhere, each
-    step a short transaction of its own.
+    step one compare-and-set statement in autocommit (a take-over: a short transaction).
     """
 
     def __init__(
