@@ -113,7 +113,11 @@ def create_engine(
     """An engine fit for claims: WAL, ``busy_timeout`` and ``BEGIN IMMEDIATE`` on SQLite."""
     full_url = async_url(url)
     if make_url(full_url).get_backend_name() == "sqlite":
-        engine = create_async_engine(full_url, pool_timeout=pool_timeout)
+        # The pool's size counts on SQLite too: each aiosqlite connection is a thread, and 15
+        # of them contending for the GIL cut replays' throughput by a fifth against 5 (bench).
+        engine = create_async_engine(
+            full_url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout
+        )
         _make_sqlite_transactions_immediate(engine, busy_timeout)
         return engine
     return create_async_engine(
