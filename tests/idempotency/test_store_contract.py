@@ -32,6 +32,7 @@ from whatsorder.idempotency import (
     StoredResponse,
     open_store,
 )
+from whatsorder.idempotency.engine import _Waits
 from whatsorder.idempotency.record import as_utc
 from whatsorder.idempotency.stores.base import Claimed, LeaseStore
 from whatsorder.idempotency.stores.redis import RedisStore
@@ -382,6 +383,63 @@ async def test_a_handler_answering_503_is_not_stored_so_the_retry_runs(store: Le
     assert first.response == unavailable
     assert second.outcome is Outcome.TAKEOVER  # the released claim, at a higher epoch
     assert calls == [1, 2]
+
+
+class CountedLooks:
+    """The store as it is, with its claims and looks (``get``) counted."""
+
+    def __init__(self, inner: LeaseStore) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.looks = 0
+        self.claims = 0
+        self.renew = inner.renew
+        self.complete = inner.complete
+        self.release = inner.release
+        self.close = inner.close
+
+    async def claim(
+        self, request: IdempotentRequest, now: datetime, lease: timedelta, ttl: timedelta
+    ) -> Claimed | IdempotencyRecord:
+        self.claims += 1
+        return await self.inner.claim(request, now, lease, ttl)
+
+    async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
+        self.looks += 1
+        return await self.inner.get(scope, key)
+
+
+async def test_duplicates_waiting_in_one_process_share_one_look_and_wake_when_the_holder_ends(
+    store: LeaseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polls 2 s apart: answers within the handler's 0.2 s can only come from the wake-up.
+    monkeypatch.setattr(_Waits, "FIRST_PAUSE", 2.0)
+    monkeypatch.setattr(_Waits, "LONGEST_PAUSE", 2.0)
+    counted = CountedLooks(store)
+    engine = leased(counted, IdempotencyConfig(in_flight_wait=timedelta(seconds=5)))
+    calls: list[int] = []
+    running = asyncio.Event()
+
+    async def handler() -> HandlerResult:
+        calls.append(len(calls) + 1)
+        running.set()
+        await asyncio.sleep(0.2)
+        return HandlerResult(TWIML)
+
+    started = time.monotonic()
+    holder = asyncio.ensure_future(engine.execute_leased(incoming(), handler))
+    await running.wait()  # the holder has claimed and runs; fifty duplicates arrive in flight
+    copies = await asyncio.gather(*(engine.execute_leased(incoming(), handler) for _ in range(50)))
+    took = time.monotonic() - started
+    await holder
+
+    assert calls == [1]
+    assert {copy.outcome for copy in copies} == {Outcome.REPLAYED}
+    assert {copy.response for copy in copies} == {TWIML}
+    # One claim each (which found the key in flight), then one shared look for all fifty.
+    assert counted.claims == 51, f"{counted.claims} claims for the holder and 50 copies"
+    assert counted.looks <= 2, f"{counted.looks} looks for 50 waiting copies"
+    assert took < 1.5, f"the copies were answered {took:.2f} s after the holder began"
 
 
 async def test_twenty_concurrent_duplicates_run_the_handler_once(store: LeaseStore) -> None:

@@ -112,6 +112,7 @@ class IdempotencyEngine(Generic[ContextT]):
         # isinstance on a runtime-checkable Protocol walks its members: ~10% of a replay's CPU
         # when done per request (py-spy, bench/), so it is done once here.
         self._transactional = isinstance(store, TransactionalStore)
+        self._waits = _Waits(self.config, self._clock)
         self._leased = isinstance(store, LeaseStore)
         # A transactional store that can also read a committed record outside a transaction
         # (SqlStore) answers a replay with that one read: no BEGIN, no lock_timeout, no claim
@@ -218,6 +219,19 @@ class IdempotencyEngine(Generic[ContextT]):
         watch.looked_up()
         if isinstance(claim, StoredResponse):
             return Result(claim, Outcome.REPLAYED)
+        try:
+            return await self._hold(lease_store, request, handler, claim)
+        finally:
+            # Duplicates waiting in this process look at once instead of at their next poll.
+            self._waits.wake(request.scope, request.key)
+
+    async def _hold(
+        self,
+        lease_store: LeaseStore,
+        request: IdempotentRequest,
+        handler: Callable[[], Awaitable[HandlerResult]],
+        claim: Claimed,
+    ) -> Result:
         heartbeat = _Heartbeat(lease_store, request, claim.epoch, self.config, self._clock)
         try:
             async with heartbeat:
@@ -256,7 +270,6 @@ class IdempotencyEngine(Generic[ContextT]):
         self, store: LeaseStore, request: IdempotentRequest
     ) -> Claimed | StoredResponse:
         deadline = time.monotonic() + self.config.in_flight_wait.total_seconds()
-        pause = 0.01
         while True:
             now = self._clock()
             found = await store.claim(request, now, self.config.lease, self.config.ttl)
@@ -269,8 +282,12 @@ class IdempotencyEngine(Generic[ContextT]):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._in_flight()
-            await asyncio.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.25)
+            changed = await self._waits.until_changed(store, request, remaining)
+            if changed is not None and changed.status is Status.COMPLETED:
+                decision = self._decide(changed, request, self._clock())
+                if isinstance(decision, StoredResponse):
+                    return decision
+            # Released, taken over, gone, or still in flight: claim (or look) again.
 
     def _decide(
         self, record: IdempotencyRecord, request: IdempotentRequest, now: datetime
@@ -338,6 +355,71 @@ _ERROR_OUTCOMES: dict[type[BaseException], str] = {
     StoreBusy: events.STORE_BUSY,
     StoreUnavailable: events.STORE_UNAVAILABLE,
 }
+
+
+class _Waits:
+    """Duplicates of keys in flight, in this process: one look at the store per key for all.
+
+    A storm's copies that land on one process would each poll the store; here one task per key
+    polls (every 5 ms at first, then up to every 50 ms, cheap because it is one), and all the
+    copies await it. When this process's own holder finishes, the look happens at once.
+    """
+
+    FIRST_PAUSE = 0.005
+    LONGEST_PAUSE = 0.05
+
+    def __init__(self, config: IdempotencyConfig, clock: Callable[[], datetime]) -> None:
+        self._config = config
+        self._clock = clock
+        self._looks: dict[tuple[str, str], asyncio.Future[IdempotencyRecord | None]] = {}
+        self._wakeups: dict[tuple[str, str], asyncio.Event] = {}
+
+    async def until_changed(
+        self, store: LeaseStore, request: IdempotentRequest, patience: float
+    ) -> IdempotencyRecord | None:
+        """The record once it is no longer in flight (None: gone), or None after ``patience``."""
+        key = (request.scope, request.key)
+        look = self._looks.get(key)
+        if look is None or look.get_loop() is not asyncio.get_running_loop():
+            look = asyncio.ensure_future(self._look(store, key))
+            self._looks[key] = look
+            look.add_done_callback(lambda done: self._forget(key, done))
+        try:
+            return await asyncio.wait_for(asyncio.shield(look), patience)
+        except TimeoutError:
+            return None
+
+    def wake(self, scope: str, key: str) -> None:
+        wakeup = self._wakeups.get((scope, key))
+        if wakeup is not None:
+            wakeup.set()
+
+    async def _look(self, store: LeaseStore, key: tuple[str, str]) -> IdempotencyRecord | None:
+        wakeup = self._wakeups.setdefault(key, asyncio.Event())
+        until = time.monotonic() + self._config.in_flight_wait.total_seconds()
+        pause = self.FIRST_PAUSE
+        try:
+            while (left := until - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), min(pause, left))
+                wakeup.clear()
+                record = await store.get(*key)
+                if record is None or record.status is Status.COMPLETED:
+                    return record
+                if record.can_be_taken_over(self._clock()):
+                    return record
+                pause = min(pause * 2, self.LONGEST_PAUSE)
+            return None
+        finally:
+            if self._wakeups.get(key) is wakeup:
+                del self._wakeups[key]
+
+    def _forget(self, key: tuple[str, str], done: asyncio.Future[IdempotencyRecord | None]) -> None:
+        if self._looks.get(key) is done:
+            del self._looks[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter gets it from its own await
+
 
 _IN_FLIGHT = object()
 _TAKE_OVER = object()
