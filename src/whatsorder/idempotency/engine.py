@@ -118,7 +118,7 @@ class IdempotencyEngine(Generic[ContextT]):
         # (SqlStore) answers a replay with that one read: no BEGIN, no lock_timeout, no claim
         # INSERT, and on SQLite no wait for the write lock. A new key pays for the read.
         self._read_committed: Callable[[str, str], Awaitable[IdempotencyRecord | None]] | None = (
-            cast(LeaseStore, store).get if self._transactional and self._leased else None
+            getattr(store, "read_if_idle", None) if self._transactional else None
         )
 
     async def execute(self, request: IdempotentRequest, handler: Handler[ContextT]) -> Result:

@@ -337,7 +337,7 @@ class SqlStore:
         # A replay (or a duplicate in flight) is answered by one SELECT outside any transaction:
         # no BEGIN, lock_timeout, INSERT or COMMIT, and no SQLite write lock. Only a key that is
         # absent or can be taken over goes on to the atomic claim below.
-        found = await self._peek(request.scope, request.key)
+        found = await self.read_if_idle(request.scope, request.key)
         if found is not None and not found.can_be_taken_over(now):
             return found
         if found is None:
@@ -364,6 +364,18 @@ class SqlStore:
     async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
         await self._ensure_table()
         return await self._peek(scope, key)
+
+    async def read_if_idle(self, scope: str, key: str) -> IdempotencyRecord | None:
+        """The committed record, read first only when a pooled connection is idle right now.
+
+        The read saves a replay its transaction, but it is a second checkout: when the pool
+        is exhausted (a storm) the two waits for a connection would add up past the
+        provider's patience, so then nothing is read (None) and the claim decides alone.
+        """
+        idle = getattr(self.engine.pool, "checkedin", None)
+        if idle is not None and idle() == 0:
+            return None
+        return await self.get(scope, key)
 
     async def _peek(self, scope: str, key: str) -> IdempotencyRecord | None:
         """The record as last committed, read by one statement in autocommit."""
