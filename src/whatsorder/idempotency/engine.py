@@ -23,6 +23,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar, cast
@@ -114,12 +115,16 @@ class IdempotencyEngine(Generic[ContextT]):
         self._transactional = isinstance(store, TransactionalStore)
         self._waits = _Waits(self.config, self._clock)
         self._leased = isinstance(store, LeaseStore)
-        # A transactional store that can also read a committed record outside a transaction
-        # (SqlStore) answers a replay with that one read: no BEGIN, no lock_timeout, no claim
-        # INSERT, and on SQLite no wait for the write lock. A new key pays for the read.
-        self._read_committed: Callable[[str, str], Awaitable[IdempotencyRecord | None]] | None = (
-            getattr(store, "read_if_idle", None) if self._transactional else None
-        )
+        # A transactional store that can read the committed record first, on the connection
+        # its transaction then uses (SqlStore), answers a replay with that one read: no BEGIN,
+        # no lock_timeout, no claim INSERT, and on SQLite no wait for the write lock.
+        self._read_first: (
+            Callable[
+                [str, str],
+                AbstractAsyncContextManager[IdempotencyRecord | StoreTransaction[ContextT]],
+            ]
+            | None
+        ) = getattr(store, "read_then_transaction", None) if self._transactional else None
 
     async def execute(self, request: IdempotentRequest, handler: Handler[ContextT]) -> Result:
         """Claim the key, run ``handler`` in the claim's transaction, store and return its answer.
@@ -140,39 +145,45 @@ class IdempotencyEngine(Generic[ContextT]):
         handler: Handler[ContextT],
         watch: _Watch,
     ) -> Result:
-        if self._read_committed is not None:
-            # Only a completed record short-cuts the transaction. A claim of this mode is never
-            # seen in flight (its insert commits with the result); one of lease mode, or an
-            # expired record, is decided below under the row lock, as before.
-            found = await self._read_committed(request.scope, request.key)
-            if found is not None and found.status is Status.COMPLETED:
-                decision = self._decide(found, request, self._clock())
-                if isinstance(decision, StoredResponse):
-                    watch.looked_up()
-                    return Result(decision, Outcome.REPLAYED)
         try:
+            if self._read_first is not None:
+                # One pooled connection: a completed key is answered by one read of the
+                # committed record; anything else (absent, or lease mode's claim in flight)
+                # goes on to the transaction on that same connection.
+                async with self._read_first(request.scope, request.key) as opened:
+                    if not isinstance(opened, IdempotencyRecord):
+                        return await self._run_in(opened, request, handler, watch)
+                    decision = self._decide(opened, request, self._clock())
+                    if isinstance(decision, StoredResponse):
+                        watch.looked_up()
+                        return Result(decision, Outcome.REPLAYED)
+                # Completed but expired: claimed afresh below, under the row lock.
             async with store.transaction() as transaction:
-                claim = await self._claim_in(transaction, request)
-                watch.looked_up()
-                if isinstance(claim, StoredResponse):
-                    return Result(claim, Outcome.REPLAYED)
-                result = await handler(transaction.context)
-                response = result.response
-                if not self.config.stores_status(response.status):
-                    raise _Discard(response)
-                completed = await transaction.complete(
-                    request,
-                    claim.epoch,
-                    response,
-                    result.annotations,
-                    self._clock(),
-                    self.config.ttl,
-                )
-                if not completed:  # only a lease-mode take-over can fence us out here
-                    raise _Discard(response)
-                return Result(response, Outcome.TAKEOVER if claim.takeover else Outcome.NEW)
+                return await self._run_in(transaction, request, handler, watch)
         except _Discard as discarded:
             return Result(discarded.response, Outcome.NOT_STORED)
+
+    async def _run_in(
+        self,
+        transaction: StoreTransaction[ContextT],
+        request: IdempotentRequest,
+        handler: Handler[ContextT],
+        watch: _Watch,
+    ) -> Result:
+        claim = await self._claim_in(transaction, request)
+        watch.looked_up()
+        if isinstance(claim, StoredResponse):
+            return Result(claim, Outcome.REPLAYED)
+        result = await handler(transaction.context)
+        response = result.response
+        if not self.config.stores_status(response.status):
+            raise _Discard(response)
+        completed = await transaction.complete(
+            request, claim.epoch, response, result.annotations, self._clock(), self.config.ttl
+        )
+        if not completed:  # only a lease-mode take-over can fence us out here
+            raise _Discard(response)
+        return Result(response, Outcome.TAKEOVER if claim.takeover else Outcome.NEW)
 
     async def _claim_in(
         self, transaction: StoreTransaction[ContextT], request: IdempotentRequest

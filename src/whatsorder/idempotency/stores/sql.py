@@ -337,7 +337,7 @@ class SqlStore:
         # A replay (or a duplicate in flight) is answered by one SELECT outside any transaction:
         # no BEGIN, lock_timeout, INSERT or COMMIT, and no SQLite write lock. Only a key that is
         # absent or can be taken over goes on to the atomic claim below.
-        found = await self.read_if_idle(request.scope, request.key)
+        found = await self._peek(request.scope, request.key)
         if found is not None and not found.can_be_taken_over(now):
             return found
         if found is None:
@@ -365,17 +365,52 @@ class SqlStore:
         await self._ensure_table()
         return await self._peek(scope, key)
 
-    async def read_if_idle(self, scope: str, key: str) -> IdempotencyRecord | None:
-        """The committed record, read first only when a pooled connection is idle right now.
+    @asynccontextmanager
+    async def read_then_transaction(
+        self, scope: str, key: str
+    ) -> AsyncIterator[IdempotencyRecord | SqlTransaction]:
+        """The record if it is completed, read in autocommit; else a transaction. One checkout.
 
-        The read saves a replay its transaction, but it is a second checkout: when the pool
-        is exhausted (a storm) the two waits for a connection would add up past the
-        provider's patience, so then nothing is read (None) and the claim decides alone.
+        A replay costs one statement (plus PostgreSQL's pre-ping) and, on SQLite, never waits
+        for the write lock. Anything else gets a transaction on the same connection, so a new
+        key waits for the pool once, and that wait comes out of its lock wait.
         """
-        idle = getattr(self.engine.pool, "checkedin", None)
-        if idle is not None and idle() == 0:
-            return None
-        return await self.get(scope, key)
+        await self._ensure_table()
+        asked = time.monotonic()
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execution_options(**self._autocommit)
+                found = await SqlTransaction(connection, self.table).load(scope, key)
+                if found is not None and found.status is Status.COMPLETED:
+                    yield found
+                    return
+                # Ends SQLAlchemy's own block around the read (in autocommit the driver sends
+                # nothing), so that the connection can begin a real transaction.
+                await connection.rollback()
+                await connection.execution_options(**self._transactional(connection))
+                async with connection.begin():
+                    if self.kind == "postgresql":
+                        await connection.exec_driver_sql(
+                            f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
+                        )
+                    yield SqlTransaction(connection, self.table)
+        except sa_exc.TimeoutError as error:
+            raise StoreBusy("No database connection was free in time.", retry_after=2) from error
+        except sa_exc.DBAPIError as error:
+            raise _classify(error) from error
+        except OSError as error:
+            raise StoreUnavailable("The database cannot be reached.") from error
+
+    @property
+    def _autocommit(self) -> dict[str, Any]:
+        if self.kind == "postgresql":
+            return {"isolation_level": "AUTOCOMMIT"}
+        return {READ_ONLY_OPTION: True}
+
+    def _transactional(self, connection: AsyncConnection) -> dict[str, Any]:
+        if self.kind == "postgresql":
+            return {"isolation_level": connection.sync_connection.default_isolation_level}  # type: ignore[union-attr]
+        return {READ_ONLY_OPTION: False}
 
     async def _peek(self, scope: str, key: str) -> IdempotencyRecord | None:
         """The record as last committed, read by one statement in autocommit."""
