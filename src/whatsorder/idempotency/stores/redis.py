@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 
 from whatsorder.idempotency.errors import StoreUnavailable
@@ -141,12 +141,18 @@ class RedisStore:
     ) -> RedisStore:
         """A store on a new client for ``redis://``, ``rediss://`` or ``unix://`` URLs.
 
-        ``client_options`` go to ``redis.asyncio.Redis.from_url``; unless given, connecting
-        and each command give up after 5 s, so an unreachable Redis fails closed promptly.
+        ``client_options`` go to the connection pool; unless given, connecting and each
+        command give up after 5 s, so an unreachable Redis fails closed promptly, and a process
+        keeps at most 50 connections, a request waiting up to 5 s for one of them. (redis-py's
+        default pool has no bound: a storm of 1,000 copies opened hundreds of connections at
+        once, overflowed Redis's accept backlog, and 600 of them failed to connect.)
         """
         client_options.setdefault("socket_connect_timeout", 5)
         client_options.setdefault("socket_timeout", 5)
-        return cls(Redis.from_url(url, **client_options), prefix=prefix)
+        client_options.setdefault("max_connections", 50)
+        client_options.setdefault("timeout", 5)
+        pool = BlockingConnectionPool.from_url(url, **client_options)
+        return cls(Redis.from_pool(pool), prefix=prefix)  # closing the client closes the pool
 
     def record_key(self, scope: str, key: str) -> bytes:
         """The hash's name: the scope's length keeps ``("a:b", "c")`` and ``("a", "b:c")`` apart."""
