@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -377,7 +377,7 @@ class SqlStore:
         """
         await self._ensure_table()
         asked = time.monotonic()
-        try:
+        with _store_errors():
             async with self.engine.connect() as connection:
                 await connection.execution_options(**self._autocommit)
                 found = await SqlTransaction(connection, self.table).load(scope, key)
@@ -394,12 +394,6 @@ class SqlStore:
                             f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
                         )
                     yield SqlTransaction(connection, self.table)
-        except sa_exc.TimeoutError as error:
-            raise StoreBusy("No database connection was free in time.", retry_after=2) from error
-        except sa_exc.DBAPIError as error:
-            raise _classify(error) from error
-        except OSError as error:
-            raise StoreUnavailable("The database cannot be reached.") from error
 
     @property
     def _autocommit(self) -> dict[str, Any]:
@@ -414,19 +408,10 @@ class SqlStore:
 
     async def _peek(self, scope: str, key: str) -> IdempotencyRecord | None:
         """The record as last committed, read by one statement in autocommit."""
-        try:
+        with _store_errors():
             async with self.engine.connect() as connection:
-                if self.kind == "postgresql":
-                    await connection.execution_options(isolation_level="AUTOCOMMIT")
-                else:
-                    await connection.execution_options(**{READ_ONLY_OPTION: True})
+                await connection.execution_options(**self._autocommit)
                 return await SqlTransaction(connection, self.table).load(scope, key)
-        except sa_exc.TimeoutError as error:
-            raise StoreBusy("No database connection was free in time.", retry_after=2) from error
-        except sa_exc.DBAPIError as error:
-            raise _classify(error) from error
-        except OSError as error:
-            raise StoreUnavailable("The database cannot be reached.") from error
 
     async def renew(self, scope: str, key: str, epoch: int, locked_until: datetime) -> bool:
         async with self._lone_statement() as connection:
@@ -461,27 +446,22 @@ class SqlStore:
 
     @asynccontextmanager
     async def _lone_statement(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for one compare-and-set UPDATE, committed by itself (autocommit).
+        """A connection for one statement, committed by itself (autocommit).
 
-        The holder's steps (renew, complete, release) are each one statement whose WHERE is the
-        fence: no BEGIN, lock_timeout or COMMIT around it (three round trips fewer on
-        PostgreSQL). The row it updates is the holder's own: only a take-over or a cleanup
-        batch, both one short statement, ever locks it, so no lock_timeout is needed.
+        A new key's claim (``INSERT … ON CONFLICT DO NOTHING``) and the holder's steps (renew,
+        complete, release: compare-and-set UPDATEs whose WHERE is the fence) are each atomic on
+        their own: no BEGIN, lock_timeout or COMMIT around them (three round trips fewer on
+        PostgreSQL). The row a holder updates is its own: only a take-over or a cleanup batch,
+        both short, ever lock it, so no lock_timeout is needed.
         """
         await self._ensure_table()
-        try:
+        with _store_errors():
             async with self.engine.connect() as connection:
                 if self.kind == "postgresql":
                     await connection.execution_options(isolation_level="AUTOCOMMIT")
                 else:
                     await connection.execution_options(**{LONE_STATEMENT_OPTION: True})
                 yield connection
-        except sa_exc.TimeoutError as error:
-            raise StoreBusy("No database connection was free in time.", retry_after=2) from error
-        except sa_exc.DBAPIError as error:
-            raise _classify(error) from error
-        except OSError as error:
-            raise StoreUnavailable("The database cannot be reached.") from error
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -512,7 +492,7 @@ class SqlStore:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[SqlTransaction]:
         asked = time.monotonic()
-        try:
+        with _store_errors():
             async with self.engine.connect() as connection, connection.begin():
                 if self.kind == "postgresql":
                     # Bounds how long a duplicate waits on the first copy's claim (DESIGN §7).
@@ -520,12 +500,19 @@ class SqlStore:
                         f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
                     )
                 yield SqlTransaction(connection, self.table)
-        except sa_exc.TimeoutError as error:  # the connection pool stayed empty
-            raise StoreBusy("No database connection was free in time.", retry_after=2) from error
-        except sa_exc.DBAPIError as error:
-            raise _classify(error) from error
-        except OSError as error:  # refused or unreachable before the driver could say more
-            raise StoreUnavailable("The database cannot be reached.") from error
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """The database's failures as the engine's outcomes: busy (503), unavailable (503)."""
+    try:
+        yield
+    except sa_exc.TimeoutError as error:  # the connection pool stayed empty
+        raise StoreBusy("No database connection was free in time.", retry_after=2) from error
+    except sa_exc.DBAPIError as error:
+        raise _classify(error) from error
+    except OSError as error:  # refused or unreachable before the driver could say more
+        raise StoreUnavailable("The database cannot be reached.") from error
 
 
 def _classify(error: sa_exc.DBAPIError) -> Exception:
