@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, func, insert, select
+from sqlalchemy import Column, Integer, MetaData, Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder.idempotency import (
@@ -123,3 +123,22 @@ async def test_a_store_that_creates_its_table_does_so_before_its_first_transacti
         assert (await store.get("orders", "k-4")) is not None
     finally:
         await database.dispose()
+
+
+@pytest.mark.postgres
+async def test_the_handler_runs_at_the_isolation_level_its_engine_sets(postgres_url: str) -> None:
+    """The read before the claim switches to autocommit; the transaction after it is the app's."""
+    database = create_engine(postgres_url).execution_options(isolation_level="SERIALIZABLE")
+    store = SqlStore(database, idempotency_table(MetaData()), create_table=True)
+
+    async def report_level(connection: AsyncConnection) -> HandlerResult:
+        level = (await connection.execute(text("SHOW transaction_isolation"))).scalar_one()
+        return HandlerResult(StoredResponse.build(200, str(level).encode(), {}))
+
+    try:
+        result = await IdempotencyEngine(store).execute(
+            IdempotentRequest("orders", "k-5", "f-5"), report_level
+        )
+    finally:
+        await database.dispose()
+    assert result.response.body == b"serializable"

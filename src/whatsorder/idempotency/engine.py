@@ -406,7 +406,7 @@ class _Waits:
             wakeup.set()
 
     async def _look(self, store: LeaseStore, key: tuple[str, str]) -> IdempotencyRecord | None:
-        wakeup = self._wakeups.setdefault(key, asyncio.Event())
+        wakeup = self._wakeups[key] = asyncio.Event()  # this loop's; one look per key at a time
         until = time.monotonic() + self._config.in_flight_wait.total_seconds()
         pause = self.FIRST_PAUSE
         try:

@@ -22,7 +22,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 
-from whatsorder.idempotency.errors import StoreUnavailable
+from whatsorder.idempotency.errors import StoreBusy, StoreUnavailable
 from whatsorder.idempotency.record import (
     IdempotencyRecord,
     IdempotentRequest,
@@ -33,6 +33,7 @@ from whatsorder.idempotency.record import (
 from whatsorder.idempotency.stores.base import Claimed
 
 DEFAULT_PREFIX = "idempotency:"
+POOL_EXHAUSTED = "No connection available."  # redis-py's BlockingConnectionPool, on timeout
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Argument = int | str | bytes
 
@@ -265,4 +266,6 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
     try:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+        if str(error) == POOL_EXHAUSTED:  # BlockingConnectionPool's wait ran out: Redis is up
+            raise StoreBusy("No Redis connection was free in time.", retry_after=1) from error
         raise StoreUnavailable(f"Redis cannot be reached: {error}") from error

@@ -379,6 +379,8 @@ class SqlStore:
         asked = time.monotonic()
         with _store_errors():
             async with self.engine.connect() as connection:
+                # The level the engine gives its connections, if it sets one: restored below.
+                prior = self.engine.get_execution_options().get("isolation_level")
                 await connection.execution_options(**self._autocommit)
                 found = await SqlTransaction(connection, self.table).load(scope, key)
                 if found is not None and found.status is Status.COMPLETED:
@@ -387,7 +389,7 @@ class SqlStore:
                 # Ends SQLAlchemy's own block around the read (in autocommit the driver sends
                 # nothing), so that the connection can begin a real transaction.
                 await connection.rollback()
-                await connection.execution_options(**self._transactional(connection))
+                await connection.execution_options(**self._transactional(connection, prior))
                 async with connection.begin():
                     if self.kind == "postgresql":
                         await connection.exec_driver_sql(
@@ -401,9 +403,10 @@ class SqlStore:
             return {"isolation_level": "AUTOCOMMIT"}
         return {READ_ONLY_OPTION: True}
 
-    def _transactional(self, connection: AsyncConnection) -> dict[str, Any]:
+    def _transactional(self, connection: AsyncConnection, prior: str | None) -> dict[str, Any]:
         if self.kind == "postgresql":
-            return {"isolation_level": connection.sync_connection.default_isolation_level}  # type: ignore[union-attr]
+            default = connection.sync_connection.default_isolation_level  # type: ignore[union-attr]
+            return {"isolation_level": prior or default}
         return {READ_ONLY_OPTION: False}
 
     async def _peek(self, scope: str, key: str) -> IdempotencyRecord | None:
