@@ -199,7 +199,9 @@ async def test_stripe_refuses_forged_stale_future_and_wrong_scheme_signatures(
     now = int(time.time())
     v1 = stripe_v1(body, now)
     good = stripe_header(body, now, f"v1={v1}")
-    stale, future = now - 301, now + 301
+    # Well outside the 300 s window: the requests before these take time, and "future" must
+    # still be ahead by more than 300 s when the service reads its clock.
+    stale, future = now - 400, now + 400
     outside = (400, "outside-replay-window")
     attempts: Attempts = {
         "missing": ({"Content-Type": JSON}, *MISSING),
