@@ -23,7 +23,7 @@ from sqlalchemy import MetaData, event
 from bench import harness
 from bench.contenders import GROUPS, OURS_TX
 from bench.context import Context
-from whatsorder.idempotency.stores.sql import READ_ONLY_OPTION as READ_ONLY
+from whatsorder.idempotency.stores.sql import AUTOCOMMIT_OPTION as AUTOCOMMIT
 
 
 def measure(ctx: Context, stores: list[str]) -> None:
@@ -145,7 +145,7 @@ def _sql_counter(store: Any) -> Iterator[dict[str, Any]]:
     def on_begin(connection: Any) -> None:
         # In autocommit the driver sends no BEGIN (asyncpg starts no transaction).
         options = connection.get_execution_options()
-        if options.get("isolation_level") != "AUTOCOMMIT" and not options.get(READ_ONLY):
+        if options.get("isolation_level") != "AUTOCOMMIT" and not options.get(AUTOCOMMIT):
             seen["begin"] += 1
 
     listeners = [

@@ -50,9 +50,9 @@ from whatsorder.idempotency.stores.base import Claimed
 DEFAULT_TABLE_NAME = "webhook_idempotency"
 PG_LOCK_NOT_AVAILABLE = "55P03"
 PG_CONNECTION_CLASS = "08"
-READ_ONLY_OPTION = "idempotency_read_only"  # SQLite: skip BEGIN IMMEDIATE for a lone read
-# SQLite: skip BEGIN IMMEDIATE for a lone compare-and-set UPDATE, atomic on its own
-LONE_STATEMENT_OPTION = "idempotency_lone_statement"
+# SQLite: skip BEGIN IMMEDIATE for a lone statement (a read, or a claim or compare-and-set
+# that is atomic on its own): SQLite runs it as a transaction of its own.
+AUTOCOMMIT_OPTION = "idempotency_autocommit"
 # Operator intervention: the server is shutting down, starting up or recovering (57P01-57P03),
 # or ended our session. A retry after it is back succeeds; 57014 (a cancelled query) is not it.
 PG_OPERATOR_CLASS = "57"
@@ -149,7 +149,7 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine, busy_timeout: timed
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         options = connection.get_execution_options()
-        if options.get(READ_ONLY_OPTION) or options.get(LONE_STATEMENT_OPTION):
+        if options.get(AUTOCOMMIT_OPTION):
             return  # a lone statement: SQLite runs it as a transaction of its own
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -401,13 +401,13 @@ class SqlStore:
     def _autocommit(self) -> dict[str, Any]:
         if self.kind == "postgresql":
             return {"isolation_level": "AUTOCOMMIT"}
-        return {READ_ONLY_OPTION: True}
+        return {AUTOCOMMIT_OPTION: True}
 
     def _transactional(self, connection: AsyncConnection, prior: str | None) -> dict[str, Any]:
         if self.kind == "postgresql":
             default = connection.sync_connection.default_isolation_level  # type: ignore[union-attr]
             return {"isolation_level": prior or default}
-        return {READ_ONLY_OPTION: False}
+        return {AUTOCOMMIT_OPTION: False}
 
     async def _peek(self, scope: str, key: str) -> IdempotencyRecord | None:
         """The record as last committed, read by one statement in autocommit."""
@@ -460,10 +460,7 @@ class SqlStore:
         await self._ensure_table()
         with _store_errors():
             async with self.engine.connect() as connection:
-                if self.kind == "postgresql":
-                    await connection.execution_options(isolation_level="AUTOCOMMIT")
-                else:
-                    await connection.execution_options(**{LONE_STATEMENT_OPTION: True})
+                await connection.execution_options(**self._autocommit)
                 yield connection
 
     async def close(self) -> None:
