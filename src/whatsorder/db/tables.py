@@ -102,6 +102,8 @@ payments = Table(
     Column("currency", String(3), nullable=False),
     Column("status", String(32), nullable=False),
     _now_column(),
+    # The provider's refund id, on refund events: which refund the event was about.
+    Column("refund_id", String(255)),
     UniqueConstraint("provider", "provider_event_id", name="uq_payments_provider_event"),
 )
 
@@ -118,7 +120,11 @@ ledger_entries = Table(
     Column("source", String(32), nullable=False),
     Column("source_ref", String(255), nullable=False),
     _now_column(),
+    # The provider's payment id of a credit or a refund reversal (a reversal is keyed by its
+    # refund): what the audit reconciles against the provider's reported amounts.
+    Column("payment_ref", String(255)),
     UniqueConstraint("source", "source_ref", "entry_type", name="uq_ledger_entries_business_key"),
+    Index("ix_ledger_entries_payment_ref", "source", "payment_ref"),
 )
 
 message_statuses = Table(
@@ -180,6 +186,10 @@ dead_letters = Table(
     Column("reason", String(500), nullable=False),
     Column("body", Text, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    # A business key that outlives the idempotency record (Meta: the hash of what was kept), so
+    # a redelivery after the record expired stores no second copy. NULL on rows from before it.
+    Column("delivery_key", String(255)),
+    Index("uq_dead_letters_provider_delivery_key", "provider", "delivery_key", unique=True),
 )
 
 # Replies that do not ride on the webhook response (Meta): written in the order's transaction,
@@ -199,6 +209,8 @@ outbox_messages = Table(
     Column("provider_message_id", String(255)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True)),
+    # How many times the provider accepted this reply: more than once is a reply sent twice.
+    Column("sends", Integer, nullable=False, server_default="0"),
     Index("ix_outbox_messages_due", "status", "next_attempt_at"),
 )
 
