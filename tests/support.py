@@ -421,11 +421,13 @@ def razorpay_event(
     event: str = "payment.captured",
     payment_id: str = "pay_DESyzxuld02Zul",
     currency: str = "INR",
+    refund_id: str | None = None,
 ) -> bytes:
     """``razorpay_payment_captured.json`` pointed at our order, as ``event``.
 
     ``order.paid`` adds the order entity; ``payment.failed`` marks the payment failed;
-    ``refund.*`` adds the refund entity Razorpay sends.
+    ``refund.*`` adds the refund entity Razorpay sends (``refund_id``, or a new one), of
+    ``amount``.
     """
     import json
 
@@ -461,13 +463,15 @@ def razorpay_event(
         document["contains"] = ["refund", "payment"]
         document["payload"]["refund"] = {
             "entity": {
-                "id": "rfnd_" + secrets.token_hex(7),
+                "id": refund_id or "rfnd_" + secrets.token_hex(7),
                 "entity": "refund",
                 "amount": amount,
                 "currency": currency,
                 "payment_id": payment_id,
                 "notes": [],
-                "status": "processed",
+                "status": {"refund.created": "pending", "refund.failed": "failed"}.get(
+                    event, "processed"
+                ),
             }
         }
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()

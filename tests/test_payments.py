@@ -51,7 +51,7 @@ from whatsorder.db.tables import (
 )
 from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering.model import OrderStatus, order_id_from_number
-from whatsorder.ordering.payments import (
+from whatsorder.ordering.payment_model import (
     ExceptionKind,
     PayableOrder,
     PaymentEvent,
@@ -446,21 +446,25 @@ async def test_a_razorpay_refund_before_its_capture_ends_refunded_with_credit_an
     number = await place_order(client)
 
     refund = await post_razorpay(
-        client, razorpay_event(number, SUGAR_PRICE, event="refund.processed")
+        client, razorpay_event(number, SUGAR_PRICE, event="refund.processed", refund_id="rfnd_1")
     )
     captured = await post_razorpay(client, razorpay_event(number, SUGAR_PRICE))
-    created = await post_razorpay(  # the same refund announced again, under another event
-        client, razorpay_event(number, SUGAR_PRICE, event="refund.created")
+    again = await post_razorpay(  # the same refund announced again, under another event
+        client, razorpay_event(number, SUGAR_PRICE, event="refund.processed", refund_id="rfnd_1")
+    )
+    created = await post_razorpay(  # its creation, late: it moves no money
+        client, razorpay_event(number, SUGAR_PRICE, event="refund.created", refund_id="rfnd_1")
     )
 
     assert refund.json()["result"] == "reversed"
     assert captured.json()["result"] == "credited"
-    assert created.json()["result"] == "already_reversed"
+    assert again.json()["result"] == "already_reversed"
+    assert created.json()["result"] == "refund_pending"
     assert await books(db, number) == Books(
         "refunded",
         [SUGAR_PRICE],
         [-SUGAR_PRICE],
-        ["refunded", "succeeded", "refunded"],
+        ["refunded", "succeeded", "refunded", "refund_pending"],
         ["refund_before_payment"],
     )
     await assert_books_balance(db)
@@ -685,14 +689,16 @@ def test_the_stripe_library_verifies_our_test_signatures() -> None:
 
 
 def test_razorpay_events_are_read_as_the_provider_shapes_them() -> None:
-    refund = razorpay_event("ORD-000003", 250, event="refund.processed", payment_id="pay_X")
+    refund = razorpay_event(
+        "ORD-000003", 250, event="refund.processed", payment_id="pay_X", refund_id="rfnd_X1"
+    )
     assert razorpay_provider.signature_is_valid(
         RAZORPAY_SECRET, refund.decode(), razorpay_provider.sign(RAZORPAY_SECRET, refund)
     )
     event_type, payment = razorpay_provider.parse_event(refund.decode(), "evt_r")
     assert event_type == "refund.processed"
     assert payment == PaymentEvent(
-        "razorpay", "evt_r", PaymentKind.REFUNDED, "pay_X", "ORD-000003", 250, "INR"
+        "razorpay", "evt_r", PaymentKind.REFUNDED, "pay_X", "ORD-000003", 250, "INR", "rfnd_X1"
     )
     assert (
         razorpay_provider.parse_event(b'{"event":"payment.authorized","payload":{}}'.decode(), "e")[

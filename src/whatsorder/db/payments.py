@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from whatsorder.db.tables import ledger_entries, orders, payment_exceptions, payments
 from whatsorder.ordering.model import EntryType, LedgerEntry, OrderStatus
-from whatsorder.ordering.payments import PayableOrder, PaymentEvent, PaymentException
+from whatsorder.ordering.payment_model import PayableOrder, PaymentEvent, PaymentException
 
 _DETAIL_CHARS = 500  # payment_exceptions.detail
 
@@ -29,18 +30,20 @@ class PaymentRepository:
             postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
         )
 
-    async def order(self, order_id: int) -> PayableOrder | None:
-        row = (
-            await self._connection.execute(
-                select(
-                    orders.c.id,
-                    orders.c.retailer_id,
-                    orders.c.status,
-                    orders.c.total,
-                    orders.c.currency,
-                ).where(orders.c.id == order_id)
-            )
-        ).first()
+    async def order(self, order_id: int, *, lock: bool = False) -> PayableOrder | None:
+        """The order as a payment sees it; ``lock`` holds its row until the transaction ends."""
+        statement = select(
+            orders.c.id,
+            orders.c.retailer_id,
+            orders.c.status,
+            orders.c.total,
+            orders.c.currency,
+        ).where(orders.c.id == order_id)
+        if lock:
+            # SQLite has no row locks (nor needs them: its writers take turns); the dialect
+            # leaves the clause out.
+            statement = statement.with_for_update()
+        row = (await self._connection.execute(statement)).first()
         if row is None:
             return None
         return PayableOrder(
@@ -50,6 +53,10 @@ class PaymentRepository:
             total=row.total,
             currency=row.currency,
         )
+
+    async def lock_order(self, order_id: int) -> PayableOrder | None:
+        """The order, its row locked: events about one order take turns, whatever they are."""
+        return await self.order(order_id, lock=True)
 
     async def record_event(self, event: PaymentEvent, order_id: int, now: datetime) -> bool:
         """Note the event once per ``(provider, event id)``; True if it is new."""
@@ -63,6 +70,7 @@ class PaymentRepository:
                 amount=event.amount,
                 currency=event.currency.upper(),
                 status=event.kind.value,
+                refund_id=event.refund_id,
                 created_at=now,
             )
             .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
@@ -106,18 +114,57 @@ class PaymentRepository:
                 currency=entry.currency,
                 source=entry.source,
                 source_ref=entry.source_ref,
+                payment_ref=entry.payment_ref,
                 created_at=now,
             )
             .on_conflict_do_nothing(index_elements=["source", "source_ref", "entry_type"])
         )
         return result.rowcount == 1
 
-    async def has_entry(self, source: str, source_ref: str, entry_type: EntryType) -> bool:
-        found = await self._connection.scalar(
-            select(ledger_entries.c.id).where(
-                ledger_entries.c.source == source,
-                ledger_entries.c.source_ref == source_ref,
-                ledger_entries.c.entry_type == entry_type.value,
+    async def credited(self, provider: str, payment_id: str) -> int | None:
+        """What the ledger holds as this payment's credit; None when it holds none."""
+        total = await self._connection.scalar(
+            select(func.sum(ledger_entries.c.amount)).where(
+                *self._of_payment(provider, payment_id, EntryType.PAYMENT_CREDIT)
             )
         )
-        return found is not None
+        return None if total is None else int(total)
+
+    async def refunded(self, provider: str, payment_id: str) -> int:
+        """How much of this payment the ledger shows refunded (a positive amount)."""
+        total = await self._connection.scalar(
+            select(func.coalesce(func.sum(ledger_entries.c.amount), 0)).where(
+                *self._of_payment(provider, payment_id, EntryType.REFUND_REVERSAL)
+            )
+        )
+        return -int(total or 0)
+
+    async def order_money(self, order_id: int) -> tuple[int, int]:
+        """(credited, refunded) on the order, all its payments together, both positive."""
+        amount = ledger_entries.c.amount
+        kind = ledger_entries.c.entry_type
+        row = (
+            await self._connection.execute(
+                select(
+                    func.coalesce(
+                        func.sum(case((kind == EntryType.PAYMENT_CREDIT.value, amount), else_=0)),
+                        0,
+                    ),
+                    func.coalesce(
+                        func.sum(case((kind == EntryType.REFUND_REVERSAL.value, amount), else_=0)),
+                        0,
+                    ),
+                ).where(ledger_entries.c.order_id == order_id)
+            )
+        ).one()
+        return int(row[0]), -int(row[1])
+
+    @staticmethod
+    def _of_payment(
+        provider: str, payment_id: str, entry_type: EntryType
+    ) -> tuple[ColumnElement[bool], ...]:
+        return (
+            ledger_entries.c.source == provider,
+            ledger_entries.c.payment_ref == payment_id,
+            ledger_entries.c.entry_type == entry_type.value,
+        )

@@ -9,6 +9,7 @@ from sqlalchemy import case, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from whatsorder.db.payment_audit import payment_audit
 from whatsorder.db.tables import (
     dead_letters,
     idempotency_cleanup_runs,
@@ -300,71 +301,3 @@ async def recent_dead_letters(connection: AsyncConnection, limit: int = 50) -> l
         }
         for row in rows
     ]
-
-
-async def payment_audit(connection: AsyncConnection) -> list[str]:
-    """Every violated payment invariant, in words; an empty list means all hold.
-
-    A paid order has a credit of its total; a refunded order has a refund reversal; no payment
-    is credited twice; every credit and reversal belongs to an existing order.
-    """
-    problems: list[str] = []
-    credit = EntryType.PAYMENT_CREDIT.value
-    refund = EntryType.REFUND_REVERSAL.value
-
-    def entry_of_order(entry_type: str, *conditions: Any) -> Any:
-        return (
-            select(ledger_entries.c.id)
-            .where(
-                ledger_entries.c.order_id == orders.c.id,
-                ledger_entries.c.entry_type == entry_type,
-                *conditions,
-            )
-            .exists()
-        )
-
-    full_credit = entry_of_order(
-        credit,
-        ledger_entries.c.amount == orders.c.total,
-        ledger_entries.c.currency == orders.c.currency,
-    )
-    for unpaid in await connection.execute(
-        select(orders.c.id, orders.c.total, orders.c.currency).where(
-            orders.c.status == OrderStatus.PAID.value, ~full_credit
-        )
-    ):
-        problems.append(
-            f"{order_number(unpaid.id)} is paid but has no payment credit of its total "
-            f"{unpaid.total} {unpaid.currency}"
-        )
-
-    for unreversed in await connection.execute(
-        select(orders.c.id).where(
-            orders.c.status == OrderStatus.REFUNDED.value, ~entry_of_order(refund)
-        )
-    ):
-        problems.append(f"{order_number(unreversed.id)} is refunded but has no refund reversal")
-
-    for twice in await connection.execute(
-        select(ledger_entries.c.source, ledger_entries.c.source_ref, func.count().label("n"))
-        .where(ledger_entries.c.entry_type == credit)
-        .group_by(ledger_entries.c.source, ledger_entries.c.source_ref)
-        .having(func.count() > 1)
-    ):
-        problems.append(f"payment {twice.source}:{twice.source_ref} is credited {twice.n} times")
-
-    for orphan in await connection.execute(
-        select(
-            ledger_entries.c.entry_type,
-            ledger_entries.c.source,
-            ledger_entries.c.source_ref,
-            ledger_entries.c.order_id,
-        )
-        .outerjoin(orders, orders.c.id == ledger_entries.c.order_id)
-        .where(ledger_entries.c.entry_type.in_([credit, refund]), orders.c.id.is_(None))
-    ):
-        problems.append(
-            f"the {orphan.entry_type} of payment {orphan.source}:{orphan.source_ref} "
-            f"references no order (order id {orphan.order_id})"
-        )
-    return problems

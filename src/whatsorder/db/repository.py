@@ -87,9 +87,14 @@ class OrderingRepository:
 
     async def add_order(
         self, retailer_id: int, order: Order, source: str, source_message_id: str, now: datetime
-    ) -> Order:
+    ) -> Order | None:
+        """Insert the order and its lines; None if its source message has an order already.
+
+        Insert-if-absent on the business key: a copy of the message that came under another
+        idempotency key and committed first is found (PostgreSQL waits for it), not violated.
+        """
         order_id = await self._connection.scalar(
-            orders.insert()
+            self._insert(orders)
             .values(
                 retailer_id=retailer_id,
                 status=order.status.value,
@@ -99,9 +104,11 @@ class OrderingRepository:
                 source_message_id=source_message_id,
                 created_at=now,
             )
+            .on_conflict_do_nothing(index_elements=["source", "source_message_id"])
             .returning(orders.c.id)
         )
-        assert order_id is not None
+        if order_id is None:
+            return None
         await self._connection.execute(
             order_items.insert(),
             [
@@ -122,6 +129,7 @@ class OrderingRepository:
             status=order.status,
             id=order_id,
             number=order_number(order_id),
+            retailer_id=retailer_id,
         )
 
     async def order_from_source(self, source: str, source_message_id: str) -> Order | None:
@@ -169,6 +177,7 @@ class OrderingRepository:
             status=OrderStatus(row["status"]),
             id=row["id"],
             number=order_number(row["id"]),
+            retailer_id=row["retailer_id"],
         )
 
     async def set_order_status(
@@ -197,6 +206,7 @@ class OrderingRepository:
                 currency=entry.currency,
                 source=entry.source,
                 source_ref=entry.source_ref,
+                payment_ref=entry.payment_ref,
                 created_at=now,
             )
         )

@@ -11,6 +11,7 @@ from whatsorder.idempotency.errors import (
     RequestInFlight,
     StoreBusy,
     StoreUnavailable,
+    TransactionConflict,
 )
 from whatsorder.idempotency.events import IdempotencyEvent, Listener
 from whatsorder.idempotency.fingerprint import fingerprint, form_fingerprint
@@ -52,6 +53,7 @@ __all__ = [
     "StoreBusy",
     "StoreUnavailable",
     "StoredResponse",
+    "TransactionConflict",
     "create_engine",
     "fingerprint",
     "form_fingerprint",

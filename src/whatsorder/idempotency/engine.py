@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -36,6 +37,7 @@ from whatsorder.idempotency.errors import (
     RequestInFlight,
     StoreBusy,
     StoreUnavailable,
+    TransactionConflict,
 )
 from whatsorder.idempotency.events import IdempotencyEvent, Listener
 from whatsorder.idempotency.record import (
@@ -59,6 +61,9 @@ Handler = Callable[[ContextT], Awaitable[HandlerResult]]
 
 # Races lost in a row before giving up (each loss means another request just changed the record).
 MAX_CLAIM_ATTEMPTS = 3
+# Runs of one transaction that lost a race (deadlock, serialization, a unique key taken
+# meanwhile): each loss rolled everything back, so running again is safe; the last loss is a 503.
+MAX_TRANSACTION_RUNS = 4
 
 
 class Outcome(enum.StrEnum):
@@ -136,7 +141,16 @@ class IdempotencyEngine(Generic[ContextT]):
             raise TypeError(f"{type(self.store).__name__} has no transactions: use execute_leased")
         store = cast(TransactionalStore[ContextT], self.store)
         with _Watch(self.listeners, request) as watch:
-            return watch.done(await self._execute(store, request, handler, watch))
+            for run in range(1, MAX_TRANSACTION_RUNS + 1):
+                try:
+                    return watch.done(await self._execute(store, request, handler, watch))
+                except TransactionConflict as conflict:
+                    if run == MAX_TRANSACTION_RUNS:
+                        raise
+                    log.info("transaction rerun", extra={"reason": str(conflict), "run": run})
+                    # Jittered, so two transactions that deadlocked do not meet again at once.
+                    await asyncio.sleep(random.uniform(0.002, 0.010) * run)
+            raise AssertionError("unreachable")  # the last run returned or raised
 
     async def _execute(
         self,

@@ -27,5 +27,14 @@ class StoreBusy(IdempotencyError):
         self.retry_after = retry_after
 
 
+class TransactionConflict(StoreBusy):
+    """The transaction lost a race with another one and was rolled back whole: a deadlock, a
+    serialization failure, or a unique key another transaction took meanwhile. Running it again
+    is safe (the engine does, a few times); if it escapes, it is a 503 like any busy store."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=1)
+
+
 class StoreUnavailable(IdempotencyError):
     """The store cannot be reached; failing closed (503)."""

@@ -92,6 +92,7 @@ class Order:
     status: OrderStatus = OrderStatus.PLACED
     id: int | None = None
     number: str | None = None
+    retailer_id: int | None = None
 
     @property
     def total(self) -> int:
@@ -107,6 +108,7 @@ class LedgerEntry:
     currency: str
     source: str
     source_ref: str
+    payment_ref: str | None = None  # the provider's payment a credit or refund reversal is of
 
 
 @dataclass(frozen=True, slots=True)

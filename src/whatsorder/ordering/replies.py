@@ -22,6 +22,12 @@ RATE_LIMITED = (
 )
 
 
+MESSAGE_ID_TAKEN = (
+    "We could not process this message: its message id belongs to another conversation. "
+    "Nothing was ordered; please send your message again."
+)
+
+
 def money(amount: int, currency: str) -> str:
     """``125000, "INR"`` → ``₹1,250.00``; integers only, never float."""
     sign = "-" if amount < 0 else ""

@@ -7,7 +7,7 @@ behind. The answers are plain text; the web layer wraps them for the provider.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -23,6 +23,8 @@ from whatsorder.ordering.grammar import (
     parse_message,
 )
 from whatsorder.ordering.model import (
+    Order,
+    OrderLine,
     OrderRejected,
     OrderStatus,
     RequestedLine,
@@ -50,9 +52,18 @@ class InboundMessage:
 
 @dataclass(frozen=True, slots=True)
 class MessageOutcome:
+    """What a message did: the reply, and the order it created or named.
+
+    ``created`` is true only when this message placed a new order. ``refused`` says the
+    message was not processed at all: its provider message id already belongs to a message
+    of another sender, whose order must neither be shown nor be taken for this one.
+    """
+
     reply: str
     retailer_id: int
     order_id: int | None = None
+    created: bool = False
+    refused: bool = False
 
 
 async def receive_message(
@@ -116,12 +127,12 @@ async def place_order(
         # The business key outlives idempotency records: a late retry finds the same order.
         existing = await uow.ordering.order_from_source(message.source, message.message_id)
         if existing is not None:
-            return MessageOutcome(replies.order_placed(existing), retailer_id, existing.id)
+            return _placed_before(existing, retailer_id)
         catalogue = await uow.ordering.catalogue(line.sku for line in command.lines)
         try:
             priced = price_order(command.lines, catalogue)
             # One lock order for every order: two orders naming the same SKUs never deadlock.
-            for line in sorted(priced.lines, key=lambda line: line.sku):
+            for line in in_lock_order(priced.lines):
                 assert line.product_id is not None
                 if not await uow.ordering.take_stock(line.product_id, line.quantity):
                     raise OrderRejected(f"{line.sku}: not enough left in stock.")
@@ -130,9 +141,32 @@ async def place_order(
         order = await uow.ordering.add_order(
             retailer_id, priced, message.source, message.message_id, now
         )
-        await uow.ordering.add_ledger_entry(retailer_id, order.id, debit_for(order), now)
-        await uow.commit()
+        if order is not None:
+            await uow.ordering.add_ledger_entry(retailer_id, order.id, debit_for(order), now)
+            await uow.commit()
+            return MessageOutcome(replies.order_placed(order), retailer_id, order.id, created=True)
+    # A copy of this message that came under another idempotency key placed it first: leaving
+    # the block rolled our stock back, and the answer is the one that order gets.
+    async with uow:
+        existing = await uow.ordering.order_from_source(message.source, message.message_id)
+    assert existing is not None  # add_order found it, and orders are never deleted
+    return _placed_before(existing, retailer_id)
+
+
+def _placed_before(order: Order, retailer_id: int) -> MessageOutcome:
+    """The answer to a message whose order exists: the same confirmation, to its sender only."""
+    if order.retailer_id != retailer_id:
+        return MessageOutcome(replies.MESSAGE_ID_TAKEN, retailer_id, refused=True)
     return MessageOutcome(replies.order_placed(order), retailer_id, order.id)
+
+
+def in_lock_order(lines: Iterable[OrderLine]) -> list[OrderLine]:
+    """Lines in the one order every transaction locks product rows in (by SKU).
+
+    Placing and cancelling both lock several products; taken in any other order, two of them
+    could each hold a row the other waits for, and PostgreSQL would end one as a deadlock.
+    """
+    return sorted(lines, key=lambda line: line.sku)
 
 
 async def cancel_order(
@@ -152,7 +186,7 @@ async def cancel_order(
             order.id, OrderStatus.PLACED, OrderStatus.CANCELLED, now
         ):
             return MessageOutcome(replies.cannot_cancel(order), retailer_id, order.id)
-        for line in order.lines:
+        for line in in_lock_order(order.lines):
             assert line.product_id is not None
             await uow.ordering.return_stock(line.product_id, line.quantity)
         await uow.ordering.add_ledger_entry(retailer_id, order.id, reversal_for(order), now)

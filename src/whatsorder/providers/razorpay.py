@@ -4,7 +4,8 @@ Razorpay signs the raw body (``X-Razorpay-Signature``: hex HMAC-SHA256 with the 
 secret) and names each delivery in ``x-razorpay-event-id``, the same on every retry: that is
 the key. One payment may be announced twice (``payment.captured`` and ``order.paid``) and
 ``payment.failed`` may be followed by ``payment.captured``: the ledger's business keys and the
-forward-only order states make both come out right.
+forward-only order states make both come out right. Refunds are posted by their own id, when
+Razorpay says they were processed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import razorpay
 from razorpay.errors import SignatureVerificationError
 
-from whatsorder.ordering.payments import PaymentEvent, PaymentKind
+from whatsorder.ordering.payment_model import PaymentEvent, PaymentKind
 from whatsorder.providers.payment_payload import (
     MalformedPayment,
     amount,
@@ -36,7 +37,13 @@ EVENT_ID_HEADER = "x-razorpay-event-id"
 
 _SUCCEEDED = {"payment.captured", "order.paid"}
 _FAILED = {"payment.failed"}
-_REFUNDED = {"refund.processed", "refund.created"}
+# A refund is asked for (created), then done (processed) or not (failed): money moves only
+# when it is processed.
+_REFUNDS = {
+    "refund.created": PaymentKind.REFUND_PENDING,
+    "refund.processed": PaymentKind.REFUNDED,
+    "refund.failed": PaymentKind.REFUND_FAILED,
+}
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -76,13 +83,14 @@ def parse_event(body: str, event_id: str) -> tuple[str, PaymentEvent | None]:
             amount=amount(payment, "amount"),
             currency=currency(payment),
         )
-    if event_type in _REFUNDED:
+    if event_type in _REFUNDS:
         refund = _entity(payload, "refund")
         payment = _entity(payload, "payment") if "payment" in payload else {}
         return event_type, PaymentEvent(
             provider=SOURCE,
             event_id=event_id,
-            kind=PaymentKind.REFUNDED,
+            kind=_REFUNDS[event_type],
+            refund_id=identifier(refund, "id"),
             payment_id=identifier(refund, "payment_id"),
             order_number=order_reference(
                 optional_mapping(refund, "notes"), optional_mapping(payment, "notes")

@@ -15,7 +15,7 @@ from typing import Any
 
 import stripe
 
-from whatsorder.ordering.payments import PaymentEvent, PaymentKind
+from whatsorder.ordering.payment_model import PaymentEvent, PaymentKind, Refund
 from whatsorder.providers.payment_payload import (
     MalformedPayment,
     amount,
@@ -150,6 +150,7 @@ def _payment(event_id: str, event_type: str, obj: Mapping[str, Any]) -> PaymentE
             currency=currency(obj),
         )
     if event_type == "charge.refunded":
+        # amount_refunded is the charge's refunded total so far, not this refund's amount.
         return PaymentEvent(
             provider=SOURCE,
             event_id=event_id,
@@ -158,5 +159,30 @@ def _payment(event_id: str, event_type: str, obj: Mapping[str, Any]) -> PaymentE
             order_number=order_reference(metadata),
             amount=amount(obj, "amount_refunded"),
             currency=currency(obj),
+            refunds=_listed_refunds(obj),
         )
     return None
+
+
+def _listed_refunds(charge: Mapping[str, Any]) -> tuple[Refund, ...]:
+    """The charge's refunds, oldest first, where the API version still lists them.
+
+    Stripe lists them newest first; failed and canceled ones took no money back. Anything
+    unreadable is left out: the refunded total alone still posts the right amount.
+    """
+    listing = charge.get("refunds")
+    data = listing.get("data") if isinstance(listing, Mapping) else None
+    if not isinstance(data, list):
+        return ()
+    found: list[tuple[int, Refund]] = []
+    for item in data:
+        if not isinstance(item, Mapping) or item.get("status") in {"failed", "canceled"}:
+            continue
+        try:
+            refund = Refund(identifier(item, "id"), amount(item, "amount"))
+        except MalformedPayment:
+            continue
+        created = item.get("created")
+        found.append((created if isinstance(created, int) else 0, refund))
+    found.reverse()  # newest first as listed; ties in `created` keep that order reversed
+    return tuple(refund for _, refund in sorted(found, key=lambda pair: pair[0]))

@@ -23,6 +23,10 @@ MAX_MESSAGE_CHARS = 1600  # Twilio refuses longer WhatsApp bodies (error 21617)
 MAX_SENDER_CHARS = 64  # retailers.whatsapp_id
 MAX_STATUS_CHARS = 32  # message_statuses.status and .error_code
 
+# Fields Twilio adds when it posts a message again to the fallback URL after the primary
+# failed: the same message, so they must not make the retry look like another request.
+RETRY_ONLY_FIELDS = frozenset({"ErrorCode", "ErrorUrl"})
+
 _PHONE = re.compile(r"\+?\d{6,}")
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -57,6 +61,38 @@ def signature_is_valid(auth_token: str, url: str, params: FormParams, signature:
 def sign(auth_token: str, url: str, params: FormParams) -> str:
     """The signature Twilio would send for this request (for ``whatsorder send`` and tests)."""
     return str(RequestValidator(auth_token).compute_signature(url, params))
+
+
+def refuse_unstorable(pairs: Iterable[tuple[str, str]]) -> None:
+    """Raise `MalformedWebhook` for a NUL anywhere in the form.
+
+    Twilio never sends one (WhatsApp text cannot carry it), PostgreSQL text cannot hold one,
+    and a stored request body would carry it: refused up front, naming the field, on every
+    database and whatever is stored.
+    """
+    for name, value in pairs:
+        if "\x00" in name or "\x00" in value:
+            shown = name.replace("\x00", "\\0")[:64]
+            raise MalformedWebhook(f"The field {shown!r} contains a NUL character.")
+
+
+def fingerprint_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The fields that say what an inbound message is: all but the fallback's own additions."""
+    return [(name, value) for name, value in pairs if name not in RETRY_ONLY_FIELDS]
+
+
+def provider_token(value: str | None) -> str | None:
+    """``I-Twilio-Idempotency-Token`` as noted on the record; raises `MalformedWebhook`.
+
+    The header is not covered by the signature, so it is checked like any key (1-255 visible
+    ASCII characters) before a column sees it.
+    """
+    if value is None:
+        return None
+    try:
+        return validate_key(value)
+    except InvalidKey as error:
+        raise MalformedWebhook(f"{IDEMPOTENCY_TOKEN_HEADER} is not usable: {error}") from error
 
 
 def _required(params: FormParams, name: str) -> str:
@@ -104,8 +140,7 @@ def inbound_message(params: FormParams) -> InboundMessage:
 
 
 def _text(params: FormParams, name: str) -> str:
-    """Free text as a database can hold it: PostgreSQL text cannot carry NUL."""
-    return (params.first(name) or "").replace("\x00", "")
+    return params.first(name) or ""
 
 
 @dataclass(frozen=True, slots=True)

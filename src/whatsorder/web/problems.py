@@ -9,7 +9,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from whatsorder.idempotency import IdempotencyError, InvalidKey, problem_body, problem_for
+from whatsorder.idempotency import (
+    IdempotencyError,
+    InvalidKey,
+    StoredResponse,
+    problem_body,
+    problem_for,
+)
 from whatsorder.idempotency.problems import PROBLEM_CONTENT_TYPE
 
 TYPE_PREFIX = "urn:problem-type:whatsorder:"
@@ -36,6 +42,12 @@ class Problem(Exception):
 
     def response(self) -> Response:
         return problem_response(self.status, self.kind, self.title, self.detail, self.headers)
+
+    def stored(self) -> StoredResponse:
+        """The problem as a handler's answer, kept with its key and replayed like any other."""
+        body = problem_body(TYPE_PREFIX + self.kind, self.title, self.status, self.detail)
+        headers = (("content-type", PROBLEM_CONTENT_TYPE), *self.headers.items())
+        return StoredResponse(self.status, body, headers)
 
 
 def problem_response(

@@ -20,7 +20,6 @@ from whatsorder.idempotency import (
 )
 from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering import replies, services
-from whatsorder.ordering.grammar import PlaceOrder, parse_message
 from whatsorder.providers import twilio
 from whatsorder.web import webhooks
 from whatsorder.web.openapi import TWILIO_INBOUND, TWILIO_STATUS, WEBHOOK_REFUSALS, problems
@@ -84,6 +83,10 @@ async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
             twilio.SIGNATURE_HEADER,
             "X-Twilio-Signature does not match this request and the configured public URL.",
         )
+    try:
+        twilio.refuse_unstorable(pairs)
+    except twilio.MalformedWebhook as error:
+        raise _malformed(error) from error
     return _Verified(pairs, admitted.source_ip)
 
 
@@ -98,7 +101,7 @@ def _idempotent_request(
     return IdempotentRequest(
         scope=scope,
         key=key,
-        fingerprint=form_fingerprint("POST", path, verified.pairs),
+        fingerprint=form_fingerprint("POST", path, twilio.fingerprint_pairs(verified.pairs)),
         source_ip=verified.source_ip,
         request_body=twilio.redacted(verified.pairs)
         if runtime.settings.store_request_bodies
@@ -122,16 +125,16 @@ async def inbound(request: Request) -> Response:
     verified = await _verify(request, runtime, INBOUND_PATH)
     try:
         message = twilio.inbound_message(verified.params)
+        provider_token = twilio.provider_token(request.headers.get(twilio.IDEMPOTENCY_TOKEN_HEADER))
     except twilio.MalformedWebhook as error:
         raise _malformed(error) from error
     idempotent = _idempotent_request(
         request, runtime, verified, twilio.WEBHOOK_TYPE_INBOUND, message.message_id, INBOUND_PATH
     )
-    provider_token = request.headers.get(twilio.IDEMPOTENCY_TOKEN_HEADER)
-    placed_order: int | None = None
+    created_order: int | None = None
 
     async def handle(connection: AsyncConnection) -> HandlerResult:
-        nonlocal placed_order
+        nonlocal created_order
         notes: dict[str, object] = {"provider_token": provider_token}
         # Inside the idempotency scope: a replay never counts against the sender's limit.
         if not await runtime.limits.allow_sender(message.sender):
@@ -139,17 +142,27 @@ async def inbound(request: Request) -> Response:
             return HandlerResult(twiml_response(replies.RATE_LIMITED), notes)
         outcome = await services.receive_message(SqlUnitOfWork(connection), message, utcnow())
         notes.update(retailer_id=outcome.retailer_id, order_id=outcome.order_id)
-        if isinstance(parse_message(message.text), PlaceOrder):
-            placed_order = outcome.order_id
+        if outcome.refused:
+            return HandlerResult(_message_id_taken(message.message_id).stored(), notes)
+        created_order = outcome.order_id if outcome.created else None
         return HandlerResult(twiml_response(outcome.reply), notes)
 
     result = await runtime.idempotency.execute(idempotent, handle)
-    # A new key whose message placed an order: created now (MessageOutcome does not say so).
-    # Take-overs are left out: in transactional mode they follow an expired record, whose
-    # order the business key finds again; only a retry after cleanup could count twice.
-    if placed_order is not None and result.outcome is Outcome.NEW:
-        observability.record_order_created(twilio.SOURCE, placed_order)
+    # Counted where the transaction that created the order committed: a rerun after a lost
+    # race, a replay or a duplicate under another key finds the order and creates nothing.
+    if created_order is not None and result.outcome in (Outcome.NEW, Outcome.TAKEOVER):
+        observability.record_order_created(twilio.SOURCE, created_order)
     return webhooks.to_response(result)
+
+
+def _message_id_taken(message_id: str) -> Problem:
+    return Problem(
+        422,
+        "message-id-taken",
+        "Message id belongs to another sender",
+        f"MessageSid {message_id} is already the id of a message from another sender; this "
+        "request was not processed. Nothing was ordered.",
+    )
 
 
 @router.post(

@@ -38,7 +38,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from whatsorder.idempotency.errors import RequestInFlight, StoreBusy, StoreUnavailable
+from whatsorder.idempotency.errors import (
+    RequestInFlight,
+    StoreBusy,
+    StoreUnavailable,
+    TransactionConflict,
+)
 from whatsorder.idempotency.record import (
     IdempotencyRecord,
     IdempotentRequest,
@@ -58,6 +63,14 @@ AUTOCOMMIT_OPTION = "idempotency_autocommit"
 PG_OPERATOR_CLASS = "57"
 PG_QUERY_CANCELED = "57014"
 PG_TOO_MANY_CONNECTIONS = "53300"
+# Races a transaction can lose and win on a second run, because the loser is rolled back whole:
+# a deadlock, a serialization failure, and a unique key that a concurrent transaction committed
+# first (the rerun sees its row). On SQLite writers take turns, so none of these is a race there.
+PG_RERUNNABLE = {
+    "40P01": "The transaction deadlocked with another one.",
+    "40001": "The transaction could not be serialized with another one.",
+    "23505": "A concurrent transaction took the same unique key first.",
+}
 # What a request that spent its whole wait on the pool still gets for row locks (ms).
 MIN_LOCK_WAIT_MS = 500
 
@@ -520,6 +533,8 @@ def _classify(error: sa_exc.DBAPIError) -> Exception:
     code = sqlstate(error) or ""
     if code == PG_LOCK_NOT_AVAILABLE:
         return StoreBusy("A database lock was not granted in time.", retry_after=1)
+    if code in PG_RERUNNABLE:
+        return TransactionConflict(PG_RERUNNABLE[code])
     if code == PG_TOO_MANY_CONNECTIONS:
         return StoreBusy("The database has no connection free.", retry_after=2)
     if code.startswith(PG_OPERATOR_CLASS) and code != PG_QUERY_CANCELED:
