@@ -1,15 +1,24 @@
 """The outbox sender: delivers the queued replies to Meta's Graph API, each once.
 
 Replies are written to ``outbox_messages`` in the same transaction as the order they answer
-(web/meta.py). This sender claims due rows in a short transaction, POSTs each with no
-transaction open, then marks it sent with the message id Meta returned. A failed send is
-retried with exponential backoff, up to a number of attempts, then left ``failed``.
+(web/meta.py). This sender claims one due row at a time, in a short transaction, right before
+POSTing it with no transaction open, then marks it sent with the message id Meta returned. A
+failed send is retried with exponential backoff, up to a number of attempts, then left
+``failed``.
+
+Leases: a claim hides its row from other senders for ``claim_lease``, which must exceed the
+send timeout, and the timeout bounds the whole POST (not only each read). Claiming each row
+just before its own send, on a clock that moves with real time, means the lease always covers
+that send: a batch of slow sends cannot outlive the leases of the rows late in it, so no row is
+sent by a second sender while its first one is alive. A send starts only if the lease left after
+the claim covers its whole timeout.
 
 Crash safety: a row is marked sent only after the Graph API accepted it. A sender that dies in
 between leaves the row pending; once its claim lease has passed, the next run POSTs it again
 with the SAME ``Idempotency-Key`` (the row's key), so a receiving side that deduplicates by key
 delivers one message. Meta does not document such deduplication for the Cloud API: against it
-the exposure is exactly that crash window, one HTTP round trip per message.
+the exposure is exactly that crash window, one HTTP round trip per message. Every acceptance is
+counted (``outbox_messages.sends``), so a reply sent twice shows in the audit.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -78,9 +88,15 @@ class OutboxSender:
         self._owns_client = client is None
         self._timeout = timeout
         self.retry = retry or RetryPolicy()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if timeout <= 0 or claim_lease <= timedelta(seconds=timeout):
+            raise ValueError(
+                f"claim_lease ({claim_lease.total_seconds()} s) must exceed the send timeout "
+                f"({timeout} s): a send that outlives its lease is sent again by another sender"
+            )
         self.batch_size = batch_size
-        # Longer than a send can take (timeout), or a slow send would be claimed twice.
-        self.claim_lease = max(claim_lease, timedelta(seconds=timeout * 2))
+        self.claim_lease = claim_lease
         self._warned_unconfigured = False
 
     async def __aenter__(self) -> OutboxSender:
@@ -101,47 +117,66 @@ class OutboxSender:
             self._client = None
 
     async def send_due(self, now: datetime | None = None) -> int:
-        """Send the replies due at ``now`` (one batch); how many were sent.
+        """Send the replies due at ``now`` (up to a batch, one by one); how many were sent.
 
-        Database errors propagate: the claimed rows stay pending and are claimed again after
-        the lease, to be sent with the same idempotency keys.
+        Each row is claimed just before its own send, at ``now`` plus the time the batch has
+        taken so far. Database errors propagate: the row being sent stays pending and is
+        claimed again after its lease, to be sent with the same idempotency key.
         """
-        return (await self._send_batch(now or utcnow()))[1]
+        return (await self._send_batch(_Clock(now or utcnow())))[1]
 
-    async def _send_batch(self, now: datetime) -> tuple[int, int]:
+    async def _send_batch(
+        self, clock: _Clock, stop: asyncio.Event | None = None
+    ) -> tuple[int, int]:
         if self._access_token is None:
             if not self._warned_unconfigured:
                 log.warning("Outbox not sent: no Meta access token is configured")
                 self._warned_unconfigured = True
             return 0, 0
-        async with self._database.begin() as connection:
-            claimed = await OutboxRepository(connection).claim_due(
-                meta.SOURCE, now, self.batch_size, self.claim_lease
-            )
-        sent = 0
-        for message in claimed:
-            try:
-                provider_message_id = await self._post(message)
-            except SendFailed as failure:
-                await self._record_failure(message, failure, now)
-                continue
+        claimed = sent = 0
+        while claimed < self.batch_size and not (stop is not None and stop.is_set()):
+            claimed_at = clock.now()
             async with self._database.begin() as connection:
-                await OutboxRepository(connection).mark_sent(message, provider_message_id, now)
-            sent += 1
-        return len(claimed), sent
+                found = await OutboxRepository(connection).claim_due(
+                    meta.SOURCE, claimed_at, 1, self.claim_lease
+                )
+            if not found:
+                break
+            claimed += 1
+            sent += await self._send(found[0], clock, claimed_at)
+        return claimed, sent
+
+    async def _send(self, message: OutboxMessage, clock: _Clock, claimed_at: datetime) -> int:
+        """POST one claimed row and record the outcome; 1 if the Graph API accepted it."""
+        lease_left = claimed_at + self.claim_lease - clock.now()
+        try:
+            if lease_left <= timedelta(seconds=self._timeout):
+                # A slow claim (a busy database): the lease could pass while the POST is out.
+                raise SendFailed("the claim left too little lease for a send", permanent=False)
+            provider_message_id = await self._post(message)
+        except SendFailed as failure:
+            await self._record_failure(message, failure, claimed_at)
+            return 0
+        async with self._database.begin() as connection:
+            await OutboxRepository(connection).mark_sent(message, provider_message_id, clock.now())
+        return 1
 
     async def _post(self, message: OutboxMessage) -> str | None:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._timeout)
         try:
-            response = await self._client.post(
-                self._url,
-                json=meta.send_payload(message.recipient, message.body),
-                headers={
-                    "Authorization": f"Bearer {self._access_token}",
-                    "Idempotency-Key": message.idempotency_key,
-                },
-            )
+            # httpx's timeout bounds each read, not the send: a slow drip would outlive the lease.
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.post(
+                    self._url,
+                    json=meta.send_payload(message.recipient, message.body),
+                    headers={
+                        "Authorization": f"Bearer {self._access_token}",
+                        "Idempotency-Key": message.idempotency_key,
+                    },
+                )
+        except TimeoutError as error:
+            raise SendFailed(f"no answer within {self._timeout} s", permanent=False) from error
         except httpx.HTTPError as error:  # timeouts, refused connections, broken responses
             raise SendFailed(f"{type(error).__name__}: {error}", permanent=False) from error
         status = response.status_code
@@ -173,7 +208,7 @@ class OutboxSender:
             while not stop.is_set():
                 claimed = 0
                 try:
-                    claimed, _sent = await self._send_batch(utcnow())
+                    claimed, _sent = await self._send_batch(_Clock(utcnow()), stop)
                 except Exception:  # the database is down or busy: try again next round
                     log.exception("Outbox round failed")
                 if claimed < self.batch_size:
@@ -181,6 +216,24 @@ class OutboxSender:
                         await asyncio.wait_for(stop.wait(), interval)
         finally:
             await self.aclose()
+
+
+class _Clock:
+    """The caller's ``now``, moved on by the real time passed since it was first read.
+
+    Tests drive the sender with a ``now`` of their own; a batch still has to date each row's
+    claim by when its send really begins, or the rows late in a slow batch outlive their leases.
+    """
+
+    def __init__(self, start: datetime) -> None:
+        self._start = start
+        self._origin: float | None = None
+
+    def now(self) -> datetime:
+        tick = time.monotonic()
+        if self._origin is None:
+            self._origin = tick
+        return self._start + timedelta(seconds=tick - self._origin)
 
 
 def _describe(response: httpx.Response) -> str:

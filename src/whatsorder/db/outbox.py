@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -77,14 +77,15 @@ class OutboxRepository:
         PostgreSQL concurrent senders skip each other's locked rows; SQLite has one writer.
         """
         table = outbox_messages
+        is_due = (
+            table.c.provider == provider,
+            table.c.status == OutboxStatus.PENDING.value,
+            table.c.next_attempt_at <= now,
+        )
         due = (
             await self._connection.scalars(
                 select(table.c.id)
-                .where(
-                    table.c.provider == provider,
-                    table.c.status == OutboxStatus.PENDING.value,
-                    table.c.next_attempt_at <= now,
-                )
+                .where(*is_due)
                 .order_by(table.c.next_attempt_at, table.c.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
@@ -92,10 +93,11 @@ class OutboxRepository:
         ).all()
         if not due:
             return []
-        # The rows are ours until commit (locked, or SQLite's single writer): no race here.
+        # The rows are ours until commit (locked, or SQLite's single writer); the condition is
+        # checked again all the same, so a claim is a compare-and-set on any transaction mode.
         rows = await self._connection.execute(
             update(table)
-            .where(table.c.id.in_(due))
+            .where(table.c.id.in_(due), *is_due)
             .values(attempts=table.c.attempts + 1, next_attempt_at=now + lease)
             .returning(
                 table.c.id,
@@ -116,19 +118,30 @@ class OutboxRepository:
     async def mark_sent(
         self, message: OutboxMessage, provider_message_id: str | None, now: datetime
     ) -> bool:
-        """Record the send; a later failure report of an earlier attempt cannot undo it."""
+        """Record that the provider accepted the reply; True if this made the row sent.
+
+        Every acceptance counts in ``sends``, even of a row already sent: a second one is a
+        reply sent twice, and the audit must see it. The row keeps its first message id and
+        time. Acceptance is a fact whichever attempt it answers, so this is not fenced by the
+        attempt: a reply accepted after another attempt gave up is sent, not failed.
+        """
         table = outbox_messages
+        first = table.c.status != OutboxStatus.SENT.value
         result = await self._connection.execute(
             update(table)
-            .where(table.c.id == message.id, table.c.status == OutboxStatus.PENDING.value)
+            .where(table.c.id == message.id)
             .values(
+                sends=table.c.sends + 1,
                 status=OutboxStatus.SENT.value,
-                provider_message_id=provider_message_id,
-                sent_at=now,
-                last_error=None,
+                provider_message_id=case(
+                    (first, provider_message_id), else_=table.c.provider_message_id
+                ),
+                sent_at=case((first, now), else_=table.c.sent_at),
+                last_error=case((first, None), else_=table.c.last_error),
             )
+            .returning(table.c.sends)
         )
-        return result.rowcount == 1
+        return bool(result.scalar_one_or_none() == 1)
 
     async def mark_failed_attempt(
         self, message: OutboxMessage, error: str, retry_at: datetime | None
@@ -154,3 +167,12 @@ class OutboxRepository:
             .values(**values)
         )
         return result.rowcount == 1
+
+
+async def replies_sent_twice(connection: AsyncConnection) -> list[str]:
+    """One line per reply the provider accepted more than once: each is a duplicate message."""
+    table = outbox_messages
+    rows = await connection.execute(
+        select(table.c.idempotency_key, table.c.sends).where(table.c.sends > 1).order_by(table.c.id)
+    )
+    return [f"outbox reply {row.idempotency_key!r} was accepted {row.sends} times" for row in rows]
