@@ -9,6 +9,7 @@ from sqlalchemy import case, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from whatsorder.db.outbox import replies_sent_twice
 from whatsorder.db.payment_audit import payment_audit
 from whatsorder.db.tables import (
     dead_letters,
@@ -56,7 +57,13 @@ async def recent_orders(connection: AsyncConnection, limit: int = 50) -> list[di
 
 
 async def audit(connection: AsyncConnection) -> list[str]:
-    """Every violated invariant of DESIGN.md §4, in words; an empty list means all hold."""
+    """Every violated invariant of the books, in words; an empty list means all hold.
+
+    Stock (initial - ordered + restocked), order totals, one debit per order (and a reversal if
+    cancelled), unique business keys, answers given to the right retailer, dead letters kept
+    once, replies accepted once, and the money against what the providers reported
+    (payment_audit.py).
+    """
     problems: list[str] = []
 
     live_lines = (
@@ -163,8 +170,42 @@ async def audit(connection: AsyncConnection) -> list[str]:
         problems.append(
             f"a ledger entry of {order_number(foreign_entry.order_id)} is on another retailer"
         )
+    problems.extend(await _answers_of_other_retailers(connection))
+    problems.extend(await _dead_letters_kept_twice(connection))
+    problems.extend(await replies_sent_twice(connection))
     problems.extend(await payment_audit(connection))
     return problems
+
+
+async def _answers_of_other_retailers(connection: AsyncConnection) -> list[str]:
+    """A stored answer names an order of the retailer whose request it answered, never another's.
+
+    (A message carrying another sender's message id was once answered with that sender's order.)
+    """
+    record = webhook_idempotency
+    rows = await connection.execute(
+        select(record.c.webhook_type, record.c.idempotency_key, record.c.order_id)
+        .join(orders, orders.c.id == record.c.order_id)
+        .where(record.c.retailer_id.is_not(None), orders.c.retailer_id != record.c.retailer_id)
+    )
+    return [
+        f"the stored answer of {row.webhook_type} key {row.idempotency_key!r} names "
+        f"{order_number(row.order_id)}, an order of another retailer"
+        for row in rows
+    ]
+
+
+async def _dead_letters_kept_twice(connection: AsyncConnection) -> list[str]:
+    """One dead letter per delivery that could not be processed, however often it came."""
+    rows = await connection.execute(
+        select(dead_letters.c.provider, func.min(dead_letters.c.id).label("first"), func.count())
+        .group_by(dead_letters.c.provider, dead_letters.c.body)
+        .having(func.count() > 1)
+    )
+    return [
+        f"a {row.provider} dead letter is kept {row[2]} times (first: dead letter {row.first})"
+        for row in rows
+    ]
 
 
 ERROR_OUTCOMES = ("store_busy", "store_unavailable", "handler_error")
