@@ -2,7 +2,12 @@
 
 One delivery (``entry`` → ``changes`` → ``value``) may carry many messages and statuses, and a
 retry may batch them differently, so nothing here is keyed by the delivery: each message is
-keyed by its ``wamid`` and each status by ``wamid:status`` (DESIGN.md §3).
+keyed by its ``wamid`` and each status by ``wamid:status``.
+
+Every field that reaches a bounded column or PostgreSQL text is checked here, so a signed but
+unusable item becomes a dead letter (answered 200) rather than a database error (a 500 that
+Meta would retry for seven days): identifiers are visible ASCII of a bounded length, free text
+loses NUL, and anything of the wrong JSON type is refused or left out.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ MAX_TEXT_CHARS = 4096  # Cloud API limit on a text message's body
 MAX_WAMID_CHARS = 200  # real ones are ~60; leaves room for "reply:" and ":status" in 255
 MAX_SENDER_CHARS = 64  # retailers.whatsapp_id and outbox_messages.recipient
 MAX_NAME_CHARS = 200  # retailers.name
+MAX_STATUS_CHARS = 32  # message_statuses.status and .error_code
 
 # Messages that carry no request from the customer: acknowledged, never answered.
 SILENT_TYPES = frozenset({"reaction", "system"})
@@ -353,17 +359,25 @@ def _status(status: Mapping[str, Any]) -> StatusUpdate:
         validate_key(f"{wamid}:{state}")
     except InvalidKey as error:
         raise MalformedWebhook(f"Status of {wamid} has an unusable status: {error}") from error
-    errors = status.get("errors")
-    first_error = errors[0] if isinstance(errors, list) and errors else None
-    code = first_error.get("code") if isinstance(first_error, dict) else None
+    if len(state) > MAX_STATUS_CHARS:
+        raise MalformedWebhook(f"Status of {wamid} is longer than {MAX_STATUS_CHARS} characters.")
     return StatusUpdate(
         wamid=wamid,
         status=state,
         recipient=_optional_text(status.get("recipient_id"))
         or _optional_text(status.get("recipient_user_id")),
-        error_code=None if code is None else str(code)[:32],
+        error_code=_error_code(status.get("errors")),
         canonical=canonical_json(status),
     )
+
+
+def _error_code(errors: object) -> str | None:
+    """The first error's code, kept for the record: a number or text, cut to fit its column."""
+    first = errors[0] if isinstance(errors, list) and errors else None
+    code = first.get("code") if isinstance(first, dict) else None
+    if isinstance(code, bool) or not isinstance(code, int | str):
+        return None  # Meta sends a number; anything else names no code we could look up
+    return _storable(str(code)).strip()[:MAX_STATUS_CHARS] or None
 
 
 def _key_part(value: object, what: str) -> str:
@@ -379,8 +393,9 @@ def _key_part(value: object, what: str) -> str:
 
 
 def _storable(text: str) -> str:
-    """``text`` without lone surrogates (JSON can spell them; UTF-8 and our database cannot)."""
-    return text.encode("utf-8", errors="replace").decode("utf-8")
+    """``text`` without lone surrogates or NUL: JSON can spell both ("\\ud800", "\\u0000");
+    UTF-8 cannot carry the first, PostgreSQL text not the second."""
+    return text.encode("utf-8", errors="replace").decode("utf-8").replace("\x00", "")
 
 
 def _optional_text(value: object) -> str | None:
