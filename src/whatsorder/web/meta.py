@@ -286,13 +286,15 @@ class _Batch:
         await self.runtime.idempotency.execute(request, handle)
 
     async def dead_letter(self, reason: str, content: bytes) -> None:
-        """Keep ``content`` (redacted) once, keyed by its hash: a redelivery adds no copy."""
+        """Keep ``content`` (redacted) once, keyed by its hash: a redelivery adds no copy,
+        even after its idempotency record expired (the hash is the row's business key too)."""
+        key = hashlib.sha256(content).hexdigest()
 
         async def handle(connection: AsyncConnection) -> HandlerResult:
-            await add_dead_letter(connection, meta.SOURCE, reason, meta.redacted(content), utcnow())
+            body = meta.redacted(content)
+            await add_dead_letter(connection, meta.SOURCE, key, reason, body, utcnow())
             return HandlerResult(_stored_json({"dead_letter": True}))
 
-        key = hashlib.sha256(content).hexdigest()
         request = self._request(meta.WEBHOOK_TYPE_DEAD_LETTER, key, content)
         await self.runtime.idempotency.execute(request, handle)
 
