@@ -54,6 +54,7 @@ from whatsorder.ordering.demo import DEMO_CATALOGUE
 from whatsorder.outbox import OutboxSender, RetryPolicy
 from whatsorder.providers import meta
 from whatsorder.web import meta as meta_routes
+from whatsorder.web import meta_statuses
 
 STOCK = {product.sku: product.stock for product in DEMO_CATALOGUE}
 PHONE_NUMBER_ID = "106540352242922"
@@ -408,12 +409,10 @@ async def test_statuses_are_kept_once_per_state_and_never_move_backwards(
     [row] = await rows(db, message_statuses, message_statuses.c.message_id == wamid)
     assert (row["provider"], row["status"]) == ("meta", "read")
     keys = await rows(db, webhook_idempotency, webhook_idempotency.c.webhook_type == "meta_status")
-    assert sorted(record["idempotency_key"] for record in keys) == sorted(
-        f"{wamid}:{state}" for state in ("sent", "read", "delivered")
-    )
+    assert len(keys) == 3  # the second "sent" was the first delivery again: replayed
 
 
-async def test_the_status_fixture_is_keyed_by_wamid_and_status(
+async def test_the_status_fixture_is_recorded_under_its_chunks_key(
     client: httpx.AsyncClient, db: AsyncEngine
 ) -> None:
     body = (FIXTURES / "meta_status_sent.json").read_bytes()
@@ -423,7 +422,71 @@ async def test_the_status_fixture_is_keyed_by_wamid_and_status(
         "dead_lettered": 0,
     }
     [record] = await rows(db, webhook_idempotency)
-    assert record["idempotency_key"] == "wamid.xyzxyz:sent"
+    [chunk] = meta_statuses.chunks(meta.parse_delivery(body).statuses)
+    assert record["idempotency_key"] == meta_statuses.key(meta_statuses.content(chunk))
+    [row] = await rows(db, message_statuses)
+    assert (row["message_id"], row["status"]) == ("wamid.xyzxyz", "sent")
+
+
+async def test_a_large_delivery_of_statuses_takes_one_transaction_per_chunk_and_replays(
+    client: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    size = meta_statuses.CHUNK_SIZE
+    statuses = [meta_status(new_wamid(), "delivered") for _ in range(2 * size + 100)]
+    body = meta_delivery(statuses=statuses, entries=3)
+
+    first = await deliver(client, body)
+    kept = await rows(db, message_statuses)
+    again = await deliver(client, body)
+
+    expected = {"received": 0, "statuses": len(statuses), "dead_lettered": 0}
+    assert (first.status_code, first.json()) == (200, expected)
+    assert (again.status_code, again.json()) == (200, expected)
+    assert len(kept) == len(statuses)
+    assert await rows(db, message_statuses) == kept  # the redelivery changed nothing
+    records = await rows(db, webhook_idempotency)
+    assert len(records) == 3  # one claim per chunk of 500, not one per status
+    assert {record["status"] for record in records} == {"completed"}
+
+
+async def test_statuses_never_move_backwards_within_a_delivery_or_when_rebatched(
+    client: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    first, second, third = new_wamid(), new_wamid(), new_wamid()
+    delivery = [
+        meta_status(first, "read"),
+        meta_status(second, "delivered"),
+        meta_status(first, "sent"),
+        meta_status(second, "failed"),  # the same rank as delivered: the first one stays
+        meta_status(third, "sent"),
+        meta_status(first, "delivered"),
+        meta_status(third, "delivered"),
+    ]
+    response = await deliver(client, meta_delivery(statuses=delivery, entries=2))
+    assert response.status_code == 200, response.text
+    rebatched = [meta_status(third, "sent"), meta_status(first, "sent"), delivery[1]]
+    assert (await deliver(client, meta_delivery(statuses=rebatched))).status_code == 200
+
+    states = {row["message_id"]: row["status"] for row in await rows(db, message_statuses)}
+    assert states == {first: "read", second: "delivered", third: "delivered"}
+
+
+async def test_concurrent_deliveries_of_the_same_statuses_in_other_orders_all_succeed(
+    client: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    wamids = [new_wamid() for _ in range(40)]
+    steps = ("sent", "delivered", "read")
+    bodies = [
+        meta_delivery(statuses=[meta_status(wamid, state) for wamid in order], entries=entries)
+        for state in steps
+        for order, entries in ((wamids, 1), (wamids[::-1], 3))
+    ]
+
+    responses = await asyncio.gather(*(deliver(client, body) for body in bodies))
+
+    assert [response.status_code for response in responses] == [200] * len(bodies)
+    states = {row["message_id"]: row["status"] for row in await rows(db, message_statuses)}
+    assert states == dict.fromkeys(wamids, "read")
 
 
 # Signed but unprocessable: 200 and a dead letter, never a retry loop

@@ -2,7 +2,7 @@
 
 One delivery (``entry`` → ``changes`` → ``value``) may carry many messages and statuses, and a
 retry may batch them differently, so nothing here is keyed by the delivery: each message is
-keyed by its ``wamid`` and each status by ``wamid:status``.
+keyed by its ``wamid``; a status needs no key, its effect only ever moves forward.
 
 Every field that reaches a bounded column or PostgreSQL text is checked here, so a signed but
 unusable item becomes a dead letter (answered 200) rather than a database error (a 500 that
@@ -144,12 +144,7 @@ class StatusUpdate:
     status: str
     recipient: str | None
     error_code: str | None
-    canonical: bytes
-
-    @property
-    def key(self) -> str:
-        """``wamid:status``: each state of a message arrives (and counts) once."""
-        return f"{self.wamid}:{self.status}"
+    canonical: bytes  # the status's own JSON, canonical: what its chunk's fingerprint covers
 
 
 @dataclass(frozen=True, slots=True)
