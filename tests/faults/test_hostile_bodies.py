@@ -207,6 +207,30 @@ async def test_a_signed_twilio_field_no_database_can_hold_gets_400_and_stores_no
     assert await row_counts(db) == before
 
 
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("t" * 300, id="300-characters"),
+        pytest.param("with space", id="with-a-space"),
+        pytest.param("", id="empty"),
+    ],
+)
+async def test_an_unusable_twilio_idempotency_token_gets_400_and_stores_nothing(
+    app_factory: AppFactory, db: AsyncEngine, token: str
+) -> None:
+    """The header is not covered by the signature; a column of 255 characters notes it."""
+    pairs = inbound_form("ORDER 1 x RICE-5KG")
+    headers = signed_headers(INBOUND_PATH, pairs) | {"I-Twilio-Idempotency-Token": token}
+    before = await row_counts(db)
+    async with app_client(app_factory(**all_providers(store_request_bodies=True))) as client:
+        response = await client.post(INBOUND_PATH, content=encode(pairs), headers=headers)
+    assert_clean_answer(response)
+    assert response.status_code == 400, response.text
+    assert response.json()["type"].endswith(":malformed-webhook")
+    assert "I-Twilio-Idempotency-Token" in response.json()["detail"]
+    assert await row_counts(db) == before
+
+
 async def test_control_characters_in_a_twilio_name_and_a_long_error_code_are_taken_not_refused(
     app_factory: AppFactory, db: AsyncEngine
 ) -> None:

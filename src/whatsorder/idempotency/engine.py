@@ -190,7 +190,7 @@ class IdempotencyEngine(Generic[ContextT]):
             return Result(claim, Outcome.REPLAYED)
         result = await handler(transaction.context)
         response = result.response
-        if not self.config.stores_status(response.status):
+        if not result.keep or not self.config.stores_status(response.status):
             raise _Discard(response)
         completed = await transaction.complete(
             request, claim.epoch, response, result.annotations, self._clock(), self.config.ttl
@@ -265,7 +265,7 @@ class IdempotencyEngine(Generic[ContextT]):
             await self._settle(lease_store.release(request.scope, request.key, claim.epoch))
             raise
         response = result.response
-        if not self.config.stores_status(response.status):
+        if not result.keep or not self.config.stores_status(response.status):
             await self._settle(lease_store.release(request.scope, request.key, claim.epoch))
             return Result(response, Outcome.NOT_STORED)
         completed = await self._settle(

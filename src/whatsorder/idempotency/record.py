@@ -55,10 +55,16 @@ class StoredResponse:
 
 @dataclass(frozen=True, slots=True)
 class HandlerResult:
-    """What a handler gives back: the response, and optional columns to note on the record."""
+    """What a handler gives back: the response, and optional columns to note on the record.
+
+    ``keep=False`` answers without keeping the answer, whatever its status: the claim is
+    undone (in transactional mode with the handler's writes) as for a 5xx, so the key stays
+    free for the request it really belongs to. For a refusal that must not occupy a key.
+    """
 
     response: StoredResponse
     annotations: Mapping[str, object] = field(default_factory=dict)
+    keep: bool = True
 
 
 @dataclass(frozen=True, slots=True)

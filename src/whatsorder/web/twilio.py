@@ -143,7 +143,9 @@ async def inbound(request: Request) -> Response:
         outcome = await services.receive_message(SqlUnitOfWork(connection), message, utcnow())
         notes.update(retailer_id=outcome.retailer_id, order_id=outcome.order_id)
         if outcome.refused:
-            return HandlerResult(_message_id_taken(message.message_id).stored(), notes)
+            # Not kept: the message id's key stays free for its own sender's retries.
+            refusal = _message_id_taken(message.message_id).stored()
+            return HandlerResult(refusal, notes, keep=False)
         created_order = outcome.order_id if outcome.created else None
         return HandlerResult(twiml_response(outcome.reply), notes)
 
