@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -21,11 +21,11 @@ from whatsorder.ordering.model import (
     MESSAGE_STATUS_RANK,
     Catalogue,
     LedgerEntry,
+    MessageState,
     Order,
     OrderLine,
     OrderStatus,
     Product,
-    message_status_rank,
     order_number,
 )
 
@@ -215,28 +215,41 @@ class OrderingRepository:
         self, provider: str, message_id: str, status: str, error_code: str | None, now: datetime
     ) -> bool:
         """Record ``status`` unless the message is already as far or further; True if it was."""
+        state = MessageState(message_id, status, error_code)
+        return await self.advance_message_statuses(provider, [state], now) == 1
+
+    async def advance_message_statuses(
+        self, provider: str, states: Sequence[MessageState], now: datetime
+    ) -> int:
+        """Record each state unless its message is already as far or further; how many were.
+
+        One conditional upsert for all: a lower state racing a higher one can never win. A
+        statement may touch a row once, so ``states`` holds one state per message (see
+        `furthest_states`).
+        """
+        if not states:
+            return 0
         statement = self._insert(message_statuses).values(
-            provider=provider,
-            message_id=message_id,
-            status=status,
-            error_code=error_code,
-            updated_at=now,
+            [
+                {
+                    "provider": provider,
+                    "message_id": state.message_id,
+                    "status": state.status,
+                    "error_code": state.error_code,
+                    "updated_at": now,
+                }
+                for state in states
+            ]
         )
-        stored_rank = case(
-            *(
-                (message_statuses.c.status == name, rank)
-                for name, rank in MESSAGE_STATUS_RANK.items()
-            ),
-            else_=-1,
-        )
+        new = statement.excluded
         result = await self._connection.execute(
             statement.on_conflict_do_update(
                 index_elements=["provider", "message_id"],
-                set_={"status": status, "error_code": error_code, "updated_at": now},
-                where=stored_rank < message_status_rank(status),
+                set_={"status": new.status, "error_code": new.error_code, "updated_at": now},
+                where=_rank(message_statuses.c.status) < _rank(new.status),
             )
         )
-        return result.rowcount == 1
+        return int(result.rowcount)
 
     async def upsert_products(self, catalogue: Sequence[Product]) -> int:
         """Add the products that are missing; existing ones keep their stock. Returns how many."""
@@ -257,3 +270,8 @@ class OrderingRepository:
             )
             added += result.rowcount
         return added
+
+
+def _rank(status: ColumnElement[str]) -> ColumnElement[int]:
+    """`message_status_rank` in SQL: unknown states rank lowest."""
+    return case(*((status == name, rank) for name, rank in MESSAGE_STATUS_RANK.items()), else_=-1)

@@ -36,6 +36,27 @@ def message_status_rank(status: str) -> int:
     return MESSAGE_STATUS_RANK.get(status, -1)
 
 
+@dataclass(frozen=True, slots=True)
+class MessageState:
+    """A provider's word on how far one outbound message got."""
+
+    message_id: str
+    status: str
+    error_code: str | None = None
+
+
+def furthest_states(states: Iterable[MessageState]) -> list[MessageState]:
+    """Each message's furthest state (the first of equal rank, as one at a time would keep
+    it), in message id order: the order every transaction writes them in, so two never
+    deadlock."""
+    kept: dict[str, MessageState] = {}
+    for state in states:
+        before = kept.get(state.message_id)
+        if before is None or message_status_rank(state.status) > message_status_rank(before.status):
+            kept[state.message_id] = state
+    return [kept[message_id] for message_id in sorted(kept)]
+
+
 class OrderRejected(Exception):
     """An order that cannot be placed as asked; the message says why, for the customer."""
 

@@ -23,6 +23,7 @@ from whatsorder.ordering.grammar import (
     parse_message,
 )
 from whatsorder.ordering.model import (
+    MessageState,
     Order,
     OrderLine,
     OrderRejected,
@@ -30,6 +31,7 @@ from whatsorder.ordering.model import (
     RequestedLine,
     can_cancel,
     debit_for,
+    furthest_states,
     order_id_from_number,
     price_order,
     reversal_for,
@@ -226,6 +228,18 @@ async def record_message_status(
         # One conditional upsert: two callbacks racing can never let the lower state win.
         changed = await uow.ordering.advance_message_status(
             provider, message_id, status, error_code, now
+        )
+        await uow.commit()
+    return changed
+
+
+async def record_message_states(
+    uow: SqlUnitOfWork, provider: str, states: Iterable[MessageState], now: datetime
+) -> int:
+    """Note many outbound messages' states at once, each only forward; how many moved."""
+    async with uow:
+        changed = await uow.ordering.advance_message_statuses(
+            provider, furthest_states(states), now
         )
         await uow.commit()
     return changed
