@@ -4,7 +4,8 @@ The payment event log (``payments``: every event about one of our orders, with t
 provider reported) is the provider's side; the ledger is ours. For every payment:
 
 - captured: the credit equals the amount the provider captured, posted once, unless every
-  capture event of it was refused as a mismatch (an operator has it as a payment exception);
+  capture event of it was refused (another amount or currency than its order's: an operator
+  has it as a payment exception);
 - refunded: the reversals add up to what the provider refunded — the refunded total where the
   provider reports one (Stripe), the sum of its processed refunds, each counted once by its id,
   where it reports refunds one by one (Razorpay). Less is a refund never posted; more is one
@@ -22,12 +23,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from whatsorder.db.tables import ledger_entries, orders, payment_exceptions, payments
+from whatsorder.db.tables import ledger_entries, orders, payments
 from whatsorder.ordering.model import EntryType, OrderStatus, order_number
-from whatsorder.ordering.payment_model import ExceptionKind, PaymentKind
-
-_REFUSED_CAPTURE = {ExceptionKind.AMOUNT_MISMATCH.value, ExceptionKind.CURRENCY_MISMATCH.value}
-_REFUSED_REFUND = {ExceptionKind.REFUND_MISMATCH.value}
+from whatsorder.ordering.payment_model import PaymentKind, same_currency
 
 
 @dataclass
@@ -95,32 +93,33 @@ def _captured(name: str, said: _Reported, credits: tuple[int, int]) -> list[str]
 
 
 async def _reported(connection: AsyncConnection) -> dict[tuple[str, str], _Reported]:
-    refused: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for row in await connection.execute(
-        select(payment_exceptions.c.provider, payment_exceptions.c.provider_event_id).add_columns(
-            payment_exceptions.c.kind
-        )
-    ):
-        refused[(row.provider, row.provider_event_id)].add(row.kind)
+    """Each payment as its events tell it, the refused ones judged by the payment rules again:
+    a capture is taken only in the order's currency and for its total, a refund only in the
+    order's currency (the exceptions table says why to an operator; the audit does not need it).
+    """
     reported: dict[tuple[str, str], _Reported] = defaultdict(_Reported)
     for event in await connection.execute(
         select(
             payments.c.provider,
-            payments.c.provider_event_id,
             payments.c.provider_payment_id,
             payments.c.status,
             payments.c.amount,
+            payments.c.currency,
             payments.c.refund_id,
-        ).where(payments.c.provider_payment_id.is_not(None))
+            orders.c.total,
+            orders.c.currency.label("order_currency"),
+        )
+        .join(orders, orders.c.id == payments.c.order_id)
+        .where(payments.c.provider_payment_id.is_not(None))
     ):
         said = reported[(event.provider, event.provider_payment_id)]
-        kinds = refused[(event.provider, event.provider_event_id)]
+        in_currency = same_currency(event.currency, event.order_currency)
         if event.status == PaymentKind.SUCCEEDED.value:
-            if kinds & _REFUSED_CAPTURE:
-                said.capture_refused = True
-            else:
+            if in_currency and event.amount == event.total:
                 said.captured.add(event.amount)
-        elif event.status == PaymentKind.REFUNDED.value and not kinds & _REFUSED_REFUND:
+            else:
+                said.capture_refused = True
+        elif event.status == PaymentKind.REFUNDED.value and in_currency:
             if event.refund_id is None:
                 said.refunded_total = max(said.refunded_total, event.amount)
             else:
