@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from whatsorder.db.dialect import upsert
+from whatsorder.db.repository import ledger_row
 from whatsorder.db.tables import ledger_entries, orders, payment_exceptions, payments
 from whatsorder.ordering.model import EntryType, LedgerEntry, OrderStatus
 from whatsorder.ordering.payment_model import PayableOrder, PaymentEvent, PaymentException
@@ -103,17 +104,7 @@ class PaymentRepository:
         """Post ``entry`` on the order's retailer unless its business key exists; True if new."""
         result = await self._connection.execute(
             upsert(self._connection, ledger_entries)
-            .values(
-                retailer_id=order.retailer_id,
-                order_id=order.id,
-                entry_type=entry.entry_type.value,
-                amount=entry.amount,
-                currency=entry.currency,
-                source=entry.source,
-                source_ref=entry.source_ref,
-                payment_ref=entry.payment_ref,
-                created_at=now,
-            )
+            .values(ledger_row(order.retailer_id, order.id, entry, now))
             .on_conflict_do_nothing(index_elements=["source", "source_ref", "entry_type"])
         )
         return result.rowcount == 1

@@ -195,17 +195,7 @@ class OrderingRepository:
         self, retailer_id: int, order_id: int | None, entry: LedgerEntry, now: datetime
     ) -> None:
         await self._connection.execute(
-            ledger_entries.insert().values(
-                retailer_id=retailer_id,
-                order_id=order_id,
-                entry_type=entry.entry_type.value,
-                amount=entry.amount,
-                currency=entry.currency,
-                source=entry.source,
-                source_ref=entry.source_ref,
-                payment_ref=entry.payment_ref,
-                created_at=now,
-            )
+            ledger_entries.insert().values(ledger_row(retailer_id, order_id, entry, now))
         )
 
     async def advance_message_status(
@@ -267,6 +257,23 @@ class OrderingRepository:
             )
             added += result.rowcount
         return added
+
+
+def ledger_row(
+    retailer_id: int, order_id: int | None, entry: LedgerEntry, now: datetime
+) -> dict[str, object]:
+    """The ``ledger_entries`` row of ``entry`` on a retailer's account."""
+    return {
+        "retailer_id": retailer_id,
+        "order_id": order_id,
+        "entry_type": entry.entry_type.value,
+        "amount": entry.amount,
+        "currency": entry.currency,
+        "source": entry.source,
+        "source_ref": entry.source_ref,
+        "payment_ref": entry.payment_ref,
+        "created_at": now,
+    }
 
 
 def _rank(status: ColumnElement[str]) -> ColumnElement[int]:
