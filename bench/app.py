@@ -58,9 +58,9 @@ def create() -> Any:
         return _trivial
     from fastapi import FastAPI
 
-    from whatsorder.idempotency import create_engine
+    from whatsorder.idempotency import sql_engine
 
-    database = create_engine(os.environ["BENCH_DB"], **POOL)
+    database = sql_engine(os.environ["BENCH_DB"], **POOL)
     sleep = float(os.environ.get("BENCH_SLEEP_MS", "0")) / 1000
     startup: list[Hook] = []
     shutdown: list[Hook] = [database.dispose]
@@ -123,10 +123,10 @@ def _whatsorder(app: Any, _startup: list[Hook], shutdown: list[Hook]) -> None:
     if url.startswith("redis"):
         store = RedisStore.from_url(url, prefix=os.environ["BENCH_PREFIX"] + "wo:")
     else:  # open_store's SqlStore, with the pool kept small for the shared PostgreSQL
-        from whatsorder.idempotency import create_engine
+        from whatsorder.idempotency import sql_engine
 
         store = SqlStore(
-            create_engine(url, **POOL),
+            sql_engine(url, **POOL),
             idempotency_table(MetaData(), "idempotency_records"),
             create_table=True,
         )

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from whatsorder.db.tables import webhook_idempotency
-from whatsorder.idempotency import SqlStore, create_engine
+from whatsorder.idempotency import SqlStore, sql_engine
 from whatsorder.idempotency.cleanup import delete_expired
 from whatsorder.idempotency.record import utcnow
 
@@ -43,7 +43,7 @@ INSERT_EXPIRED = text(
 
 
 async def bench(url: str, rows: int, batch_size: int) -> None:
-    engine = create_engine(url)
+    engine = sql_engine(url)
     try:
         started = time.monotonic()
         async with engine.begin() as connection:

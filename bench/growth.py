@@ -256,14 +256,14 @@ def cleanup(ctx: Context, stores: list[str]) -> None:
 
 def _clean(store_url: str | None) -> Any:
     """One cleanup run, in the process it is submitted to; its report. None: only the imports."""
-    from whatsorder.idempotency import SqlStore, create_engine
+    from whatsorder.idempotency import SqlStore, sql_engine
     from whatsorder.idempotency.cleanup import delete_expired
 
     if store_url is None:
         return None
 
     async def clean() -> Any:
-        engine = create_engine(store_url, pool_size=2, max_overflow=0)
+        engine = sql_engine(store_url, pool_size=2, max_overflow=0)
         try:
             store = SqlStore(engine, idempotency_table(MetaData(), TABLE))
             return await delete_expired(store, now=datetime.now(UTC))

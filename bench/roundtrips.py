@@ -53,7 +53,7 @@ def _app(store: Any) -> Any:
 
 
 async def _count(store_url: str) -> dict[str, Any]:
-    from whatsorder.idempotency import SqlStore, create_engine, idempotency_table
+    from whatsorder.idempotency import SqlStore, idempotency_table, sql_engine
     from whatsorder.idempotency.stores.redis import RedisStore
 
     store: Any
@@ -61,7 +61,7 @@ async def _count(store_url: str) -> dict[str, Any]:
         store = RedisStore.from_url(store_url, prefix=harness.REDIS_PREFIX + "trips:")
     else:
         store = SqlStore(
-            create_engine(store_url, pool_size=1, max_overflow=0),
+            sql_engine(store_url, pool_size=1, max_overflow=0),
             idempotency_table(MetaData(), "idempotency_records"),
             create_table=True,
         )
@@ -98,12 +98,12 @@ async def _count_transactional(store_url: str) -> dict[str, Any]:
         IdempotentRequest,
         SqlStore,
         StoredResponse,
-        create_engine,
         idempotency_table,
+        sql_engine,
     )
 
     store = SqlStore(
-        create_engine(store_url, pool_size=1, max_overflow=0),
+        sql_engine(store_url, pool_size=1, max_overflow=0),
         idempotency_table(MetaData(), "idempotency_records"),
         create_table=True,
     )

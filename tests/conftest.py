@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import ADMIN_TOKEN, PUBLIC_URL, TWILIO_TOKEN
 from whatsorder.db import migrate
+from whatsorder.db.engine import open_database
 from whatsorder.db.seed import seed_demo
-from whatsorder.idempotency import create_engine
 from whatsorder.settings import Settings
 from whatsorder.web.app import create_app
 
@@ -154,7 +154,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     """A separate engine on the test's database, for checking what was written."""
-    engine = create_engine(database_url)
+    engine = open_database(database_url)
     yield engine
     await engine.dispose()
 

@@ -72,9 +72,9 @@ from support import (
     stripe_headers,
 )
 from whatsorder.db import reports
+from whatsorder.db.engine import open_database
 from whatsorder.db.seed import seed_demo
 from whatsorder.db.tables import ledger_entries, metadata, orders, products
-from whatsorder.idempotency import create_engine
 from whatsorder.ordering.model import EntryType, order_number
 
 SKUS = sorted(PRICES)
@@ -291,7 +291,7 @@ class BooksMachine(RuleBasedStateMachine):
             app=self.app, client=("127.0.0.1", 4321), raise_app_exceptions=False
         )
         self.http = httpx.AsyncClient(transport=transport, base_url="https://testserver")
-        self.inspector = create_engine(database_url)
+        self.inspector = open_database(database_url)
         self.run(reset(self.inspector, database_url))
         self.books = Books()
         self.sent: list[Delivery] = []

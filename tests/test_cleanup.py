@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import server_env, stop_process_group, whatsorder_command
 from whatsorder.db import migrate
+from whatsorder.db.engine import open_database
 from whatsorder.db.tables import idempotency_cleanup_runs, webhook_idempotency
-from whatsorder.idempotency import SqlStore, create_engine
+from whatsorder.idempotency import SqlStore
 from whatsorder.idempotency.cleanup import cleanup_lock_key, delete_expired
 from whatsorder.idempotency.record import utcnow
 from whatsorder.scheduler import CleanupScheduler, cron_schedule, run_cleanup
@@ -105,7 +106,7 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], *, seconds: float =
 @asynccontextmanager
 async def cleanup_lock_held_elsewhere(database_url: str) -> AsyncIterator[None]:
     """Another replica's cleanup, as PostgreSQL sees it: its session holds the lock."""
-    engine = create_engine(database_url)
+    engine = open_database(database_url)
     try:
         async with engine.connect() as connection:
             assert await connection.scalar(select(func.pg_try_advisory_lock(LOCK_KEY)))
@@ -233,7 +234,7 @@ async def test_cleanup_logs_its_completion(
 async def test_a_second_cleanup_skips_while_another_replica_holds_the_lock(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = create_engine(postgres_url)
+    engine = open_database(postgres_url)
     store = SqlStore(engine, webhook_idempotency)
     caplog.set_level(logging.INFO, logger="whatsorder.idempotency")
     try:
@@ -254,8 +255,8 @@ async def test_a_second_cleanup_skips_while_another_replica_holds_the_lock(
 
 @pytest.mark.postgres
 async def test_two_concurrent_cleanups_do_not_both_run(postgres_url: str) -> None:
-    engine = create_engine(postgres_url)
-    other_replica = create_engine(postgres_url)
+    engine = open_database(postgres_url)
+    other_replica = open_database(postgres_url)
     try:
         await insert_records(engine, expired(200))
         reports = await asyncio.gather(
@@ -323,7 +324,7 @@ async def test_cli_dry_run_deletes_nothing_and_records_nothing(
 async def test_cli_cleanup_says_it_skipped_while_another_replica_cleans(
     postgres_url: str,
 ) -> None:
-    engine = create_engine(postgres_url)
+    engine = open_database(postgres_url)
     try:
         await insert_records(engine, expired(5, before=utcnow()))
         async with cleanup_lock_held_elsewhere(postgres_url):
@@ -419,7 +420,7 @@ def test_an_invalid_schedule_is_refused_naming_the_setting(schedule: str) -> Non
 
 
 async def test_an_empty_schedule_disables_the_scheduler(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'unused.db'}")
+    engine = open_database(f"sqlite:///{tmp_path / 'unused.db'}")
     assert CleanupScheduler.from_settings(engine, Settings(cleanup_schedule="")) is None
     assert CleanupScheduler.from_settings(engine, Settings(cleanup_schedule=" ")) is None
     await engine.dispose()
@@ -460,7 +461,7 @@ async def test_a_failing_run_is_recorded_and_logged_and_the_schedule_goes_on(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'broken.db'}"
     await asyncio.to_thread(migrate.upgrade, url)
-    engine = create_engine(url)
+    engine = open_database(url)
     try:
         async with engine.begin() as connection:
             await connection.execute(text("DROP TABLE webhook_idempotency"))

@@ -41,8 +41,8 @@ from support import (
     stripe_headers,
 )
 from whatsorder.db import reports
+from whatsorder.db.engine import open_database
 from whatsorder.db.tables import ledger_entries, orders, retailers, webhook_idempotency
-from whatsorder.idempotency import create_engine
 from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering.demo import DEMO_CATALOGUE
 from whatsorder.scheduler import run_cleanup
@@ -131,7 +131,7 @@ def _run(server: Server, scenario: Any) -> Any:
 
 def _audit(database_url: str) -> list[str]:
     async def audit() -> list[str]:
-        engine = create_engine(database_url)
+        engine = open_database(database_url)
         try:
             async with engine.connect() as connection:
                 return await reports.audit(connection)
@@ -143,7 +143,7 @@ def _audit(database_url: str) -> list[str]:
 
 def _query(database_url: str, statement: Any) -> list[Any]:
     async def read() -> list[Any]:
-        engine = create_engine(database_url)
+        engine = open_database(database_url)
         try:
             async with engine.connect() as connection:
                 return list(await connection.execute(statement))
@@ -361,7 +361,7 @@ def test_another_senders_message_id_is_refused_and_never_shows_the_first_senders
     confirmation = _run(server, scenario)
 
     async def expire_and_clean() -> None:
-        engine = create_engine(database_url)
+        engine = open_database(database_url)
         try:
             async with engine.begin() as connection:
                 await connection.execute(

@@ -49,8 +49,9 @@ from whatsorder.db.tables import (
 )
 from whatsorder.idempotency import StoreBusy
 from whatsorder.idempotency.record import as_utc, utcnow
-from whatsorder.ordering import replies, services
+from whatsorder.ordering import replies
 from whatsorder.ordering.demo import DEMO_CATALOGUE
+from whatsorder.ordering.services import messages as services
 from whatsorder.outbox import OutboxSender, RetryPolicy
 from whatsorder.providers import meta
 from whatsorder.web import meta as meta_routes

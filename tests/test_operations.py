@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import TWILIO_TOKEN, free_port, running_server, server_env, whatsorder_command
 from whatsorder.db import migrate
+from whatsorder.db.engine import open_database
 from whatsorder.db.tables import ledger_entries, metadata, orders, products
-from whatsorder.idempotency import create_engine
 from whatsorder.idempotency.record import utcnow
 
 TABLES = {
@@ -40,7 +40,7 @@ def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def _table_names(url: str) -> set[str]:
-    engine = create_engine(url)
+    engine = open_database(url)
     try:
         async with engine.connect() as connection:
             return set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
@@ -130,7 +130,7 @@ def test_audit_fails_naming_each_violation_on_a_corrupted_database(
     database_url: str, corruption: str, named: str
 ) -> None:
     async def corrupt() -> None:
-        engine = create_engine(database_url)
+        engine = open_database(database_url)
         try:
             await _place_order_rows(engine)
             async with engine.begin() as connection:
@@ -221,7 +221,7 @@ def test_each_migration_steps_down_and_up_again_without_losing_orders(database_u
     """Head → one step down → head, with orders in the database: they are all still there."""
 
     async def count(*, place_one_first: bool = False) -> int:
-        engine = create_engine(database_url)
+        engine = open_database(database_url)
         try:
             if place_one_first:
                 await _place_order_rows(engine)

@@ -27,9 +27,9 @@ from starlette.routing import Route
 
 from fake_graph import FakeGraph, serving
 from support import META_SENDER, new_wamid
+from whatsorder.db.engine import open_database
 from whatsorder.db.outbox import OutboxRepository, replies_sent_twice
 from whatsorder.db.tables import outbox_messages
-from whatsorder.idempotency import create_engine
 from whatsorder.idempotency.record import utcnow
 from whatsorder.outbox import OutboxSender
 from whatsorder.providers import meta
@@ -99,7 +99,7 @@ def dripping(pause: float) -> Starlette:
 @pytest.fixture
 async def workers(database_url: str) -> AsyncIterator[list[AsyncEngine]]:
     """An engine per sender, as separate worker processes would each have."""
-    engines = [create_engine(database_url) for _ in range(SENDERS)]
+    engines = [open_database(database_url) for _ in range(SENDERS)]
     yield engines
     for engine in engines:
         await engine.dispose()
@@ -202,7 +202,7 @@ async def test_an_answer_dripping_past_the_timeout_is_cut_off_within_the_lease(
 async def test_a_lease_that_does_not_outlast_the_send_timeout_is_refused(
     lease: timedelta, tmp_path: Path
 ) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'unused.db'}")
+    engine = open_database(f"sqlite:///{tmp_path / 'unused.db'}")
     try:
         with pytest.raises(ValueError, match="must exceed the send timeout"):
             OutboxSender(

@@ -23,7 +23,7 @@ from support import (
     signed_headers,
     snapshot,
 )
-from whatsorder.idempotency import create_engine
+from whatsorder.db.engine import open_database
 from whatsorder.ordering.demo import DEMO_CATALOGUE
 
 STOCK = {product.sku: product.stock for product in DEMO_CATALOGUE}
@@ -58,7 +58,7 @@ def test_two_hundred_concurrent_duplicates_create_one_order(
     assert "Order ORD-000001 placed" in reply_text(responses[0])
 
     async def check() -> None:
-        engine = create_engine(database_url)
+        engine = open_database(database_url)
         try:
             state = await snapshot(engine)
         finally:
@@ -134,7 +134,7 @@ def test_a_worker_killed_mid_request_leaves_nothing_and_the_retry_orders_once(
     asyncio.run(crash_mid_request())
 
     async def state_now() -> Snapshot:
-        engine = create_engine(postgres_url)
+        engine = open_database(postgres_url)
         try:
             return await snapshot(engine)
         finally:

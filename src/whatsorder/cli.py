@@ -227,9 +227,9 @@ def _reply_text(response: httpx.Response) -> str:
 
 
 async def _with_connection(url: str, work: Callable[..., Awaitable[T]]) -> T:
-    from whatsorder.idempotency import create_engine
+    from whatsorder.db.engine import open_database
 
-    engine = create_engine(url)
+    engine = open_database(url)
     try:
         async with engine.connect() as connection:
             return await work(connection)
@@ -315,10 +315,10 @@ def cleanup(dry_run: bool, batch_size: int | None) -> None:
 
 
 async def _cleanup(url: str, batch_size: int, dry_run: bool) -> CleanupRun:
-    from whatsorder.idempotency import create_engine
+    from whatsorder.db.engine import open_database
     from whatsorder.scheduler import run_cleanup
 
-    engine = create_engine(url)
+    engine = open_database(url)
     try:
         estimate = await run_cleanup(engine, trigger="cli", batch_size=batch_size, dry_run=True)
         if dry_run or estimate.outcome == "failed":
@@ -376,10 +376,10 @@ def _progress(estimate: CleanupRun) -> Iterator[Callable[[int], None]]:
 def stats(as_json: bool) -> None:
     """Idempotency statistics: records, replays, conflicts, mismatches, size, last cleanup."""
     from whatsorder import statistics
-    from whatsorder.idempotency import create_engine
+    from whatsorder.db.engine import open_database
 
     async def collect() -> dict[str, Any]:
-        engine = create_engine(Settings().database_url)
+        engine = open_database(Settings().database_url)
         try:
             return await statistics.report(engine)
         finally:

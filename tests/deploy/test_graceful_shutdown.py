@@ -32,7 +32,7 @@ from support import (
     signed_headers,
     snapshot,
 )
-from whatsorder.idempotency import create_engine
+from whatsorder.db.engine import open_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -88,7 +88,7 @@ async def _exit_within(server: Server, seconds: float) -> float:
 
 
 async def _state(database_url: str) -> Snapshot:
-    engine = create_engine(database_url)
+    engine = open_database(database_url)
     try:
         return await snapshot(engine)
     finally:

@@ -39,9 +39,9 @@ from support import (
 )
 from whatsorder.cli import commands
 from whatsorder.db import migrate, reports
+from whatsorder.db.engine import open_database
 from whatsorder.db.migrate import MIGRATIONS
 from whatsorder.db.tables import metadata
-from whatsorder.idempotency import create_engine
 from whatsorder.scheduler import run_cleanup
 
 Rows = dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]
@@ -80,7 +80,7 @@ async def _use_every_table(app: FastAPI, database: AsyncEngine) -> None:
 
 async def _rows(url: str) -> Rows:
     """Every table there is (but Alembic's): its columns and its rows, in a comparable order."""
-    engine = create_engine(url)
+    engine = open_database(url)
     try:
         async with engine.connect() as connection:
             names = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
@@ -139,7 +139,7 @@ def test_every_migration_steps_down_and_up_again_keeping_every_row_it_leaves(
     assert asyncio.run(migrate.current_revision(database_url)) == head
 
     async def still_serves_and_audits() -> list[str]:
-        engine = create_engine(database_url)
+        engine = open_database(database_url)
         try:
             async with app_client(app_factory()) as http:
                 pairs = inbound_form("ORDER 1 x SUGAR-1KG")
@@ -302,7 +302,7 @@ def downgrade() -> None:
     config.set_main_option("script_location", str(location))
 
     async def indexes() -> set[str]:
-        engine = create_engine(database_url)
+        engine = open_database(database_url)
         try:
             async with engine.connect() as connection:
                 return {

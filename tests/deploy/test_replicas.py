@@ -40,8 +40,8 @@ from support import (
     whatsorder_command,
 )
 from whatsorder import statistics
+from whatsorder.db.engine import open_database
 from whatsorder.db.tables import orders
-from whatsorder.idempotency import create_engine
 from whatsorder.idempotency.cleanup import cleanup_lock_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -54,7 +54,7 @@ def _dsn(database_url: str) -> str:
 
 
 async def _orders_by_message(database_url: str) -> Counter[str]:
-    engine = create_engine(database_url)
+    engine = open_database(database_url)
     try:
         async with engine.connect() as connection:
             rows = await connection.execute(select(orders.c.source_message_id))
@@ -75,7 +75,7 @@ def _flush_statistics(cluster: Cluster) -> None:
 
 
 async def _last_hour(database_url: str) -> dict[str, int]:
-    engine = create_engine(database_url)
+    engine = open_database(database_url)
     try:
         figures: dict[str, int] = (await statistics.report(engine))["last_hour"]
         return figures

@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 
 from faults.provider import Expected
 from support import server_env, whatsorder_command
+from whatsorder.db.engine import open_database
 from whatsorder.db.tables import (
     ledger_entries,
     order_items,
@@ -22,13 +23,12 @@ from whatsorder.db.tables import (
     payments,
     webhook_idempotency,
 )
-from whatsorder.idempotency import create_engine
 from whatsorder.ordering.model import EntryType, order_number
 
 
 async def _check(database_url: str, expected: Expected) -> list[str]:
     problems: list[str] = []
-    engine = create_engine(database_url)
+    engine = open_database(database_url)
     try:
         async with engine.connect() as connection:
             found = (
@@ -130,7 +130,7 @@ def audit(database_url: str) -> subprocess.CompletedProcess[str]:
 
 async def restock(database_url: str, units: int) -> None:
     """A delivery of ``units`` more of every product (counted as restocked, as the audit wants)."""
-    engine = create_engine(database_url)
+    engine = open_database(database_url)
     try:
         async with engine.begin() as connection:
             await connection.execute(
@@ -143,7 +143,7 @@ async def restock(database_url: str, units: int) -> None:
 
 async def count_rows(database_url: str, table: str) -> int:
     """How many rows ``table`` holds."""
-    engine = create_engine(database_url)
+    engine = open_database(database_url)
     try:
         async with engine.connect() as connection:
             return int(await connection.scalar(text(f"SELECT count(*) FROM {table}")) or 0)  # noqa: S608

@@ -31,7 +31,7 @@ from faults.hostile_support import (
 from faults.modes import scaled
 from support import INBOUND_PATH, encode, inbound_form, signed_headers
 from whatsorder.db.tables import webhook_idempotency
-from whatsorder.idempotency import IdempotencyMiddleware, create_engine, open_store
+from whatsorder.idempotency import IdempotencyMiddleware, open_store, sql_engine
 from whatsorder.idempotency.stores.redis import RedisStore
 from whatsorder.web.app import create_app
 
@@ -86,7 +86,7 @@ class Target:
         self.calls = 0
         if kind == "service":
             self.app: Any = create_app(make_settings(url, **all_providers()))
-            self.db = create_engine(url)
+            self.db = sql_engine(url)
             self.store: Any = None
         else:
             inner = FastAPI()

@@ -39,8 +39,8 @@ from support import (
     new_wamid,
     running_server,
 )
+from whatsorder.db.engine import open_database
 from whatsorder.db.tables import message_statuses, retailers
-from whatsorder.idempotency import create_engine
 
 NUL = "\x00"  # json.dumps spells it "\u0000", as a hostile sender would
 
@@ -187,7 +187,7 @@ def test_every_hostile_meta_field_against_four_workers_on_postgresql(
                 assert response.json()["dead_lettered"] == int(case.dead_letter), case.name
 
     async def dead_letters() -> int:
-        engine = create_engine(postgres_url)
+        engine = open_database(postgres_url)
         try:
             return (await row_counts(engine))["dead_letters"]
         finally:

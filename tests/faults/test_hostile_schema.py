@@ -39,7 +39,7 @@ from faults.hostile_support import (
 )
 from faults.modes import FULL, report, scaled
 from support import META_PATH
-from whatsorder.idempotency import create_engine
+from whatsorder.db.engine import open_database
 from whatsorder.web.app import create_app
 
 # Every operation of the document; test_every_route_is_fuzzed keeps this list whole.
@@ -76,7 +76,7 @@ class Fuzzed:
         self.runner = runner
         self.app = create_app(make_settings(database_url, require_https=False, **all_providers()))
         self.schema = schemathesis.openapi.from_dict(self.app.openapi())
-        self.db: AsyncEngine = create_engine(database_url)
+        self.db: AsyncEngine = open_database(database_url)
         self.clients = {
             signed: httpx.AsyncClient(
                 transport=httpx.ASGITransport(

@@ -40,7 +40,7 @@ from whatsorder.idempotency import (
     IdempotentRequest,
     RequestInFlight,
     SqlStore,
-    create_engine,
+    sql_engine,
 )
 from whatsorder.web.app import create_app
 
@@ -79,7 +79,7 @@ async def test_time_spent_waiting_for_a_connection_comes_out_of_the_in_flight_wa
     """A duplicate that waited for a pooled connection has only the rest of its in-flight wait
     left for the first copy's lock: the two waits never add up past the provider's patience."""
     wait = timedelta(seconds=3)
-    engine = create_engine(private_database, pool_size=1, max_overflow=0, pool_timeout=10)
+    engine = sql_engine(private_database, pool_size=1, max_overflow=0, pool_timeout=10)
     store = SqlStore(engine, webhook_idempotency, in_flight_wait=wait)
     idempotency = IdempotencyEngine[AsyncConnection](store)
     request = IdempotentRequest("twilio_inbound", "SM-held-elsewhere", "f" * 64)

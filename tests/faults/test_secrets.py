@@ -47,8 +47,8 @@ from support import (
     stripe_event,
     stripe_headers,
 )
+from whatsorder.db.engine import open_database
 from whatsorder.db.tables import dead_letters, metadata, webhook_idempotency
-from whatsorder.idempotency import create_engine
 
 META_ACCESS_TOKEN = "test-meta-access-token-EAAG"
 SECRETS = (*SECRETS_WITH_ADMIN, META_ACCESS_TOKEN)
@@ -146,7 +146,7 @@ def table_dump(database_url: str) -> dict[str, str]:
     """Every column of every row of every table, as text, by table."""
 
     async def dump() -> dict[str, str]:
-        engine = create_engine(database_url)
+        engine = open_database(database_url)
         try:
             async with engine.connect() as connection:
                 return {
@@ -165,7 +165,7 @@ def stored_bodies(database_url: str) -> str:
     """The request bodies and dead letters the service kept (personal data must be masked)."""
 
     async def read() -> str:
-        engine = create_engine(database_url)
+        engine = open_database(database_url)
         try:
             async with engine.connect() as connection:
                 bodies = await connection.execute(select(webhook_idempotency.c.request_body))

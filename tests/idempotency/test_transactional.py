@@ -26,8 +26,8 @@ from whatsorder.idempotency import (
     SqlStore,
     StoreBusy,
     StoredResponse,
-    create_engine,
     idempotency_table,
+    sql_engine,
 )
 from whatsorder.idempotency.record import utcnow
 
@@ -43,7 +43,7 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def engine(path: Path) -> AsyncIterator[IdempotencyEngine[AsyncConnection]]:
-    database = create_engine(f"sqlite:///{path}", busy_timeout=BUSY)
+    database = sql_engine(f"sqlite:///{path}", busy_timeout=BUSY)
     async with database.begin() as connection:
         await connection.run_sync(metadata.create_all)
     store = SqlStore(database, idempotency_table(MetaData()), create_table=True)
@@ -112,7 +112,7 @@ async def test_a_key_claimed_in_lease_mode_is_decided_in_the_transaction(
 async def test_a_store_that_creates_its_table_does_so_before_its_first_transaction(
     path: Path,
 ) -> None:
-    database = create_engine(f"sqlite:///{path}")
+    database = sql_engine(f"sqlite:///{path}")
     store = SqlStore(database, idempotency_table(MetaData()), create_table=True)
     try:
         async with store.transaction() as transaction:
@@ -128,7 +128,7 @@ async def test_a_store_that_creates_its_table_does_so_before_its_first_transacti
 @pytest.mark.postgres
 async def test_the_handler_runs_at_the_isolation_level_its_engine_sets(postgres_url: str) -> None:
     """The read before the claim switches to autocommit; the transaction after it is the app's."""
-    database = create_engine(postgres_url).execution_options(isolation_level="SERIALIZABLE")
+    database = sql_engine(postgres_url).execution_options(isolation_level="SERIALIZABLE")
     store = SqlStore(database, idempotency_table(MetaData()), create_table=True)
 
     async def report_level(connection: AsyncConnection) -> HandlerResult:

@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection
 
-from whatsorder.idempotency.stores.sql import create_engine
+from whatsorder.db.engine import open_database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -84,7 +84,7 @@ def head_revision(database_url: str) -> str | None:
 
 async def current_revision(database_url: str) -> str | None:
     """The revision the database is at, or None for an empty database."""
-    engine = create_engine(database_url)
+    engine = open_database(database_url)
 
     def _read(connection: Connection) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from whatsorder.db.dialect import upsert
 from whatsorder.db.tables import outbox_messages
 
 MAX_ERROR_CHARS = 500  # outbox_messages.last_error
@@ -43,16 +43,13 @@ class OutboxRepository:
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._insert = (
-            postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-        )
 
     async def enqueue(
         self, provider: str, recipient: str, body: str, idempotency_key: str, now: datetime
     ) -> bool:
         """Add a reply unless one with this key exists; True if it was added."""
         result = await self._connection.execute(
-            self._insert(outbox_messages)
+            upsert(self._connection, outbox_messages)
             .values(
                 provider=provider,
                 recipient=recipient,

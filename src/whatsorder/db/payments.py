@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import case, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from whatsorder.db.dialect import upsert
+from whatsorder.db.repository import ledger_row
 from whatsorder.db.tables import ledger_entries, orders, payment_exceptions, payments
 from whatsorder.ordering.model import EntryType, LedgerEntry, OrderStatus
 from whatsorder.ordering.payment_model import PayableOrder, PaymentEvent, PaymentException
@@ -26,9 +27,6 @@ class PaymentRepository:
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._insert = (
-            postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-        )
 
     async def order(self, order_id: int, *, lock: bool = False) -> PayableOrder | None:
         """The order as a payment sees it; ``lock`` holds its row until the transaction ends."""
@@ -61,7 +59,7 @@ class PaymentRepository:
     async def record_event(self, event: PaymentEvent, order_id: int, now: datetime) -> bool:
         """Note the event once per ``(provider, event id)``; True if it is new."""
         result = await self._connection.execute(
-            self._insert(payments)
+            upsert(self._connection, payments)
             .values(
                 order_id=order_id,
                 provider=event.provider,
@@ -86,7 +84,7 @@ class PaymentRepository:
     ) -> bool:
         """Note what an operator must look at, once per event and kind; True if it is new."""
         result = await self._connection.execute(
-            self._insert(payment_exceptions)
+            upsert(self._connection, payment_exceptions)
             .values(
                 provider=event.provider,
                 provider_event_id=event.event_id,
@@ -105,18 +103,8 @@ class PaymentRepository:
     async def post_entry(self, order: PayableOrder, entry: LedgerEntry, now: datetime) -> bool:
         """Post ``entry`` on the order's retailer unless its business key exists; True if new."""
         result = await self._connection.execute(
-            self._insert(ledger_entries)
-            .values(
-                retailer_id=order.retailer_id,
-                order_id=order.id,
-                entry_type=entry.entry_type.value,
-                amount=entry.amount,
-                currency=entry.currency,
-                source=entry.source,
-                source_ref=entry.source_ref,
-                payment_ref=entry.payment_ref,
-                created_at=now,
-            )
+            upsert(self._connection, ledger_entries)
+            .values(ledger_row(order.retailer_id, order.id, entry, now))
             .on_conflict_do_nothing(index_elements=["source", "source_ref", "entry_type"])
         )
         return result.rowcount == 1

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, case, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from whatsorder.db.dialect import upsert
 from whatsorder.db.tables import (
     ledger_entries,
     message_statuses,
@@ -35,14 +35,11 @@ class OrderingRepository:
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._insert = (
-            postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-        )
 
     async def register_retailer(self, whatsapp_id: str, name: str, now: datetime) -> int:
         """The retailer's id, registering it on its first message (atomic insert-if-absent)."""
         await self._connection.execute(
-            self._insert(retailers)
+            upsert(self._connection, retailers)
             .values(whatsapp_id=whatsapp_id, name=name, created_at=now)
             .on_conflict_do_nothing(index_elements=["whatsapp_id"])
         )
@@ -94,7 +91,7 @@ class OrderingRepository:
         idempotency key and committed first is found (PostgreSQL waits for it), not violated.
         """
         order_id = await self._connection.scalar(
-            self._insert(orders)
+            upsert(self._connection, orders)
             .values(
                 retailer_id=retailer_id,
                 status=order.status.value,
@@ -198,17 +195,7 @@ class OrderingRepository:
         self, retailer_id: int, order_id: int | None, entry: LedgerEntry, now: datetime
     ) -> None:
         await self._connection.execute(
-            ledger_entries.insert().values(
-                retailer_id=retailer_id,
-                order_id=order_id,
-                entry_type=entry.entry_type.value,
-                amount=entry.amount,
-                currency=entry.currency,
-                source=entry.source,
-                source_ref=entry.source_ref,
-                payment_ref=entry.payment_ref,
-                created_at=now,
-            )
+            ledger_entries.insert().values(ledger_row(retailer_id, order_id, entry, now))
         )
 
     async def advance_message_status(
@@ -229,7 +216,7 @@ class OrderingRepository:
         """
         if not states:
             return 0
-        statement = self._insert(message_statuses).values(
+        statement = upsert(self._connection, message_statuses).values(
             [
                 {
                     "provider": provider,
@@ -256,7 +243,7 @@ class OrderingRepository:
         added = 0
         for product in catalogue:
             result = await self._connection.execute(
-                self._insert(products)
+                upsert(self._connection, products)
                 .values(
                     sku=product.sku,
                     name=product.name,
@@ -270,6 +257,23 @@ class OrderingRepository:
             )
             added += result.rowcount
         return added
+
+
+def ledger_row(
+    retailer_id: int, order_id: int | None, entry: LedgerEntry, now: datetime
+) -> dict[str, object]:
+    """The ``ledger_entries`` row of ``entry`` on a retailer's account."""
+    return {
+        "retailer_id": retailer_id,
+        "order_id": order_id,
+        "entry_type": entry.entry_type.value,
+        "amount": entry.amount,
+        "currency": entry.currency,
+        "source": entry.source,
+        "source_ref": entry.source_ref,
+        "payment_ref": entry.payment_ref,
+        "created_at": now,
+    }
 
 
 def _rank(status: ColumnElement[str]) -> ColumnElement[int]:

@@ -12,15 +12,22 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from whatsorder.db.dead_letters import DeadLetterRepository
+from whatsorder.db.outbox import OutboxRepository
 from whatsorder.db.payments import PaymentRepository
 from whatsorder.db.repository import OrderingRepository
 
 
 class SqlUnitOfWork:
-    """``async with uow: …; await uow.commit()``. Leaving the block without commit rolls back."""
+    """``async with uow: …; await uow.commit()``. Leaving the block without commit rolls back.
+
+    Implements `whatsorder.ordering.ports.UnitOfWork`.
+    """
 
     ordering: OrderingRepository
     payments: PaymentRepository
+    outbox: OutboxRepository
+    dead_letters: DeadLetterRepository
 
     def __init__(self, source: AsyncEngine | AsyncConnection) -> None:
         self._source = source
@@ -36,6 +43,8 @@ class SqlUnitOfWork:
             self._transaction = await self._source.begin_nested()
         self.ordering = OrderingRepository(self._connection)
         self.payments = PaymentRepository(self._connection)
+        self.outbox = OutboxRepository(self._connection)
+        self.dead_letters = DeadLetterRepository(self._connection)
         return self
 
     async def __aexit__(
@@ -53,6 +62,7 @@ class SqlUnitOfWork:
             self._transaction = None
 
     async def commit(self) -> None:
+        """Make the block's writes part of the enclosing transaction (or commit its own)."""
         assert self._transaction is not None, "commit() outside 'async with uow'"
         await self._transaction.commit()
 

@@ -31,7 +31,7 @@ from whatsorder.idempotency.record import (
     StoredResponse,
 )
 from whatsorder.idempotency.stores import open_store
-from whatsorder.idempotency.stores.sql import SqlStore, create_engine, idempotency_table
+from whatsorder.idempotency.stores.sql import SqlStore, idempotency_table, sql_engine
 
 __all__ = [
     "FingerprintMismatch",
@@ -54,7 +54,6 @@ __all__ = [
     "StoreUnavailable",
     "StoredResponse",
     "TransactionConflict",
-    "create_engine",
     "fingerprint",
     "form_fingerprint",
     "idempotency_table",
@@ -63,5 +62,6 @@ __all__ = [
     "parse_key_header",
     "problem_body",
     "problem_for",
+    "sql_engine",
     "validate_key",
 ]

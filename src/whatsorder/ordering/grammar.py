@@ -1,4 +1,4 @@
-"""The message grammar (DESIGN.md §4): what a customer's text asks for.
+"""The message grammar: what a customer's text asks for.
 
 ```
 MENU | CATALOG                  → ShowCatalogue

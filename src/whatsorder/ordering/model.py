@@ -57,6 +57,17 @@ def furthest_states(states: Iterable[MessageState]) -> list[MessageState]:
     return [kept[message_id] for message_id in sorted(kept)]
 
 
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A customer's message, whichever provider brought it."""
+
+    source: str  # "twilio", "meta"
+    message_id: str  # the provider's id: the business key of anything it creates
+    sender: str  # the WhatsApp identity, e.g. "whatsapp:+919876543210"
+    sender_name: str
+    text: str
+
+
 class OrderRejected(Exception):
     """An order that cannot be placed as asked; the message says why, for the customer."""
 

@@ -22,8 +22,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from whatsorder.idempotency import InvalidKey, validate_key
-from whatsorder.ordering.model import RequestedLine
-from whatsorder.ordering.services import InboundMessage
+from whatsorder.ordering.model import InboundMessage, RequestedLine
 from whatsorder.providers.twilio import split_message
 
 SOURCE = "meta"

@@ -10,7 +10,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from whatsorder.idempotency import InvalidKey, validate_key
-from whatsorder.ordering.services import InboundMessage
+from whatsorder.ordering.model import InboundMessage
 
 SOURCE = "twilio"
 WEBHOOK_TYPE_INBOUND = "twilio_inbound"

@@ -19,7 +19,7 @@ from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.idempotency import HandlerResult, IdempotentRequest, fingerprint, validate_key
 from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering.payment_model import PaymentEvent
-from whatsorder.ordering.payments import apply_payment
+from whatsorder.ordering.services.payments import apply_payment
 from whatsorder.providers import razorpay, stripe
 from whatsorder.providers.payment_payload import MalformedPayment
 from whatsorder.web.openapi import RAZORPAY_EVENT, STRIPE_EVENT, WEBHOOK_REFUSALS, problems

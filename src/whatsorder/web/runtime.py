@@ -9,8 +9,9 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder import observability
+from whatsorder.db.engine import open_database
 from whatsorder.db.tables import webhook_idempotency
-from whatsorder.idempotency import IdempotencyConfig, IdempotencyEngine, SqlStore, create_engine
+from whatsorder.idempotency import IdempotencyConfig, IdempotencyEngine, SqlStore
 from whatsorder.settings import Settings
 from whatsorder.statistics import OutcomeCounter
 from whatsorder.web.guards import RateLimits
@@ -27,7 +28,7 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         wait = timedelta(seconds=settings.idempotency_wait_seconds)
-        database = create_engine(
+        database = open_database(
             settings.database_url,
             busy_timeout=wait,
             pool_size=settings.db_pool_size,

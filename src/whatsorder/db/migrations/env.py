@@ -7,8 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from whatsorder.db.engine import open_database
 from whatsorder.db.tables import metadata
-from whatsorder.idempotency.stores.sql import create_engine
 
 # Replicas keep serving during a migration. A statement waiting for a lock on a busy table
 # makes every query after it wait too: better to give up and run `whatsorder migrate` again.
@@ -30,7 +30,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online(url: str) -> None:
-    engine = create_engine(url)
+    engine = open_database(url)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

@@ -31,11 +31,11 @@ def open_store(
 
         return RedisStore.from_url(url)
     if scheme in {"sqlite", "postgresql", "postgres"}:
-        from whatsorder.idempotency.stores.sql import SqlStore, create_engine, idempotency_table
+        from whatsorder.idempotency.stores.sql import SqlStore, idempotency_table, sql_engine
 
         if scheme == "postgres":
             url = "postgresql" + url[len("postgres") :]
-        engine = create_engine(url, busy_timeout=in_flight_wait)
+        engine = sql_engine(url, busy_timeout=in_flight_wait)
         table = idempotency_table(MetaData(), table_name)
         return SqlStore(engine, table, in_flight_wait=in_flight_wait, create_table=True)
     raise ValueError(

@@ -115,7 +115,7 @@ def async_url(url: str) -> str:
     )
 
 
-def create_engine(
+def sql_engine(
     url: str,
     *,
     busy_timeout: timedelta = timedelta(seconds=5),

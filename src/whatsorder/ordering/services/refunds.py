@@ -11,7 +11,7 @@ A payment may be refunded in several parts, and providers say so in two ways:
   rest under a reference naming the total it brings the payment to. Events may arrive in any
   order; a total already reached posts nothing.
 
-The order's row is locked by the caller (payments.apply_payment), so two refund events of one
+The order's row is locked by the caller (`apply_payment`), so two refund events of one
 payment never both compute what is missing from the same stale sum. An order is refunded when
 its reversals reach all it was paid (`fully_refunded`); a partial refund leaves it as it was.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from whatsorder.ordering.model import EntryType, LedgerEntry, OrderStatus
 from whatsorder.ordering.payment_model import (
@@ -33,9 +32,7 @@ from whatsorder.ordering.payment_model import (
     noted,
     same_currency,
 )
-
-if TYPE_CHECKING:
-    from whatsorder.db.uow import SqlUnitOfWork
+from whatsorder.ordering.ports import UnitOfWork
 
 MAX_REF_CHARS = 255  # ledger_entries.source_ref
 
@@ -61,7 +58,7 @@ def total_ref(payment_id: str, total: int) -> str:
 
 
 async def refunded(
-    uow: SqlUnitOfWork, event: PaymentEvent, order: PayableOrder, now: datetime
+    uow: UnitOfWork, event: PaymentEvent, order: PayableOrder, now: datetime
 ) -> PaymentOutcome:
     """Post what this refund event says left the payment and is not on the ledger yet."""
     if not same_currency(order.currency, event.currency):
@@ -122,7 +119,7 @@ async def refunded(
 
 
 async def _post_up_to_total(
-    uow: SqlUnitOfWork, event: PaymentEvent, order: PayableOrder, now: datetime
+    uow: UnitOfWork, event: PaymentEvent, order: PayableOrder, now: datetime
 ) -> bool:
     """Bring the payment's reversals up to the refunded total the event reports.
 
@@ -152,7 +149,7 @@ def fully_refunded(order: PayableOrder, credited: int, refunded: int) -> bool:
     return refunded > 0 and refunded >= max(order.total, credited)
 
 
-async def current_status(uow: SqlUnitOfWork, order: PayableOrder) -> OrderStatus:
+async def current_status(uow: UnitOfWork, order: PayableOrder) -> OrderStatus:
     """The order's status as it is now in this transaction."""
     current = await uow.payments.order(order.id)
     assert current is not None  # orders are never deleted

@@ -4,7 +4,7 @@ Providers deliver at least once, in any order, and may announce one payment unde
 ids (Razorpay's ``payment.captured`` and ``order.paid``; Stripe's ``checkout.session.completed``
 and ``payment_intent.succeeded``). So every money movement is keyed by what moved the money,
 never by the event: the ledger's unique ``(provider, ref, entry_type)`` posts one credit per
-payment and one reversal per refund (refunds.py) whatever arrives, and order states only move
+payment and one reversal per refund (`refunds`) whatever arrives, and order states only move
 forward. Every event about an order first locks that order's row, so two events about one
 payment never decide on the same stale view. Anything that does not match its order is written
 down as a payment exception for an operator, never accepted silently.
@@ -13,7 +13,6 @@ down as a payment exception for an operator, never accepted silently.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from whatsorder.ordering.model import OrderStatus, order_id_from_number
 from whatsorder.ordering.payment_model import (
@@ -28,13 +27,11 @@ from whatsorder.ordering.payment_model import (
     mismatches,
     noted,
 )
-from whatsorder.ordering.refunds import current_status, refunded
-
-if TYPE_CHECKING:
-    from whatsorder.db.uow import SqlUnitOfWork
+from whatsorder.ordering.ports import UnitOfWork
+from whatsorder.ordering.services.refunds import current_status, refunded
 
 
-async def apply_payment(uow: SqlUnitOfWork, event: PaymentEvent, now: datetime) -> PaymentOutcome:
+async def apply_payment(uow: UnitOfWork, event: PaymentEvent, now: datetime) -> PaymentOutcome:
     """Record the event and do to the order and the ledger what it says, once per payment.
 
     Safe to run again for the same event, or for another event about the same payment: every
@@ -82,7 +79,7 @@ async def apply_payment(uow: SqlUnitOfWork, event: PaymentEvent, now: datetime) 
 
 
 async def _succeeded(
-    uow: SqlUnitOfWork, event: PaymentEvent, order: PayableOrder, now: datetime
+    uow: UnitOfWork, event: PaymentEvent, order: PayableOrder, now: datetime
 ) -> PaymentOutcome:
     wrong = mismatches(order, event)
     if wrong:

@@ -1,4 +1,4 @@
-"""The service layer: what a message or an event does, over a unit of work.
+"""What a customer's message does: register the sender, then place, cancel or show an order.
 
 Every function takes the unit of work and commits explicitly; a rejected order leaves nothing
 behind. The answers are plain text; the web layer wraps them for the provider.
@@ -10,7 +10,6 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from whatsorder.ordering import replies
 from whatsorder.ordering.grammar import (
@@ -23,7 +22,7 @@ from whatsorder.ordering.grammar import (
     parse_message,
 )
 from whatsorder.ordering.model import (
-    MessageState,
+    InboundMessage,
     Order,
     OrderLine,
     OrderRejected,
@@ -31,25 +30,11 @@ from whatsorder.ordering.model import (
     RequestedLine,
     can_cancel,
     debit_for,
-    furthest_states,
     order_id_from_number,
     price_order,
     reversal_for,
 )
-
-if TYPE_CHECKING:
-    from whatsorder.db.uow import SqlUnitOfWork
-
-
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
-    """A customer's message, whichever provider brought it."""
-
-    source: str  # "twilio", "meta"
-    message_id: str  # the provider's id: the business key of anything it creates
-    sender: str  # the WhatsApp identity, e.g. "whatsapp:+919876543210"
-    sender_name: str
-    text: str
+from whatsorder.ordering.ports import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +54,7 @@ class MessageOutcome:
 
 
 async def receive_message(
-    uow: SqlUnitOfWork, message: InboundMessage, now: datetime
+    uow: UnitOfWork, message: InboundMessage, now: datetime
 ) -> MessageOutcome:
     """Register the sender if new, then do what the message asks and say what was done."""
     retailer_id = await _register(uow, message, now)
@@ -91,7 +76,7 @@ async def receive_message(
 
 
 async def place_catalogue_order(
-    uow: SqlUnitOfWork, message: InboundMessage, lines: Sequence[RequestedLine], now: datetime
+    uow: UnitOfWork, message: InboundMessage, lines: Sequence[RequestedLine], now: datetime
 ) -> MessageOutcome:
     """A catalogue cart (Meta's ``order`` message) becomes an order directly.
 
@@ -102,7 +87,7 @@ async def place_catalogue_order(
     return await place_order(uow, retailer_id, PlaceOrder(tuple(lines)), message, now)
 
 
-async def _register(uow: SqlUnitOfWork, message: InboundMessage, now: datetime) -> int:
+async def _register(uow: UnitOfWork, message: InboundMessage, now: datetime) -> int:
     async with uow:
         retailer_id = await uow.ordering.register_retailer(
             message.sender, _retailer_name(message), now
@@ -118,7 +103,7 @@ def _retailer_name(message: InboundMessage) -> str:
 
 
 async def place_order(
-    uow: SqlUnitOfWork,
+    uow: UnitOfWork,
     retailer_id: int,
     command: PlaceOrder,
     message: InboundMessage,
@@ -172,7 +157,7 @@ def in_lock_order(lines: Iterable[OrderLine]) -> list[OrderLine]:
 
 
 async def cancel_order(
-    uow: SqlUnitOfWork, retailer_id: int, number: str, now: datetime
+    uow: UnitOfWork, retailer_id: int, number: str, now: datetime
 ) -> MessageOutcome:
     """Cancel an unpaid order: its stock comes back and its debit is reversed."""
     order_id = order_id_from_number(number)
@@ -196,7 +181,7 @@ async def cancel_order(
     return MessageOutcome(replies.order_cancelled(order), retailer_id, order.id)
 
 
-async def order_status(uow: SqlUnitOfWork, retailer_id: int, number: str | None) -> MessageOutcome:
+async def order_status(uow: UnitOfWork, retailer_id: int, number: str | None) -> MessageOutcome:
     async with uow:
         if number is None:
             order = await uow.ordering.latest_order(retailer_id)
@@ -210,36 +195,3 @@ async def order_status(uow: SqlUnitOfWork, retailer_id: int, number: str | None)
     if order is None:
         return MessageOutcome(replies.no_such_order(number), retailer_id)
     return MessageOutcome(replies.order_status(order), retailer_id, order.id)
-
-
-async def record_message_status(
-    uow: SqlUnitOfWork,
-    provider: str,
-    message_id: str,
-    status: str,
-    error_code: str | None,
-    now: datetime,
-) -> bool:
-    """Note an outbound message's state; a late, lower state never overwrites a later one.
-
-    Returns whether the stored state changed.
-    """
-    async with uow:
-        # One conditional upsert: two callbacks racing can never let the lower state win.
-        changed = await uow.ordering.advance_message_status(
-            provider, message_id, status, error_code, now
-        )
-        await uow.commit()
-    return changed
-
-
-async def record_message_states(
-    uow: SqlUnitOfWork, provider: str, states: Iterable[MessageState], now: datetime
-) -> int:
-    """Note many outbound messages' states at once, each only forward; how many moved."""
-    async with uow:
-        changed = await uow.ordering.advance_message_statuses(
-            provider, furthest_states(states), now
-        )
-        await uow.commit()
-    return changed

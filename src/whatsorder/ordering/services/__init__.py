@@ -1,0 +1,37 @@
+"""The service layer: what a message, a payment event or a delivery does, over a unit of work.
+
+- `messages`: a customer's message places, cancels or shows an order;
+- `statuses`: outbound messages' delivery states, only forward;
+- `payments` and `refunds`: a provider's payment event, once per payment and per refund;
+- `deliveries`: replies to the outbox, and dead letters.
+
+Each takes a `whatsorder.ordering.ports.UnitOfWork` and commits explicitly.
+"""
+
+from whatsorder.ordering.model import InboundMessage
+from whatsorder.ordering.services.deliveries import keep_dead_letter, queue_reply
+from whatsorder.ordering.services.messages import (
+    MessageOutcome,
+    cancel_order,
+    order_status,
+    place_catalogue_order,
+    place_order,
+    receive_message,
+)
+from whatsorder.ordering.services.payments import apply_payment
+from whatsorder.ordering.services.statuses import record_message_states, record_message_status
+
+__all__ = [
+    "InboundMessage",
+    "MessageOutcome",
+    "apply_payment",
+    "cancel_order",
+    "keep_dead_letter",
+    "order_status",
+    "place_catalogue_order",
+    "place_order",
+    "queue_reply",
+    "receive_message",
+    "record_message_states",
+    "record_message_status",
+]
