@@ -20,9 +20,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder import observability
+from whatsorder.clock import utcnow
 from whatsorder.db.tables import idempotency_stats
 from whatsorder.idempotency import IdempotencyEvent
-from whatsorder.idempotency.record import utcnow
 
 log = logging.getLogger("whatsorder.statistics")
 
