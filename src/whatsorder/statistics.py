@@ -76,7 +76,7 @@ class OutcomeCounter:
 
 async def report(database: AsyncEngine, counter: OutcomeCounter | None = None) -> dict[str, Any]:
     """The statistics as of now, this worker's latest counts included."""
-    from whatsorder.db.reports import idempotency_statistics
+    from whatsorder.db.idempotency_statistics import idempotency_statistics
 
     if counter is not None:
         await counter.flush(database)
