@@ -7,6 +7,8 @@ providers reported (``payment_audit``). Read-only: it never repairs what it find
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -23,6 +25,8 @@ from whatsorder.db.tables import (
 )
 from whatsorder.ordering.model import EntryType, OrderStatus, order_number
 
+Check = Callable[[AsyncConnection], Awaitable[list[str]]]
+
 
 async def audit(connection: AsyncConnection) -> list[str]:
     """Every violated invariant of the books, in words; an empty list means all hold.
@@ -32,8 +36,25 @@ async def audit(connection: AsyncConnection) -> list[str]:
     once, replies accepted once, and the money against what the providers reported
     (payment_audit.py).
     """
+    checks: tuple[Check, ...] = (
+        _stock_off_its_movements,
+        _totals_off_their_lines,
+        _ledger_off_its_orders,
+        _business_keys_shared,
+        _ledger_entries_of_other_retailers,
+        _answers_of_other_retailers,
+        _dead_letters_kept_twice,
+        replies_sent_twice,
+        payment_audit,
+    )
     problems: list[str] = []
+    for check in checks:
+        problems.extend(await check(connection))
+    return problems
 
+
+async def _stock_off_its_movements(connection: AsyncConnection) -> list[str]:
+    """A product's stock is its initial stock, less what live orders hold, plus restocks."""
     live_lines = (
         select(order_items.c.product_id, func.sum(order_items.c.quantity).label("ordered"))
         .join(orders, orders.c.id == order_items.c.order_id)
@@ -50,6 +71,7 @@ async def audit(connection: AsyncConnection) -> list[str]:
             func.coalesce(live_lines.c.ordered, 0).label("ordered"),
         ).outerjoin(live_lines, live_lines.c.product_id == products.c.id)
     )
+    problems: list[str] = []
     for prod in prods:
         expected = prod.initial_stock - prod.ordered + prod.restocked
         if prod.stock != expected:
@@ -58,7 +80,11 @@ async def audit(connection: AsyncConnection) -> list[str]:
                 f"(initial {prod.initial_stock} - ordered {prod.ordered}"
                 f" + restocked {prod.restocked})"
             )
+    return problems
 
+
+async def _totals_off_their_lines(connection: AsyncConnection) -> list[str]:
+    """An order's total is the sum of its lines."""
     line_totals = (
         select(
             order_items.c.order_id,
@@ -67,14 +93,16 @@ async def audit(connection: AsyncConnection) -> list[str]:
         .group_by(order_items.c.order_id)
         .subquery()
     )
-    for tot in await connection.execute(
+    rows = await connection.execute(
         select(orders.c.id, orders.c.total, func.coalesce(line_totals.c.lines_total, 0).label("t"))
         .outerjoin(line_totals, line_totals.c.order_id == orders.c.id)
         .where(orders.c.total != func.coalesce(line_totals.c.lines_total, 0))
-    ):
-        problems.append(f"{order_number(tot.id)} total {tot.total} != its lines' sum {tot.t}")
+    )
+    return [f"{order_number(tot.id)} total {tot.total} != its lines' sum {tot.t}" for tot in rows]
 
-    # The ledger must say exactly what the orders say: one debit each, one reversal if cancelled.
+
+async def _ledger_off_its_orders(connection: AsyncConnection) -> list[str]:
+    """The ledger says exactly what the orders say: one debit each, one reversal if cancelled."""
     debit = EntryType.ORDER_DEBIT.value
     reversal = EntryType.ORDER_REVERSAL.value
     entries = (
@@ -94,6 +122,7 @@ async def audit(connection: AsyncConnection) -> list[str]:
         .group_by(ledger_entries.c.order_id)
         .subquery()
     )
+    problems: list[str] = []
     for led in await connection.execute(
         select(
             orders.c.id,
@@ -111,38 +140,36 @@ async def audit(connection: AsyncConnection) -> list[str]:
                 f"{order_number(led.id)} ({led.status}) has {led.debits} debit(s), "
                 f"{led.reversals} reversal(s) and a net of {led.net}; expected net {expected_net}"
             )
+    return problems
 
-    for dupo in await connection.execute(
-        select(orders.c.source, orders.c.source_message_id, func.count().label("n"))
-        .group_by(orders.c.source, orders.c.source_message_id)
-        .having(func.count() > 1)
-    ):
-        problems.append(
-            f"{dupo.n} orders share the source message {dupo.source}:{dupo.source_message_id}"
+
+async def _business_keys_shared(connection: AsyncConnection) -> list[str]:
+    """One order per source message, one payment per provider event."""
+    keys = (
+        (orders.c.source, orders.c.source_message_id, "orders share the source message"),
+        (payments.c.provider, payments.c.provider_event_id, "payments share the event"),
+    )
+    problems: list[str] = []
+    for namespace, key, shared in keys:
+        rows = await connection.execute(
+            select(namespace, key, func.count().label("n"))
+            .group_by(namespace, key)
+            .having(func.count() > 1)
         )
+        problems.extend(f"{row.n} {shared} {row[0]}:{row[1]}" for row in rows)
+    return problems
 
-    for dupp in await connection.execute(
-        select(payments.c.provider, payments.c.provider_event_id, func.count().label("n"))
-        .group_by(payments.c.provider, payments.c.provider_event_id)
-        .having(func.count() > 1)
-    ):
-        problems.append(
-            f"{dupp.n} payments share the event {dupp.provider}:{dupp.provider_event_id}"
-        )
 
-    for foreign_entry in await connection.execute(
+async def _ledger_entries_of_other_retailers(connection: AsyncConnection) -> list[str]:
+    """A ledger entry is on the retailer of the order it belongs to."""
+    rows = await connection.execute(
         select(ledger_entries.c.order_id, ledger_entries.c.retailer_id)
         .join(orders, orders.c.id == ledger_entries.c.order_id)
         .where(orders.c.retailer_id != ledger_entries.c.retailer_id)
-    ):
-        problems.append(
-            f"a ledger entry of {order_number(foreign_entry.order_id)} is on another retailer"
-        )
-    problems.extend(await _answers_of_other_retailers(connection))
-    problems.extend(await _dead_letters_kept_twice(connection))
-    problems.extend(await replies_sent_twice(connection))
-    problems.extend(await payment_audit(connection))
-    return problems
+    )
+    return [
+        f"a ledger entry of {order_number(row.order_id)} is on another retailer" for row in rows
+    ]
 
 
 async def _answers_of_other_retailers(connection: AsyncConnection) -> list[str]:
