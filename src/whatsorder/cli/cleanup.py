@@ -58,6 +58,7 @@ def cleanup(dry_run: bool, batch_size: int | None) -> None:
 
 
 async def _cleanup(url: str, batch_size: int, dry_run: bool) -> CleanupRun:
+    """A dry run first (it sizes the progress); then, unless only that was asked, the real run."""
     from whatsorder.scheduler import run_cleanup
 
     async def estimate_then_delete(engine: AsyncEngine) -> CleanupRun:
