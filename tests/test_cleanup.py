@@ -24,12 +24,12 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import server_env, stop_process_group, whatsorder_command
+from whatsorder.clock import utcnow
 from whatsorder.db import migrate
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import idempotency_cleanup_runs, webhook_idempotency
 from whatsorder.idempotency import SqlStore
 from whatsorder.idempotency.cleanup import cleanup_lock_key, delete_expired
-from whatsorder.idempotency.record import utcnow
 from whatsorder.scheduler import CleanupScheduler, cron_schedule, run_cleanup
 from whatsorder.settings import Settings
 

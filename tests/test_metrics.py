@@ -30,8 +30,8 @@ from support import (
     signed_headers,
 )
 from whatsorder import observability
+from whatsorder.clock import utcnow
 from whatsorder.db.tables import webhook_idempotency
-from whatsorder.idempotency.record import utcnow
 
 ALERTS = Path(__file__).parent.parent / "deploy" / "prometheus" / "alerts.yml"
 INBOUND = "twilio_inbound"

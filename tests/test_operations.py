@@ -12,10 +12,10 @@ from sqlalchemy import insert, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import TWILIO_TOKEN, free_port, running_server, server_env, whatsorder_command
+from whatsorder.clock import utcnow
 from whatsorder.db import migrate
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import ledger_entries, metadata, orders, products
-from whatsorder.idempotency.record import utcnow
 
 TABLES = {
     "retailers",

@@ -19,8 +19,8 @@ from support import (
     inbound_form,
     signed_headers,
 )
+from whatsorder.clock import utcnow
 from whatsorder.db.tables import webhook_idempotency
-from whatsorder.idempotency.record import utcnow
 
 STATS_PATH = "/api/v1/admin/idempotency/stats"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -34,8 +34,8 @@ from types import TracebackType
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from whatsorder.clock import utcnow
 from whatsorder.db.outbox import OutboxMessage, OutboxRepository
-from whatsorder.idempotency.record import utcnow
 from whatsorder.providers import meta
 
 log = logging.getLogger("whatsorder.outbox")

@@ -20,10 +20,10 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder import observability
+from whatsorder.clock import as_utc, utcnow
 from whatsorder.db.tables import idempotency_cleanup_runs, webhook_idempotency
 from whatsorder.idempotency import SqlStore
 from whatsorder.idempotency.cleanup import DEFAULT_BATCH_SIZE, delete_expired
-from whatsorder.idempotency.record import as_utc, utcnow
 from whatsorder.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -9,13 +9,23 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
 
 from whatsorder.providers import meta, twilio
 
-# The development secrets `make run` serves with, so `send` works against it with no set-up.
-DEVELOPMENT_TWILIO_AUTH_TOKEN = "dev-twilio-auth-token"  # noqa: S105 (development only)
-DEVELOPMENT_META_APP_SECRET = "dev-meta-app-secret"  # noqa: S105 (development only)
+# The development secrets `make run` serves with, by provider, so `send` and `pay` work against
+# it with no set-up.
+DEVELOPMENT_SECRETS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "twilio": "dev-twilio-auth-token",
+        "meta": "dev-meta-app-secret",
+        "stripe": "whsec_dev_stripe_secret",
+        "razorpay": "dev-razorpay-webhook-secret",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -101,10 +111,6 @@ def meta_message(
         "Content-Type": "application/json",
     }
     return SignedRequest(base_url.rstrip("/") + PATH, body, headers, wamid)
-
-
-DEVELOPMENT_STRIPE_SECRET = "whsec_dev_stripe_secret"  # noqa: S105 (development only)
-DEVELOPMENT_RAZORPAY_SECRET = "dev-razorpay-webhook-secret"  # noqa: S105 (development only)
 
 
 def stripe_payment(

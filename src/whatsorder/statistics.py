@@ -20,9 +20,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder import observability
+from whatsorder.clock import utcnow
 from whatsorder.db.tables import idempotency_stats
 from whatsorder.idempotency import IdempotencyEvent
-from whatsorder.idempotency.record import utcnow
 
 log = logging.getLogger("whatsorder.statistics")
 
@@ -76,7 +76,7 @@ class OutcomeCounter:
 
 async def report(database: AsyncEngine, counter: OutcomeCounter | None = None) -> dict[str, Any]:
     """The statistics as of now, this worker's latest counts included."""
-    from whatsorder.db.reports import idempotency_statistics
+    from whatsorder.db.idempotency_statistics import idempotency_statistics
 
     if counter is not None:
         await counter.flush(database)

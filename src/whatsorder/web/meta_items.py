@@ -19,6 +19,7 @@ from functools import partial
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder import observability
+from whatsorder.clock import utcnow
 from whatsorder.db.dead_letters import add_dead_letter
 from whatsorder.db.outbox import OutboxRepository
 from whatsorder.db.uow import SqlUnitOfWork
@@ -33,7 +34,6 @@ from whatsorder.idempotency import (
     StoreUnavailable,
     fingerprint,
 )
-from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering import replies, services
 from whatsorder.ordering.grammar import PlaceOrder, parse_message
 from whatsorder.ordering.model import OrderRejected, order_number

@@ -15,9 +15,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from whatsorder.clock import utcnow
 from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.idempotency import HandlerResult, IdempotentRequest, fingerprint, validate_key
-from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering.payment_model import PaymentEvent
 from whatsorder.ordering.services.payments import apply_payment
 from whatsorder.providers import razorpay, stripe

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder import observability
+from whatsorder.clock import utcnow
 from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.idempotency import (
     HandlerResult,
@@ -18,7 +19,6 @@ from whatsorder.idempotency import (
     form_fingerprint,
     key_from_headers,
 )
-from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering import replies, services
 from whatsorder.providers import twilio
 from whatsorder.web import webhooks

@@ -1,41 +1,28 @@
-"""What an operator sees of a running service: Prometheus metrics and structured log lines.
+"""The service's Prometheus series, and the calls that count (and log) what they measure.
 
 Metrics are module-level ``prometheus_client`` objects. Under ``whatsorder serve --workers N``
 (N > 1) ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker starts, so every worker writes its
 samples to files there and ``/metrics`` adds them up, whichever worker answers the scrape.
-
-Log lines carry the request's id and what the request is about (``webhook_type``, ``outcome``,
-``key_hash``) from a context variable, so any log call made while serving a request has them
-without passing them along. Keys appear only hashed; phone numbers only masked.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import logging.config
 import os
-import re
-import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from datetime import UTC, datetime
-from types import MappingProxyType
-from typing import Any, Final, Protocol
+from collections.abc import Mapping
+from typing import Final, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from whatsorder.idempotency import IdempotencyEvent, events
+from whatsorder.observability.redaction import mask_phone
 
 # prometheus_client picks its storage from this variable when first imported; so do we.
 MULTIPROCESS_DIR: Final = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
+# The name operators filter on since before the package was split (its events are a contract).
 log = logging.getLogger("whatsorder.observability")
-
-# ---------------------------------------------------------------------------------------------
-# Metrics
 
 # From a 1 ms replay to a 5 s in-flight wait; 0.1 is a bound so the p99 alert is exact there.
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -226,174 +213,3 @@ def on_idempotency_event(event: IdempotencyEvent) -> None:
             "total_ms": round(event.total_seconds * 1000, 3),
         },
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Request context: what every log line of a request carries
-
-_NO_FIELDS: Final[Mapping[str, str]] = MappingProxyType({})
-_context: ContextVar[Mapping[str, str]] = ContextVar("whatsorder_log_context", default=_NO_FIELDS)
-
-
-@contextmanager
-def request_context(request_id: str) -> Iterator[None]:
-    """Tag the log lines of one request (a fresh context: nothing of a previous one leaks).
-
-    On an exception the tags are kept: the error handler outside the application logs with
-    them, and the next request replaces them.
-    """
-    token = _context.set({"request_id": request_id})
-    yield
-    _context.reset(token)
-
-
-def bind(**fields: str) -> None:
-    """Add fields (e.g. ``webhook_type``) to every later log line of the current request."""
-    _context.set({**_context.get(), **fields})
-
-
-# ---------------------------------------------------------------------------------------------
-# Log formatting
-
-CONTEXT_FIELDS: Final = ("webhook_type", "outcome", "key_hash")
-_RECORD_ATTRIBUTES: Final = frozenset(
-    {*vars(logging.makeLogRecord({})), "message", "asctime", "taskName", "color_message"}
-)  # color_message: uvicorn's own copy of the message, with terminal colours
-# Written as they are: ids and hashes, whose runs of digits are no phone numbers.
-_UNMASKED: Final = frozenset({"request_id", "key_hash", "time"})
-# International numbers, with or without "+" (WhatsApp ids have none): 8 to 15 digits.
-_PHONE: Final = re.compile(r"(?<![\w+])\+?\d{8,15}(?!\d)")
-
-
-def mask_phone(text: str) -> str:
-    """Every phone-like number in ``text`` with all but its last 4 digits starred."""
-    return _PHONE.sub(_mask_match, text)
-
-
-def _mask_match(match: re.Match[str]) -> str:
-    number = match.group()
-    plus = "+" if number.startswith("+") else ""
-    digits = number.removeprefix("+")
-    return plus + "*" * (len(digits) - 4) + digits[-4:]
-
-
-# A query string may carry a credential (Meta's handshake sends hub.verify_token in it):
-# access log lines keep the parameters' names, never their values.
-_QUERY_VALUE: Final = re.compile(r"=[^&]*")
-
-
-def _redact_access(record: logging.LogRecord) -> None:
-    """Blank the query values of an access log line's path, for every handler alike."""
-    if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
-        client, method, path, version, status = record.args
-        if isinstance(path, str) and "?" in path:
-            base, _, query = path.partition("?")
-            record.args = (
-                client,
-                method,
-                f"{base}?{_QUERY_VALUE.sub('=*', query)}",
-                version,
-                status,
-            )
-
-
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The record's context and extra fields, phone numbers masked in any text among them."""
-    _redact_access(record)
-    fields: dict[str, Any] = dict(_context.get())
-    fields.update(
-        (name, value) for name, value in vars(record).items() if name not in _RECORD_ATTRIBUTES
-    )
-    if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
-        client, method, path, version, status = record.args
-        fields.update(client=client, method=method, path=path, http_version=version, status=status)
-    return {
-        name: mask_phone(value) if isinstance(value, str) and name not in _UNMASKED else value
-        for name, value in fields.items()
-    }
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time (UTC), level, event, logger, request_id, context, extras."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = _fields(record)
-        event = "HTTP request" if record.name == "uvicorn.access" else record.getMessage()
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "level": record.levelname,
-            "event": mask_phone(event),
-            "logger": record.name,
-            "request_id": fields.pop("request_id", None),
-        }
-        for name in CONTEXT_FIELDS:
-            line[name] = fields.pop(name, None)
-        line.update(fields)
-        if record.exc_info:
-            line["exception"] = mask_phone(self.formatException(record.exc_info))
-        elif record.exc_text:
-            line["exception"] = mask_phone(record.exc_text)
-        return json.dumps(line, default=str, ensure_ascii=False)
-
-
-class TextFormatter(logging.Formatter):
-    """For a terminal: ``time level logger  event  key=value …``."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s  %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        _redact_access(record)
-        line = mask_phone(super().format(record))
-        fields = _fields(record)
-        if record.name == "uvicorn.access":
-            fields = {"request_id": fields.get("request_id")}
-        extras = "  ".join(f"{name}={value}" for name, value in fields.items() if value is not None)
-        return f"{line}  {extras}" if extras else line
-
-
-def logging_config(json: bool | None = None) -> dict[str, Any]:
-    """A ``dictConfig`` for the service and uvicorn alike (``uvicorn.run(log_config=...)``).
-
-    ``json``: True for JSON lines, False for text, None to choose: JSON unless stdout is a
-    terminal.
-    """
-    use_json = not sys.stdout.isatty() if json is None else json
-    formatter = JsonFormatter if use_json else TextFormatter
-    passthrough = {"handlers": [], "propagate": True}  # uvicorn's loggers: through ours
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"whatsorder": {"()": f"{__name__}.{formatter.__name__}"}},
-        "handlers": {
-            "stdout": {
-                "class": "logging.StreamHandler",
-                "formatter": "whatsorder",
-                "stream": "ext://sys.stdout",
-            }
-        },
-        "root": {"level": "INFO", "handlers": ["stdout"]},
-        "loggers": {
-            "uvicorn": {"level": "INFO", **passthrough},
-            "uvicorn.error": {"level": "INFO", **passthrough},
-            "uvicorn.access": {"level": "INFO", **passthrough},
-            "alembic": {"level": "WARNING"},  # readiness checks would log its set-up each time
-        },
-    }
-
-
-def configure_logging(json: bool | None = None) -> None:
-    """Send every log line (uvicorn's too) to stdout, as JSON lines or text (see above)."""
-    logging.config.dictConfig(logging_config(json))
-
-
-def configure_logging_unless_configured() -> None:
-    """``configure_logging()`` for an app served without ``whatsorder serve``.
-
-    Leaves alone a root logger that has handlers already: ``serve`` configured it through
-    uvicorn, or a host application or test runner owns logging.
-    """
-    if not logging.getLogger().handlers:
-        configure_logging()

@@ -1,0 +1,39 @@
+"""``whatsorder``: the operator's command line.
+
+One module per group of commands: ``service`` (serve, migrate, seed-demo), ``reports`` (orders,
+audit, stats), ``cleanup``, and ``simulation`` (send, pay). Commands import what they need when
+they run: ``serve`` must set up metrics storage before anything imports ``prometheus_client``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from whatsorder.cli.cleanup import cleanup
+from whatsorder.cli.reports import audit, orders, stats
+from whatsorder.cli.service import migrate, seed_demo, serve
+from whatsorder.cli.simulation import pay, send
+
+
+@click.group()
+def commands() -> None:
+    """whatsorder: WhatsApp orders whose webhooks take effect exactly once."""
+
+
+for _command in (serve, migrate, seed_demo, send, orders, audit, cleanup, stats, pay):
+    commands.add_command(_command)
+
+
+def main() -> None:
+    """The console script: a bad setting is one clear line, not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        commands()
+    except ValidationError as error:
+        for problem in error.errors():
+            name = "WHATSORDER_" + "_".join(str(part) for part in problem["loc"]).upper()
+            click.echo(f"error: {name}: {problem['msg']}", err=True)
+        sys.exit(2)
