@@ -1,20 +1,29 @@
-"""What the routes share for the life of the app: settings, database, engine, limits."""
+"""What the routes share for the life of the app: settings, database, engine, limits — and
+the only door from the web layer into ``whatsorder.db``: routes get their unit of work here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder import observability
+from whatsorder.db import migrate, reports
+from whatsorder.db.dead_letters import add_dead_letter
 from whatsorder.db.engine import open_database
+from whatsorder.db.outbox import OutboxRepository
 from whatsorder.db.tables import webhook_idempotency
+from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.idempotency import IdempotencyConfig, IdempotencyEngine, SqlStore
 from whatsorder.settings import Settings
 from whatsorder.statistics import OutcomeCounter
 from whatsorder.web.guards import RateLimits
+
+# What the service layer works on; routes name it from here, never from whatsorder.db.
+UnitOfWork = SqlUnitOfWork
 
 
 @dataclass
@@ -44,6 +53,51 @@ class Runtime:
             store, config, listeners=[observability.on_idempotency_event, outcomes]
         )
         return cls(settings, database, engine, RateLimits(settings), outcomes)
+
+    def unit_of_work(self, connection: AsyncConnection) -> UnitOfWork:
+        """The unit of work on the idempotency claim's own transaction."""
+        return SqlUnitOfWork(connection)
+
+    # The two writes the web layer still makes straight to db/ (Meta's replies to the outbox
+    # and its dead letters), kept here until they are services over the unit of work.
+
+    async def enqueue_reply(
+        self,
+        connection: AsyncConnection,
+        source: str,
+        recipient: str,
+        body: str,
+        key: str,
+        now: datetime,
+    ) -> None:
+        """Put a reply in the outbox, in the caller's transaction, unless ``key`` is there."""
+        await OutboxRepository(connection).enqueue(source, recipient, body, key, now)
+
+    async def keep_dead_letter(
+        self,
+        connection: AsyncConnection,
+        source: str,
+        key: str,
+        reason: str,
+        body: str,
+        now: datetime,
+    ) -> None:
+        """Keep an unprocessable delivery part, once per ``key``, in the caller's transaction."""
+        await add_dead_letter(connection, source, key, reason, body, now)
+
+    # What the operators' routes read.
+
+    def schema_head(self) -> str | None:
+        """The schema revision this code expects."""
+        return migrate.head_revision(self.settings.database_url)
+
+    async def recent_orders(self, limit: int) -> list[dict[str, Any]]:
+        async with self.database.connect() as connection:
+            return await reports.recent_orders(connection, limit=limit)
+
+    async def recent_dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        async with self.database.connect() as connection:
+            return await reports.recent_dead_letters(connection, limit=limit)
 
 
 def runtime_of(request: Request) -> Runtime:
