@@ -25,7 +25,7 @@ from fastapi.responses import PlainTextResponse
 from whatsorder import observability
 from whatsorder.providers import meta
 from whatsorder.settings import secret
-from whatsorder.web import meta_statuses, webhooks
+from whatsorder.web import meta_statuses, refusals, webhooks
 from whatsorder.web.answers import JSON_CONTENT_TYPE, json_response
 from whatsorder.web.guards import client_ip, require_https
 from whatsorder.web.meta_items import DeliveryItems
@@ -75,7 +75,7 @@ async def verify_subscription(request: Request) -> Response:
     await webhooks.check_ip(runtime, client_ip(request, runtime.settings))
     expected = secret(runtime.settings.meta_verify_token)
     if expected is None:
-        raise webhooks.not_configured("Meta", "WHATSORDER_META_VERIFY_TOKEN")
+        raise refusals.not_configured("Meta", "WHATSORDER_META_VERIFY_TOKEN")
     query = request.query_params
     token = query.get("hub.verify_token", "")
     challenge = query.get("hub.challenge", "")

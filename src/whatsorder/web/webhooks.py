@@ -29,10 +29,17 @@ from whatsorder.idempotency import (
     key_from_headers,
 )
 from whatsorder.providers.malformed import MalformedWebhook
-from whatsorder.settings import Settings, secret
+from whatsorder.settings import Settings
 from whatsorder.web.answers import json_response, to_response
 from whatsorder.web.guards import client_ip, read_body, require_https
 from whatsorder.web.problems import Problem
+from whatsorder.web.refusals import (
+    malformed_body,
+    malformed_webhook,
+    required_secret,
+    signature_invalid,
+    signature_of,
+)
 from whatsorder.web.runtime import Runtime, UnitOfWork, runtime_of
 
 Event = TypeVar("Event")
@@ -237,54 +244,3 @@ def count_created_order(source: str, order_id: int | None, result: Result) -> No
     race, a replay or a duplicate under another key finds the order and creates nothing."""
     if order_id is not None and result.outcome in (Outcome.NEW, Outcome.TAKEOVER):
         observability.record_order_created(source, order_id)
-
-
-def not_configured(provider: str, variable: str) -> Problem:
-    return Problem(
-        503,
-        "provider-not-configured",
-        f"{provider} not configured",
-        f"{variable} is not set; unsigned traffic is never accepted.",
-    )
-
-
-def required_secret(value: SecretStr | None, provider: str, variable: str) -> str:
-    """The provider's secret, or 503: without it, unsigned traffic is never accepted."""
-    plain = secret(value)
-    if plain is None:
-        raise not_configured(provider, variable)
-    return plain
-
-
-def signature_of(request: Request, source: str, header: str) -> str:
-    """The request's signature header, or 401 (counted as a signature failure)."""
-    value = request.headers.get(header)
-    if not value:
-        raise signature_missing(source, header)
-    return value
-
-
-def signature_missing(provider: str, header: str) -> Problem:
-    """401 for an unsigned request, counted in the signature-failure metric."""
-    observability.record_signature_failure(provider, "missing")
-    return Problem(401, "signature-missing", "Signature missing", f"{header} header is missing.")
-
-
-def signature_invalid(provider: str, header: str, detail: str | None = None) -> Problem:
-    """403 for a signature that does not match, counted in the signature-failure metric."""
-    observability.record_signature_failure(provider, "invalid")
-    return Problem(
-        403,
-        "signature-invalid",
-        "Signature invalid",
-        detail or f"{header} does not match this request.",
-    )
-
-
-def malformed_body() -> Problem:
-    return Problem(400, "malformed-body", "Malformed body", "The body is not UTF-8.")
-
-
-def malformed_webhook(error: MalformedWebhook) -> Problem:
-    """400 for a signed request its provider's parser refused, naming what is wrong."""
-    return Problem(400, "malformed-webhook", "Malformed webhook", str(error))
