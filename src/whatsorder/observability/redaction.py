@@ -1,4 +1,5 @@
-"""What never reaches a log line whole: phone numbers (masked) and query-string values.
+"""What never reaches a log line whole: phone numbers (masked by the one rule of
+whatsorder.privacy) and query-string values.
 
 Keys appear only hashed (the engine hashes them); ids and hashes are written as they are.
 """
@@ -9,24 +10,11 @@ import logging
 import re
 from typing import Final
 
-# International numbers, with or without "+" (WhatsApp ids have none): 8 to 15 digits.
-_PHONE: Final = re.compile(r"(?<![\w+])\+?\d{8,15}(?!\d)")
+from whatsorder.privacy import mask_phone as mask_phone
 
 # A query string may carry a credential (Meta's handshake sends hub.verify_token in it):
 # access log lines keep the parameters' names, never their values.
 _QUERY_VALUE: Final = re.compile(r"=[^&]*")
-
-
-def mask_phone(text: str) -> str:
-    """Every phone-like number in ``text`` with all but its last 4 digits starred."""
-    return _PHONE.sub(_mask_match, text)
-
-
-def _mask_match(match: re.Match[str]) -> str:
-    number = match.group()
-    plus = "+" if number.startswith("+") else ""
-    digits = number.removeprefix("+")
-    return plus + "*" * (len(digits) - 4) + digits[-4:]
 
 
 AccessArguments = tuple[object, object, object, object, object]

@@ -11,12 +11,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from whatsorder.providers.malformed import MalformedWebhook
+
 MAX_AMOUNT = 10**15  # minor units; far above any order, far below BIGINT
 _ID = re.compile(r"[!-~]{1,255}")  # provider ids: visible ASCII, as the key columns hold them
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
 
 
-class MalformedPayment(ValueError):
+class MalformedPayment(MalformedWebhook):
     """A signed payment event that lacks what every event of its type carries."""
 
 

@@ -11,6 +11,8 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from whatsorder.idempotency import InvalidKey, validate_key
 from whatsorder.ordering.model import InboundMessage
+from whatsorder.privacy import mask_phone
+from whatsorder.providers.malformed import MalformedWebhook
 
 SOURCE = "twilio"
 WEBHOOK_TYPE_INBOUND = "twilio_inbound"
@@ -27,12 +29,7 @@ MAX_STATUS_CHARS = 32  # message_statuses.status and .error_code
 # failed: the same message, so they must not make the retry look like another request.
 RETRY_ONLY_FIELDS = frozenset({"ErrorCode", "ErrorUrl"})
 
-_PHONE = re.compile(r"\+?\d{6,}")
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-class MalformedWebhook(ValueError):
-    """A signed request that lacks what every Twilio webhook of its kind carries."""
 
 
 class FormParams(dict[str, list[str]]):
@@ -188,9 +185,5 @@ def split_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
 
 
 def redacted(pairs: Iterable[tuple[str, str]]) -> str:
-    """The form as text for the record, with phone numbers cut to their last four digits."""
-    shown = []
-    for name, value in pairs:
-        masked = _PHONE.sub(lambda match: "…" + match.group(0)[-4:], value)
-        shown.append(f"{name}={masked}")
-    return "&".join(shown)
+    """The form as text for the record, with phone numbers masked (`whatsorder.privacy`)."""
+    return "&".join(f"{name}={mask_phone(value)}" for name, value in pairs)

@@ -1,4 +1,4 @@
-"""The cheap checks every webhook passes before any work (DESIGN.md §2, steps 1–3)."""
+"""The cheap checks every webhook passes before any work (docs/architecture.md §2, steps 1–3)."""
 
 from __future__ import annotations
 

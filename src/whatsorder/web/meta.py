@@ -20,22 +20,42 @@ import hmac
 from functools import partial
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 
 from whatsorder import observability
 from whatsorder.providers import meta
 from whatsorder.settings import secret
-from whatsorder.web import meta_statuses, webhooks
+from whatsorder.web import meta_statuses, refusals, webhooks
+from whatsorder.web.answers import JSON_CONTENT_TYPE, json_response
 from whatsorder.web.guards import client_ip, require_https
-from whatsorder.web.meta_items import JSON_CONTENT_TYPE, DeliveryItems
+from whatsorder.web.meta_items import DeliveryItems
 from whatsorder.web.openapi import META_DELIVERY, META_HANDSHAKE, problems
 from whatsorder.web.problems import Problem
-from whatsorder.web.runtime import Runtime, runtime_of
+from whatsorder.web.runtime import runtime_of
+from whatsorder.web.webhooks import Incoming, SignatureMismatch
 
 PATH = "/api/v1/whatsapp/meta/webhook"
 MAX_BODY_BYTES = 3 * 1024 * 1024  # Meta's payloads reach 3 MB
 
 router = APIRouter(tags=["meta"])
+
+
+def _verify(incoming: Incoming) -> None:
+    if not meta.signature_is_valid(incoming.secret, incoming.body, incoming.signature):
+        raise SignatureMismatch(
+            "X-Hub-Signature-256 does not match the body and the configured app secret."
+        )
+
+
+META = webhooks.Provider(
+    name="Meta",
+    source=meta.SOURCE,
+    secret=lambda settings: settings.meta_app_secret,
+    variable="WHATSORDER_META_APP_SECRET",
+    signature_header=meta.SIGNATURE_HEADER,
+    verify=_verify,
+    max_body_bytes=MAX_BODY_BYTES,
+)
 
 
 @router.get(
@@ -55,7 +75,7 @@ async def verify_subscription(request: Request) -> Response:
     await webhooks.check_ip(runtime, client_ip(request, runtime.settings))
     expected = secret(runtime.settings.meta_verify_token)
     if expected is None:
-        raise webhooks.not_configured("Meta", "WHATSORDER_META_VERIFY_TOKEN")
+        raise refusals.not_configured("Meta", "WHATSORDER_META_VERIFY_TOKEN")
     query = request.query_params
     token = query.get("hub.verify_token", "")
     challenge = query.get("hub.challenge", "")
@@ -84,8 +104,9 @@ async def receive_delivery(request: Request) -> Response:
     """Process every message and status of a delivery once; 200 when all are done."""
     observability.bind(webhook_type=meta.SOURCE)
     runtime = runtime_of(request)
-    body, source_ip = await _verify(request, runtime)
-    batch = DeliveryItems(runtime, source_ip, PATH)
+    incoming = await webhooks.receive(request, runtime, META, PATH)
+    body = incoming.body
+    batch = DeliveryItems(runtime, incoming.source_ip, PATH)
     try:
         delivery = meta.parse_delivery(body)
     except meta.MalformedWebhook as error:
@@ -105,25 +126,7 @@ async def receive_delivery(request: Request) -> Response:
     )
 
 
-async def _verify(request: Request, runtime: Runtime) -> tuple[bytes, str]:
-    """The raw body and the caller's address, once every guard and the signature passed."""
-    settings = runtime.settings
-    admitted = await webhooks.admit(request, runtime, MAX_BODY_BYTES)
-    body, address = admitted.body, admitted.source_ip
-    app_secret = webhooks.required_secret(
-        settings.meta_app_secret, "Meta", "WHATSORDER_META_APP_SECRET"
-    )
-    signature = webhooks.signature_of(request, meta.SOURCE, meta.SIGNATURE_HEADER)
-    if not meta.signature_is_valid(app_secret, body, signature):
-        raise webhooks.signature_invalid(
-            meta.SOURCE,
-            meta.SIGNATURE_HEADER,
-            "X-Hub-Signature-256 does not match the body and the configured app secret.",
-        )
-    return body, address
-
-
 def _received(messages: int, statuses: int, *, dead_lettered: int) -> Response:
-    return JSONResponse(
+    return json_response(
         {"received": messages, "statuses": statuses, "dead_lettered": dead_lettered}
     )

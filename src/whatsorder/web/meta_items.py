@@ -10,49 +10,33 @@ Meta retries it, while its siblings still run.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from whatsorder import observability
 from whatsorder.clock import utcnow
-from whatsorder.db.dead_letters import add_dead_letter
-from whatsorder.db.outbox import OutboxRepository
-from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.idempotency import (
     FingerprintMismatch,
     HandlerResult,
     IdempotentRequest,
-    Outcome,
     RequestInFlight,
     StoreBusy,
-    StoredResponse,
     StoreUnavailable,
     fingerprint,
 )
 from whatsorder.ordering import replies, services
-from whatsorder.ordering.grammar import PlaceOrder, parse_message
 from whatsorder.ordering.model import OrderRejected, order_number
 from whatsorder.providers import meta
-from whatsorder.web import meta_statuses
+from whatsorder.web import meta_statuses, webhooks
+from whatsorder.web.answers import JSON_CONTENT_TYPE, json_stored
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime
-
-JSON_CONTENT_TYPE = "application/json"
 
 log = logging.getLogger("whatsorder.web.meta")
 
 _TRANSIENT = (StoreBusy, StoreUnavailable, RequestInFlight)
-
-
-def _stored_json(document: dict[str, object]) -> StoredResponse:
-    return StoredResponse(
-        200, json.dumps(document).encode(), (("content-type", JSON_CONTENT_TYPE),)
-    )
 
 
 class DeliveryItems:
@@ -123,13 +107,13 @@ class DeliveryItems:
         # fingerprint covers its own JSON canonicalised (sorted keys, no spaces): the same
         # message batched into another delivery is the same request. An Idempotency-Key
         # header is not used: it would name the delivery, not the message.
-        settings = self.runtime.settings
-        return IdempotentRequest(
-            scope=scope,
-            key=key,
-            fingerprint=fingerprint("POST", self.path, canonical, JSON_CONTENT_TYPE),
-            source_ip=self.source_ip,
-            request_body=meta.redacted(canonical) if settings.store_request_bodies else None,
+        return webhooks.idempotent_request(
+            self.runtime,
+            scope,
+            key,
+            fingerprint("POST", self.path, canonical, JSON_CONTENT_TYPE),
+            self.source_ip,
+            lambda: meta.redacted(canonical),
         )
 
     async def process_message(self, message: meta.MetaMessage) -> None:
@@ -137,46 +121,50 @@ class DeliveryItems:
         if message.silent:
             return
         runtime = self.runtime
-        placed: int | None = None
+        created: int | None = None
 
         async def handle(connection: AsyncConnection) -> HandlerResult:
-            nonlocal placed
+            nonlocal created
             now = utcnow()
             inbound = message.inbound()
             notes: dict[str, object] = {}
-            # Inside the idempotency scope: a redelivery never counts against the sender.
-            if not await runtime.limits.allow_sender(inbound.sender):
-                observability.record_rate_limited("sender", inbound.sender)
+            if not await webhooks.sender_allowed(runtime, inbound.sender):
                 reply, order_id = replies.RATE_LIMITED, None
             else:
-                uow = SqlUnitOfWork(connection)
+                uow = runtime.unit_of_work(connection)
                 if message.cart is not None:
                     outcome = await services.place_catalogue_order(
                         uow, inbound, message.requested_lines(), now
                     )
-                    placed = outcome.order_id
                 else:
                     outcome = await services.receive_message(uow, inbound, now)
-                    if isinstance(parse_message(inbound.text), PlaceOrder):
-                        placed = outcome.order_id
+                created = outcome.order_id if outcome.created else None
                 reply, order_id = outcome.reply, outcome.order_id
                 notes.update(retailer_id=outcome.retailer_id, order_id=order_id)
-            await _enqueue_reply(connection, message, reply, now)
+            # The reply goes out through the outbox, in this transaction: it exists iff the
+            # order does; the sender sends each part with its key as its Idempotency-Key.
+            await services.queue_reply(
+                runtime.unit_of_work(connection),
+                meta.SOURCE,
+                message.address,
+                meta.text_parts(reply),
+                f"reply:{message.wamid}",
+                now,
+            )
             number = None if order_id is None else order_number(order_id)
-            return HandlerResult(_stored_json({"order": number}), notes)
+            return HandlerResult(json_stored({"order": number}), notes)
 
         request = self._request(meta.WEBHOOK_TYPE_MESSAGE, message.key, message.canonical)
         result = await runtime.idempotency.execute(request, handle)
-        # As on Twilio's route: new keys only; a take-over finds the order it placed before.
-        if placed is not None and result.outcome is Outcome.NEW:
-            observability.record_order_created(meta.SOURCE, placed)
+        webhooks.count_created_order(meta.SOURCE, created, result)
 
     async def process_statuses(self, chunk: meta_statuses.Chunk, content: bytes) -> None:
         """Record the sent messages' states of ``chunk`` in one transaction; none moves back."""
 
         async def handle(connection: AsyncConnection) -> HandlerResult:
-            moved = await meta_statuses.record(connection, chunk, utcnow())
-            return HandlerResult(_stored_json({"statuses": len(chunk), "moved": moved}))
+            uow = self.runtime.unit_of_work(connection)
+            moved = await meta_statuses.record(uow, chunk, utcnow())
+            return HandlerResult(json_stored({"statuses": len(chunk), "moved": moved}))
 
         request = self._request(meta.WEBHOOK_TYPE_STATUS, meta_statuses.key(content), content)
         await self.runtime.idempotency.execute(request, handle)
@@ -188,22 +176,10 @@ class DeliveryItems:
 
         async def handle(connection: AsyncConnection) -> HandlerResult:
             body = meta.redacted(content)
-            await add_dead_letter(connection, meta.SOURCE, key, reason, body, utcnow())
-            return HandlerResult(_stored_json({"dead_letter": True}))
+            await services.keep_dead_letter(
+                self.runtime.unit_of_work(connection), meta.SOURCE, key, reason, body, utcnow()
+            )
+            return HandlerResult(json_stored({"dead_letter": True}))
 
         request = self._request(meta.WEBHOOK_TYPE_DEAD_LETTER, key, content)
         await self.runtime.idempotency.execute(request, handle)
-
-
-async def _enqueue_reply(
-    connection: AsyncConnection, message: meta.MetaMessage, reply: str, now: datetime
-) -> None:
-    """The reply goes out through the outbox, in this transaction: it exists iff the order does.
-
-    Keys are ``reply:<wamid>`` (``reply:<wamid>:2``… for the parts of a long reply); the
-    sender sends each with that key as its Idempotency-Key.
-    """
-    outbox = OutboxRepository(connection)
-    for index, part in enumerate(meta.text_parts(reply), start=1):
-        key = f"reply:{message.wamid}" + ("" if index == 1 else f":{index}")
-        await outbox.enqueue(meta.SOURCE, message.address, part, key, now)

@@ -19,11 +19,9 @@ import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.ordering import services
 from whatsorder.ordering.model import MessageState
+from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.providers.meta import SOURCE, StatusUpdate
 
 CHUNK_SIZE = 500  # one transaction of this many upserts takes a fraction of a second
@@ -46,8 +44,8 @@ def key(chunk_content: bytes) -> str:
     return "statuses:" + hashlib.sha256(chunk_content).hexdigest()
 
 
-async def record(connection: AsyncConnection, chunk: Chunk, now: datetime) -> int:
+async def record(uow: UnitOfWork, chunk: Chunk, now: datetime) -> int:
     """Advance each message of ``chunk`` in the caller's transaction, never backwards; how
     many rows were added or moved forward."""
     states = (MessageState(status.wamid, status.status, status.error_code) for status in chunk)
-    return await services.record_message_states(SqlUnitOfWork(connection), SOURCE, states, now)
+    return await services.record_message_states(uow, SOURCE, states, now)

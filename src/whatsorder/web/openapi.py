@@ -55,7 +55,8 @@ def problems(*statuses: int, why: dict[int, str] | None = None) -> dict[int | st
     }
 
 
-# Every signed webhook: size and pace, HTTPS, per-IP limit, signature, key, store (DESIGN.md §2).
+# Every signed webhook: size and pace, HTTPS, per-IP limit, signature, key, store
+# (docs/architecture.md §2).
 WEBHOOK_REFUSALS = (400, 401, 403, 408, 409, 413, 422, 429, 503)
 
 

@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
 from whatsorder import statistics
-from whatsorder.db import migrate, reports
 from whatsorder.settings import secret
 from whatsorder.web.openapi import problems
 from whatsorder.web.problems import Problem
@@ -47,7 +46,7 @@ async def readyz(request: Request) -> JSONResponse:
             {"status": "unavailable", "reason": f"database unreachable ({type(error).__name__})"},
             status_code=503,
         )
-    expected = migrate.head_revision(runtime.settings.database_url)
+    expected = runtime.schema_head()
     if current != expected:
         return JSONResponse(
             {
@@ -123,8 +122,7 @@ async def admin_idempotency_stats(request: Request) -> dict[str, Any]:
 )
 async def admin_dead_letters(request: Request, limit: int = 50) -> dict[str, Any]:
     require_admin(request)
-    async with runtime_of(request).database.connect() as connection:
-        rows = await reports.recent_dead_letters(connection, limit=max(1, min(limit, 500)))
+    rows = await runtime_of(request).recent_dead_letters(max(1, min(limit, 500)))
     return {"dead_letters": rows}
 
 
@@ -136,6 +134,5 @@ async def admin_dead_letters(request: Request, limit: int = 50) -> dict[str, Any
 )
 async def admin_orders(request: Request, limit: int = 50) -> dict[str, Any]:
     require_admin(request)
-    async with runtime_of(request).database.connect() as connection:
-        rows = await reports.recent_orders(connection, limit=max(1, min(limit, 500)))
+    rows = await runtime_of(request).recent_orders(max(1, min(limit, 500)))
     return {"orders": rows}

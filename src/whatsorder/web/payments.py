@@ -1,41 +1,31 @@
-"""Payment webhooks from Stripe and Razorpay (DESIGN.md §2 in order), each applied once.
+"""Payment webhooks from Stripe and Razorpay, each applied once, through `webhooks.run`.
 
-Guards, signature (and Stripe's replay window), then the idempotency engine keyed by the
-provider's event id, whose handler applies the payment on the claim's own connection: the
-payment rows, the ledger entries and the idempotency record commit together. Event types we
-do not act on are acknowledged with 200 and stored nowhere.
+Keyed by the provider's event id, the handler applies the payment on the claim's own
+transaction: the payment rows, the ledger entries and the idempotency record commit together.
+Event types we do not act on are acknowledged with 200 and stored nowhere.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder.clock import utcnow
-from whatsorder.db.uow import SqlUnitOfWork
-from whatsorder.idempotency import HandlerResult, IdempotentRequest, fingerprint, validate_key
+from whatsorder.idempotency import HandlerResult, fingerprint, validate_key
 from whatsorder.ordering.payment_model import PaymentEvent
+from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.ordering.services.payments import apply_payment
 from whatsorder.providers import razorpay, stripe
-from whatsorder.providers.payment_payload import MalformedPayment
+from whatsorder.web import webhooks
+from whatsorder.web.answers import JSON_CONTENT_TYPE, json_stored
 from whatsorder.web.openapi import RAZORPAY_EVENT, STRIPE_EVENT, WEBHOOK_REFUSALS, problems
 from whatsorder.web.problems import Problem
-from whatsorder.web.runtime import Runtime, runtime_of
-from whatsorder.web.webhooks import (
-    JSON_CONTENT_TYPE,
-    Admitted,
-    admit,
-    json_stored,
-    malformed_body,
-    required_secret,
-    signature_invalid,
-    signature_of,
-    to_response,
-)
+from whatsorder.web.runtime import Runtime
+from whatsorder.web.webhooks import Handled, Incoming, NotOurConcern, SignatureMismatch, Webhook
 
 STRIPE_PATH = "/api/v1/payments/stripe/webhook"
 RAZORPAY_PATH = "/api/v1/payments/razorpay/webhook"
@@ -48,34 +38,143 @@ _RESPONSES = {
 }
 
 
-@router.post(
-    STRIPE_PATH, responses=_RESPONSES, openapi_extra=STRIPE_EVENT, summary="Stripe payment events"
-)
-async def stripe_webhook(request: Request) -> Response:
-    runtime = runtime_of(request)
-    admitted = await admit(request, runtime)
-    signing_secret = required_secret(
-        runtime.settings.stripe_webhook_secret, "Stripe", "WHATSORDER_STRIPE_WEBHOOK_SECRET"
+@dataclass(frozen=True, slots=True)
+class _Payment:
+    """A verified payment event, with the fingerprint of the request that brought it."""
+
+    event: PaymentEvent
+    fingerprint: str
+
+    @property
+    def key(self) -> str:
+        return self.event.event_id
+
+    def summary(self) -> str:
+        """The event in our terms, never the payload: that carries e-mails and phone numbers."""
+        event = self.event
+        return json.dumps(
+            {
+                "kind": event.kind.value,
+                "payment_id": event.payment_id,
+                "order": event.order_number,
+                "amount": event.amount,
+                "currency": event.currency,
+            }
+        )
+
+
+async def _apply(_runtime: Runtime, payment: _Payment, uow: UnitOfWork) -> Handled:
+    event = payment.event
+    outcome = await apply_payment(uow, event, utcnow())
+    answer = json_stored(
+        {
+            "received": True,
+            "event_id": event.event_id,
+            "result": outcome.result.value,
+            "order": outcome.order_number,
+            "order_status": None if outcome.order_status is None else outcome.order_status.value,
+            "exceptions": [kind.value for kind in outcome.exceptions],
+        }
     )
-    header = signature_of(request, stripe.SOURCE, stripe.SIGNATURE_HEADER)
-    payload = _text(admitted.body)
+    return Handled(HandlerResult(answer, {"order_id": outcome.order_id}))
+
+
+def _verify_stripe(incoming: Incoming) -> None:
+    """Stripe's signature, then its replay window (400)."""
     try:
-        stripe.verify(payload, header, signing_secret, time.time())
+        stripe.verify(incoming.text(), incoming.signature, incoming.secret, time.time())
     except stripe.SignatureInvalid as error:
-        raise signature_invalid(stripe.SOURCE, stripe.SIGNATURE_HEADER) from error
+        raise SignatureMismatch() from error
     except stripe.OutsideReplayWindow as error:
         raise Problem(
             400, "outside-replay-window", "Outside the replay window", str(error)
         ) from error
-    try:
-        event = stripe.parse_event(payload)
-    except MalformedPayment as error:
-        raise _malformed(error) from error
+
+
+def _parse_stripe(incoming: Incoming) -> _Payment:
+    event = stripe.parse_event(incoming.text())
     if event.payment is None:
-        return _ignored(event.event_id, event.type)
+        raise NotOurConcern(event.event_id, event.type)
     # Fingerprinted by the event, not the delivery (see stripe.identity_of).
-    digest = fingerprint("POST", STRIPE_PATH, event.identity, JSON_CONTENT_TYPE)
-    return await _apply(runtime, admitted, stripe.WEBHOOK_TYPE, event.payment, digest)
+    digest = fingerprint("POST", incoming.path, event.identity, JSON_CONTENT_TYPE)
+    return _Payment(event.payment, digest)
+
+
+def _verify_razorpay(incoming: Incoming) -> None:
+    if not razorpay.signature_is_valid(incoming.secret, incoming.text(), incoming.signature):
+        raise SignatureMismatch()
+
+
+def _parse_razorpay(incoming: Incoming) -> _Payment:
+    headers = incoming.request.headers
+    event_id = headers.get(razorpay.EVENT_ID_HEADER)
+    if not event_id:
+        raise Problem(
+            400,
+            "event-id-missing",
+            "Event id missing",
+            f"The {razorpay.EVENT_ID_HEADER} header names the delivery; it is missing.",
+        )
+    validate_key(event_id)
+    event_type, payment = razorpay.parse_event(incoming.text(), event_id)
+    if payment is None:
+        raise NotOurConcern(event_id, event_type)
+    digest = fingerprint("POST", incoming.path, incoming.body, headers.get("content-type"))
+    return _Payment(payment, digest)
+
+
+def _payment_webhook(
+    provider: webhooks.Provider,
+    webhook_type: str,
+    path: str,
+    parse: Callable[[Incoming], _Payment],
+) -> Webhook[_Payment]:
+    """A payment provider's webhook: keyed by its event id, applied by `apply_payment`."""
+    return Webhook(
+        provider=provider,
+        type=webhook_type,
+        path=path,
+        parse=parse,
+        key=lambda payment: payment.key,
+        fingerprint=lambda payment, _: payment.fingerprint,
+        record=_Payment.summary,
+        handle=_apply,
+    )
+
+
+STRIPE = _payment_webhook(
+    webhooks.Provider(
+        name="Stripe",
+        source=stripe.SOURCE,
+        secret=lambda settings: settings.stripe_webhook_secret,
+        variable="WHATSORDER_STRIPE_WEBHOOK_SECRET",
+        signature_header=stripe.SIGNATURE_HEADER,
+        verify=_verify_stripe,
+    ),
+    stripe.WEBHOOK_TYPE,
+    STRIPE_PATH,
+    _parse_stripe,
+)
+RAZORPAY = _payment_webhook(
+    webhooks.Provider(
+        name="Razorpay",
+        source=razorpay.SOURCE,
+        secret=lambda settings: settings.razorpay_webhook_secret,
+        variable="WHATSORDER_RAZORPAY_WEBHOOK_SECRET",
+        signature_header=razorpay.SIGNATURE_HEADER,
+        verify=_verify_razorpay,
+    ),
+    razorpay.WEBHOOK_TYPE,
+    RAZORPAY_PATH,
+    _parse_razorpay,
+)
+
+
+@router.post(
+    STRIPE_PATH, responses=_RESPONSES, openapi_extra=STRIPE_EVENT, summary="Stripe payment events"
+)
+async def stripe_webhook(request: Request) -> Response:
+    return await webhooks.run(request, STRIPE)
 
 
 @router.post(
@@ -85,90 +184,4 @@ async def stripe_webhook(request: Request) -> Response:
     summary="Razorpay payment events",
 )
 async def razorpay_webhook(request: Request) -> Response:
-    runtime = runtime_of(request)
-    admitted = await admit(request, runtime)
-    signing_secret = required_secret(
-        runtime.settings.razorpay_webhook_secret, "Razorpay", "WHATSORDER_RAZORPAY_WEBHOOK_SECRET"
-    )
-    signature = signature_of(request, razorpay.SOURCE, razorpay.SIGNATURE_HEADER)
-    body = _text(admitted.body)
-    if not razorpay.signature_is_valid(signing_secret, body, signature):
-        raise signature_invalid(razorpay.SOURCE, razorpay.SIGNATURE_HEADER)
-    event_id = request.headers.get(razorpay.EVENT_ID_HEADER)
-    if not event_id:
-        raise Problem(
-            400,
-            "event-id-missing",
-            "Event id missing",
-            f"The {razorpay.EVENT_ID_HEADER} header names the delivery; it is missing.",
-        )
-    validate_key(event_id)
-    try:
-        event_type, payment = razorpay.parse_event(body, event_id)
-    except MalformedPayment as error:
-        raise _malformed(error) from error
-    if payment is None:
-        return _ignored(event_id, event_type)
-    content_type = request.headers.get("content-type")
-    digest = fingerprint("POST", RAZORPAY_PATH, admitted.body, content_type)
-    return await _apply(runtime, admitted, razorpay.WEBHOOK_TYPE, payment, digest)
-
-
-async def _apply(
-    runtime: Runtime, admitted: Admitted, scope: str, payment: PaymentEvent, digest: str
-) -> Response:
-    idempotent = IdempotentRequest(
-        scope=scope,
-        key=payment.event_id,
-        fingerprint=digest,
-        source_ip=admitted.source_ip,
-        # The event in our terms, never the payload: that carries e-mails and phone numbers.
-        request_body=_summary(payment) if runtime.settings.store_request_bodies else None,
-    )
-
-    async def handle(connection: AsyncConnection) -> HandlerResult:
-        outcome = await apply_payment(SqlUnitOfWork(connection), payment, utcnow())
-        answer = json_stored(
-            {
-                "received": True,
-                "event_id": payment.event_id,
-                "result": outcome.result.value,
-                "order": outcome.order_number,
-                "order_status": None
-                if outcome.order_status is None
-                else outcome.order_status.value,
-                "exceptions": [kind.value for kind in outcome.exceptions],
-            }
-        )
-        return HandlerResult(answer, {"order_id": outcome.order_id})
-
-    return to_response(await runtime.idempotency.execute(idempotent, handle))
-
-
-def _text(body: bytes) -> str:
-    """The body as the providers sign it: UTF-8 text, byte for byte."""
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise malformed_body() from error
-
-
-def _ignored(event_id: str, event_type: str) -> Response:
-    """A verified event we do not act on: acknowledged, so the provider stops sending it."""
-    return JSONResponse({"received": True, "event_id": event_id, "ignored": event_type})
-
-
-def _malformed(error: MalformedPayment) -> Problem:
-    return Problem(400, "malformed-webhook", "Malformed webhook", str(error))
-
-
-def _summary(payment: PaymentEvent) -> str:
-    return json.dumps(
-        {
-            "kind": payment.kind.value,
-            "payment_id": payment.payment_id,
-            "order": payment.order_number,
-            "amount": payment.amount,
-            "currency": payment.currency,
-        }
-    )
+    return await webhooks.run(request, RAZORPAY)

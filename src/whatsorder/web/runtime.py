@@ -1,17 +1,22 @@
-"""What the routes share for the life of the app: settings, database, engine, limits."""
+"""What the routes share for the life of the app: settings, database, engine, limits — and
+the only door from the web layer into ``whatsorder.db``: routes get their unit of work here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder import observability
+from whatsorder.db import migrate, reports
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import webhook_idempotency
+from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.idempotency import IdempotencyConfig, IdempotencyEngine, SqlStore
+from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.settings import Settings
 from whatsorder.statistics import OutcomeCounter
 from whatsorder.web.guards import RateLimits
@@ -44,6 +49,24 @@ class Runtime:
             store, config, listeners=[observability.on_idempotency_event, outcomes]
         )
         return cls(settings, database, engine, RateLimits(settings), outcomes)
+
+    def unit_of_work(self, connection: AsyncConnection) -> UnitOfWork:
+        """The unit of work on the idempotency claim's own transaction."""
+        return SqlUnitOfWork(connection)
+
+    # What the operators' routes read.
+
+    def schema_head(self) -> str | None:
+        """The schema revision this code expects."""
+        return migrate.head_revision(self.settings.database_url)
+
+    async def recent_orders(self, limit: int) -> list[dict[str, Any]]:
+        async with self.database.connect() as connection:
+            return await reports.recent_orders(connection, limit=limit)
+
+    async def recent_dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        async with self.database.connect() as connection:
+            return await reports.recent_dead_letters(connection, limit=limit)
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -1,30 +1,23 @@
-"""Twilio's WhatsApp routes: inbound messages and status callbacks (DESIGN.md §2 in order)."""
+"""Twilio's WhatsApp routes: inbound messages and status callbacks, through `webhooks.run`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from whatsorder import observability
 from whatsorder.clock import utcnow
-from whatsorder.db.uow import SqlUnitOfWork
-from whatsorder.idempotency import (
-    HandlerResult,
-    IdempotentRequest,
-    InvalidKey,
-    Outcome,
-    StoredResponse,
-    form_fingerprint,
-    key_from_headers,
-)
+from whatsorder.idempotency import HandlerResult, StoredResponse, form_fingerprint
 from whatsorder.ordering import replies, services
+from whatsorder.ordering.model import InboundMessage
+from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.providers import twilio
 from whatsorder.web import webhooks
 from whatsorder.web.openapi import TWILIO_INBOUND, TWILIO_STATUS, WEBHOOK_REFUSALS, problems
 from whatsorder.web.problems import Problem
-from whatsorder.web.runtime import Runtime, runtime_of
+from whatsorder.web.runtime import Runtime
+from whatsorder.web.webhooks import Handled, Incoming, SignatureMismatch, Webhook
 
 INBOUND_PATH = "/api/v1/whatsapp/webhook"
 STATUS_PATH = "/api/v1/whatsapp/status"
@@ -44,22 +37,13 @@ def twiml_response(text: str | None, status: int = 200) -> StoredResponse:
     )
 
 
-class _Verified:
-    """A Twilio request that passed every guard and its signature check."""
-
-    def __init__(self, pairs: list[tuple[str, str]], source_ip: str) -> None:
-        self.pairs = pairs
-        self.params = twilio.FormParams.of(pairs)
-        self.source_ip = source_ip
+def _form(incoming: Incoming) -> list[tuple[str, str]]:
+    return parse_qsl(incoming.text(), keep_blank_values=True, strict_parsing=False)
 
 
-async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
-    settings = runtime.settings
-    admitted = await webhooks.admit(request, runtime)
-    token = webhooks.required_secret(
-        settings.twilio_auth_token, "Twilio", "WHATSORDER_TWILIO_AUTH_TOKEN"
-    )
-    signature = webhooks.signature_of(request, twilio.SOURCE, twilio.SIGNATURE_HEADER)
+def _verify(incoming: Incoming) -> None:
+    """A form (415), in UTF-8 (400), signed over the public URL Twilio called (403)."""
+    request = incoming.request
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != FORM_CONTENT_TYPE:
         raise Problem(
@@ -68,93 +52,77 @@ async def _verify(request: Request, runtime: Runtime, path: str) -> _Verified:
             "Unsupported media type",
             f"Expected {FORM_CONTENT_TYPE}.",
         )
-    try:
-        text = admitted.body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise webhooks.malformed_body() from error
-    pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False)
-    params = twilio.FormParams.of(pairs)
+    params = twilio.FormParams.of(_form(incoming))
     # Twilio signs the URL it called, query string included.
     query = request.url.query
-    signed_url = settings.public_url_for(path) + (f"?{query}" if query else "")
-    if not twilio.signature_is_valid(token, signed_url, params, signature):
-        raise webhooks.signature_invalid(
-            twilio.SOURCE,
-            twilio.SIGNATURE_HEADER,
-            "X-Twilio-Signature does not match this request and the configured public URL.",
+    signed_url = incoming.settings.public_url_for(incoming.path) + (f"?{query}" if query else "")
+    if not twilio.signature_is_valid(incoming.secret, signed_url, params, incoming.signature):
+        raise SignatureMismatch(
+            "X-Twilio-Signature does not match this request and the configured public URL."
         )
-    try:
-        twilio.refuse_unstorable(pairs)
-    except twilio.MalformedWebhook as error:
-        raise _malformed(error) from error
-    return _Verified(pairs, admitted.source_ip)
 
 
-def _idempotent_request(
-    request: Request, runtime: Runtime, verified: _Verified, scope: str, derived_key: str, path: str
-) -> IdempotentRequest:
-    try:
-        key = key_from_headers(request.headers) or derived_key
-    except InvalidKey:
-        observability.record_invalid_key(scope)
-        raise
-    return IdempotentRequest(
-        scope=scope,
-        key=key,
-        fingerprint=form_fingerprint("POST", path, twilio.fingerprint_pairs(verified.pairs)),
-        source_ip=verified.source_ip,
-        request_body=twilio.redacted(verified.pairs)
-        if runtime.settings.store_request_bodies
-        else None,
-    )
-
-
-def _malformed(error: twilio.MalformedWebhook) -> Problem:
-    return Problem(400, "malformed-webhook", "Malformed webhook", str(error))
-
-
-@router.post(
-    INBOUND_PATH,
-    responses=_RESPONSES,
-    openapi_extra=TWILIO_INBOUND,
-    summary="Twilio inbound WhatsApp message",
+TWILIO = webhooks.Provider(
+    name="Twilio",
+    source=twilio.SOURCE,
+    secret=lambda settings: settings.twilio_auth_token,
+    variable="WHATSORDER_TWILIO_AUTH_TOKEN",
+    signature_header=twilio.SIGNATURE_HEADER,
+    verify=_verify,
 )
-async def inbound(request: Request) -> Response:
-    observability.bind(webhook_type=twilio.WEBHOOK_TYPE_INBOUND)
-    runtime = runtime_of(request)
-    verified = await _verify(request, runtime, INBOUND_PATH)
-    try:
-        message = twilio.inbound_message(verified.params)
-        provider_token = twilio.provider_token(request.headers.get(twilio.IDEMPOTENCY_TOKEN_HEADER))
-    except twilio.MalformedWebhook as error:
-        raise _malformed(error) from error
-    idempotent = _idempotent_request(
-        request, runtime, verified, twilio.WEBHOOK_TYPE_INBOUND, message.message_id, INBOUND_PATH
+
+
+@dataclass(frozen=True, slots=True)
+class _Form:
+    """A verified form: its fields as sent (the fingerprint and the record read them)."""
+
+    pairs: list[tuple[str, str]]
+
+    @classmethod
+    def of(cls, incoming: Incoming) -> _Form:
+        pairs = _form(incoming)
+        twilio.refuse_unstorable(pairs)
+        return cls(pairs)
+
+    @property
+    def params(self) -> twilio.FormParams:
+        return twilio.FormParams.of(self.pairs)
+
+    def fingerprint(self, incoming: Incoming) -> str:
+        return form_fingerprint("POST", incoming.path, twilio.fingerprint_pairs(self.pairs))
+
+    def record(self) -> str:
+        return twilio.redacted(self.pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound(_Form):
+    message: InboundMessage
+    provider_token: str | None
+
+
+def _parse_inbound(incoming: Incoming) -> _Inbound:
+    form = _Form.of(incoming)
+    return _Inbound(
+        form.pairs,
+        twilio.inbound_message(form.params),
+        twilio.provider_token(incoming.request.headers.get(twilio.IDEMPOTENCY_TOKEN_HEADER)),
     )
-    created_order: int | None = None
 
-    async def handle(connection: AsyncConnection) -> HandlerResult:
-        nonlocal created_order
-        notes: dict[str, object] = {"provider_token": provider_token}
-        # Inside the idempotency scope: a replay never counts against the sender's limit.
-        if not await runtime.limits.allow_sender(message.sender):
-            observability.record_rate_limited("sender", message.sender)
-            return HandlerResult(twiml_response(replies.RATE_LIMITED), notes)
-        outcome = await services.receive_message(SqlUnitOfWork(connection), message, utcnow())
-        notes.update(retailer_id=outcome.retailer_id, order_id=outcome.order_id)
-        if outcome.refused:
-            # Not kept: the message id's key stays free for its own sender's retries.
-            refusal = _message_id_taken(message.message_id).stored()
-            return HandlerResult(refusal, notes, keep=False)
-        created_order = outcome.order_id if outcome.created else None
-        return HandlerResult(twiml_response(outcome.reply), notes)
 
-    result = await runtime.idempotency.execute(idempotent, handle)
-    # Counted where the transaction that created the order committed: a rerun after a lost
-    # race, a replay or a duplicate under another key finds the order and creates nothing.
-    if created_order is not None and result.outcome in (Outcome.NEW, Outcome.TAKEOVER):
-        observability.record_order_created(twilio.SOURCE, created_order)
-    return webhooks.to_response(result)
+async def _answer_message(runtime: Runtime, inbound: _Inbound, uow: UnitOfWork) -> Handled:
+    message = inbound.message
+    notes: dict[str, object] = {"provider_token": inbound.provider_token}
+    if not await webhooks.sender_allowed(runtime, message.sender):
+        return Handled(HandlerResult(twiml_response(replies.RATE_LIMITED), notes))
+    outcome = await services.receive_message(uow, message, utcnow())
+    notes.update(retailer_id=outcome.retailer_id, order_id=outcome.order_id)
+    if outcome.refused:
+        # Not kept: the message id's key stays free for its own sender's retries.
+        refusal = _message_id_taken(message.message_id).stored()
+        return Handled(HandlerResult(refusal, notes, keep=False))
+    created = outcome.order_id if outcome.created else None
+    return Handled(HandlerResult(twiml_response(outcome.reply), notes), created)
 
 
 def _message_id_taken(message_id: str) -> Problem:
@@ -167,6 +135,61 @@ def _message_id_taken(message_id: str) -> Problem:
     )
 
 
+INBOUND = Webhook(
+    provider=TWILIO,
+    type=twilio.WEBHOOK_TYPE_INBOUND,
+    parse=_parse_inbound,
+    key=lambda inbound: inbound.message.message_id,
+    path=INBOUND_PATH,
+    fingerprint=_Form.fingerprint,
+    record=_Form.record,
+    handle=_answer_message,
+    client_keys=True,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Status(_Form):
+    update: twilio.StatusUpdate
+    key: str
+
+
+def _parse_status(incoming: Incoming) -> _Status:
+    form = _Form.of(incoming)
+    return _Status(form.pairs, twilio.status_update(form.params), twilio.status_key(form.params))
+
+
+async def _record_status(_runtime: Runtime, status: _Status, uow: UnitOfWork) -> Handled:
+    update = status.update
+    await services.record_message_status(
+        uow, twilio.SOURCE, update.message_id, update.status, update.error_code, utcnow()
+    )
+    return Handled(HandlerResult(twiml_response(None)))
+
+
+STATUS = Webhook(
+    provider=TWILIO,
+    type=twilio.WEBHOOK_TYPE_STATUS,
+    parse=_parse_status,
+    key=lambda status: status.key,
+    path=STATUS_PATH,
+    fingerprint=_Form.fingerprint,
+    record=_Form.record,
+    handle=_record_status,
+    client_keys=True,
+)
+
+
+@router.post(
+    INBOUND_PATH,
+    responses=_RESPONSES,
+    openapi_extra=TWILIO_INBOUND,
+    summary="Twilio inbound WhatsApp message",
+)
+async def inbound(request: Request) -> Response:
+    return await webhooks.run(request, INBOUND)
+
+
 @router.post(
     STATUS_PATH,
     responses=_RESPONSES,
@@ -174,27 +197,4 @@ def _message_id_taken(message_id: str) -> Problem:
     summary="Twilio message status callback",
 )
 async def status_callback(request: Request) -> Response:
-    observability.bind(webhook_type=twilio.WEBHOOK_TYPE_STATUS)
-    runtime = runtime_of(request)
-    verified = await _verify(request, runtime, STATUS_PATH)
-    try:
-        update = twilio.status_update(verified.params)
-        derived_key = twilio.status_key(verified.params)
-    except twilio.MalformedWebhook as error:
-        raise _malformed(error) from error
-    idempotent = _idempotent_request(
-        request, runtime, verified, twilio.WEBHOOK_TYPE_STATUS, derived_key, STATUS_PATH
-    )
-
-    async def handle(connection: AsyncConnection) -> HandlerResult:
-        await services.record_message_status(
-            SqlUnitOfWork(connection),
-            twilio.SOURCE,
-            update.message_id,
-            update.status,
-            update.error_code,
-            utcnow(),
-        )
-        return HandlerResult(twiml_response(None))
-
-    return webhooks.to_response(await runtime.idempotency.execute(idempotent, handle))
+    return await webhooks.run(request, STATUS)

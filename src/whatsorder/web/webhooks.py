@@ -1,27 +1,49 @@
-"""What every signed-webhook route shares: the cheap guards, the refusals, the JSON answer.
+"""The one pipeline every signed webhook runs through (docs/architecture.md §2, in order).
 
-DESIGN.md §2 in order: body limit, HTTPS, per-IP limit (`admit`), then the route's own secret
-and signature (refused with `not_configured`, `signature_missing`, `signature_invalid`), then
-the idempotency engine, whose `Result` becomes the HTTP response in `to_response`.
+A provider is described once (`Provider`: its secret, its signature header and check) and each
+of its webhooks once (`Webhook`: its type, how it parses, its key, fingerprint and record, its
+handler). `run` does the rest: the cheap guards (`admit`: body limit, HTTPS, per-IP limit), the
+secret (503), the signature (401, 403), parsing (400), the idempotency engine around the
+handler on the claim's own transaction, and the answer. Meta's route, whose delivery holds many
+items each with its own key, shares `receive` (the steps up to the signature) and the helpers
+below, and runs the engine once per item itself (`whatsorder.web.meta_items`).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 from fastapi import Request, Response
 from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder import observability
-from whatsorder.idempotency import Result, StoredResponse
-from whatsorder.settings import secret
+from whatsorder.idempotency import (
+    HandlerResult,
+    IdempotentRequest,
+    InvalidKey,
+    Outcome,
+    Result,
+    key_from_headers,
+)
+from whatsorder.ordering.ports import UnitOfWork
+from whatsorder.providers.malformed import MalformedWebhook
+from whatsorder.settings import Settings
+from whatsorder.web.answers import json_response, to_response
 from whatsorder.web.guards import client_ip, read_body, require_https
 from whatsorder.web.problems import Problem
-from whatsorder.web.runtime import Runtime
+from whatsorder.web.refusals import (
+    malformed_body,
+    malformed_webhook,
+    required_secret,
+    signature_invalid,
+    signature_of,
+)
+from whatsorder.web.runtime import Runtime, runtime_of
 
-JSON_CONTENT_TYPE = "application/json"
+Event = TypeVar("Event")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +54,133 @@ class Admitted:
     source_ip: str
 
 
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A request past the guards with the provider's secret and its signature header: what
+    the provider's check and parser read."""
+
+    request: Request
+    path: str  # the route's, as the provider calls it and as fingerprints cover it
+    settings: Settings
+    body: bytes
+    source_ip: str
+    secret: str
+    signature: str
+
+    def text(self) -> str:
+        """The body as providers sign it: UTF-8 text, byte for byte; else 400."""
+        try:
+            return self.body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise malformed_body() from error
+
+
+class SignatureMismatch(Exception):
+    """The signature does not match the request; a message, if any, is the 403's detail."""
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A provider, described once: how its webhooks are signed."""
+
+    name: str  # as people write it, in the 503 "… not configured"
+    source: str  # as metrics and logs name it
+    secret: Callable[[Settings], SecretStr | None]
+    variable: str  # the secret's environment variable, named by the 503
+    signature_header: str
+    # Raises SignatureMismatch (403), or a Problem for what comes first (415, 400).
+    verify: Callable[[Incoming], None]
+    max_body_bytes: int | None = None  # the settings' limit unless given
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """What a handler did: the answer to keep, and the order it created (counted once the
+    transaction committed)."""
+
+    result: HandlerResult
+    created_order: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook(Generic[Event]):
+    """One webhook of a provider, described once; `run` carries it through every step."""
+
+    provider: Provider
+    type: str  # the idempotency scope and the logs' webhook_type
+    path: str
+    parse: Callable[[Incoming], Event]  # raises MalformedWebhook (400) or NotOurConcern
+    key: Callable[[Event], str]  # derived from the event
+    fingerprint: Callable[[Event, Incoming], str]  # over what says which request this is
+    record: Callable[[Event], str]  # the request as kept, personal data masked
+    handle: Callable[[Runtime, Event, UnitOfWork], Awaitable[Handled]]
+    client_keys: bool = False  # an Idempotency-Key header, if sent, takes the derived key's place
+
+
+class NotOurConcern(Exception):
+    """A verified event we do not act on: acknowledged with 200, stored nowhere, so the
+    provider stops sending it."""
+
+    def __init__(self, event_id: str, event_type: str) -> None:
+        super().__init__(event_type)
+        self.event_id = event_id
+        self.event_type = event_type
+
+
+async def run(request: Request, webhook: Webhook[Event]) -> Response:
+    """Every step of docs/architecture.md §2 for one request of ``webhook``."""
+    observability.bind(webhook_type=webhook.type)
+    runtime = runtime_of(request)
+    incoming = await receive(request, runtime, webhook.provider, webhook.path)
+    try:
+        event = webhook.parse(incoming)
+    except MalformedWebhook as error:
+        raise malformed_webhook(error) from error
+    except NotOurConcern as ignored:
+        document = {"received": True, "event_id": ignored.event_id, "ignored": ignored.event_type}
+        return json_response(document)
+    key = webhook.key(event)
+    if webhook.client_keys:
+        key = client_key(request, webhook.type) or key
+    idempotent = idempotent_request(
+        runtime,
+        webhook.type,
+        key,
+        webhook.fingerprint(event, incoming),
+        incoming.source_ip,
+        lambda: webhook.record(event),
+    )
+    created: int | None = None
+
+    async def handle(connection: AsyncConnection) -> HandlerResult:
+        nonlocal created
+        handled = await webhook.handle(runtime, event, runtime.unit_of_work(connection))
+        created = handled.created_order
+        return handled.result
+
+    result = await runtime.idempotency.execute(idempotent, handle)
+    count_created_order(webhook.provider.source, created, result)
+    return to_response(result)
+
+
+async def receive(request: Request, runtime: Runtime, provider: Provider, path: str) -> Incoming:
+    """Steps 1–5: the guards, the provider's secret (503) and its signature (401, 403)."""
+    admitted = await admit(request, runtime, provider.max_body_bytes)
+    plain = required_secret(provider.secret(runtime.settings), provider.name, provider.variable)
+    signature = signature_of(request, provider.source, provider.signature_header)
+    incoming = Incoming(
+        request, path, runtime.settings, admitted.body, admitted.source_ip, plain, signature
+    )
+    try:
+        provider.verify(incoming)
+    except SignatureMismatch as error:
+        detail = str(error) or None
+        raise signature_invalid(provider.source, provider.signature_header, detail) from error
+    return incoming
+
+
 async def admit(request: Request, runtime: Runtime, max_body_bytes: int | None = None) -> Admitted:
-    """Steps 1–3 of DESIGN.md §2: 413 (or 408, too slow), 403 (not HTTPS), 429 — before any
-    crypto."""
+    """Steps 1–3: 413 (or 408, too slow), 403 (not HTTPS), 429 — before any crypto."""
     settings = runtime.settings
     body = await read_body(
         request, max_body_bytes or settings.max_body_bytes, settings.body_read_timeout_seconds
@@ -55,62 +201,47 @@ async def check_ip(runtime: Runtime, address: str) -> None:
         raise
 
 
-def not_configured(provider: str, variable: str) -> Problem:
-    return Problem(
-        503,
-        "provider-not-configured",
-        f"{provider} not configured",
-        f"{variable} is not set; unsigned traffic is never accepted.",
+def client_key(request: Request, scope: str) -> str | None:
+    """The client's ``Idempotency-Key`` (or ``X-Idempotency-Key``); a broken one is counted
+    and refused (400)."""
+    try:
+        return key_from_headers(request.headers)
+    except InvalidKey:
+        observability.record_invalid_key(scope)
+        raise
+
+
+def idempotent_request(
+    runtime: Runtime,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    source_ip: str,
+    record: Callable[[], str],
+) -> IdempotentRequest:
+    """The engine's request; the record of it is kept only where the settings ask."""
+    return IdempotentRequest(
+        scope=scope,
+        key=key,
+        fingerprint=fingerprint,
+        source_ip=source_ip,
+        request_body=record() if runtime.settings.store_request_bodies else None,
     )
 
 
-def required_secret(value: SecretStr | None, provider: str, variable: str) -> str:
-    """The provider's secret, or 503: without it, unsigned traffic is never accepted."""
-    plain = secret(value)
-    if plain is None:
-        raise not_configured(provider, variable)
-    return plain
+async def sender_allowed(runtime: Runtime, sender: str) -> bool:
+    """The per-sender limit, counted when it refuses.
+
+    Asked inside the idempotency scope: a replay never counts against the sender's limit.
+    """
+    if await runtime.limits.allow_sender(sender):
+        return True
+    observability.record_rate_limited("sender", sender)
+    return False
 
 
-def signature_of(request: Request, source: str, header: str) -> str:
-    """The request's signature header, or 401 (counted as a signature failure)."""
-    value = request.headers.get(header)
-    if not value:
-        raise signature_missing(source, header)
-    return value
-
-
-def signature_missing(provider: str, header: str) -> Problem:
-    """401 for an unsigned request, counted in the signature-failure metric."""
-    observability.record_signature_failure(provider, "missing")
-    return Problem(401, "signature-missing", "Signature missing", f"{header} header is missing.")
-
-
-def signature_invalid(provider: str, header: str, detail: str | None = None) -> Problem:
-    """403 for a signature that does not match, counted in the signature-failure metric."""
-    observability.record_signature_failure(provider, "invalid")
-    return Problem(
-        403,
-        "signature-invalid",
-        "Signature invalid",
-        detail or f"{header} does not match this request.",
-    )
-
-
-def malformed_body() -> Problem:
-    return Problem(400, "malformed-body", "Malformed body", "The body is not UTF-8.")
-
-
-def json_stored(document: dict[str, Any], status: int = 200) -> StoredResponse:
-    """A small JSON answer, in the shape the engine stores and replays."""
-    body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-    return StoredResponse(status, body, (("content-type", JSON_CONTENT_TYPE),))
-
-
-def to_response(result: Result) -> Response:
-    """The engine's answer over HTTP; a replay says so in ``Idempotent-Replayed``."""
-    response = result.response
-    headers = dict(response.headers)
-    if result.replayed:
-        headers["idempotent-replayed"] = "true"
-    return Response(response.body, status_code=response.status, headers=headers)
+def count_created_order(source: str, order_id: int | None, result: Result) -> None:
+    """Count an order where the transaction that created it committed: a rerun after a lost
+    race, a replay or a duplicate under another key finds the order and creates nothing."""
+    if order_id is not None and result.outcome in (Outcome.NEW, Outcome.TAKEOVER):
+        observability.record_order_created(source, order_id)

@@ -1,8 +1,4 @@
-"""Meta's WhatsApp Cloud API webhooks: signature, parsing into plain values, keys, redaction.
-
-One delivery (``entry`` → ``changes`` → ``value``) may carry many messages and statuses, and a
-retry may batch them differently, so nothing here is keyed by the delivery: each message is
-keyed by its ``wamid``; a status needs no key, its effect only ever moves forward.
+"""Reading a signed Meta delivery into plain values (`whatsorder.providers.meta.delivery`).
 
 Every field that reaches a bounded column or PostgreSQL text is checked here, so a signed but
 unusable item becomes a dead letter (answered 200) rather than a database error (a 500 that
@@ -12,160 +8,30 @@ loses NUL, and anything of the wrong JSON type is refused or left out.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from whatsorder.idempotency import InvalidKey, validate_key
-from whatsorder.ordering.model import InboundMessage, RequestedLine
-from whatsorder.providers.twilio import split_message
+from whatsorder.providers.malformed import MalformedWebhook
+from whatsorder.providers.meta.delivery import (
+    CartItem,
+    Delivery,
+    MetaMessage,
+    Rejected,
+    StatusUpdate,
+    canonical_json,
+)
 
-SOURCE = "meta"
-WEBHOOK_TYPE_MESSAGE = "meta_message"
-WEBHOOK_TYPE_STATUS = "meta_status"
-WEBHOOK_TYPE_DEAD_LETTER = "meta_dead_letter"
-SIGNATURE_HEADER = "X-Hub-Signature-256"
-SIGNATURE_PREFIX = "sha256="
-
-MAX_TEXT_CHARS = 4096  # Cloud API limit on a text message's body
 MAX_WAMID_CHARS = 200  # real ones are ~60; leaves room for "reply:" and ":status" in 255
 MAX_SENDER_CHARS = 64  # retailers.whatsapp_id and outbox_messages.recipient
 MAX_NAME_CHARS = 200  # retailers.name
 MAX_STATUS_CHARS = 32  # message_statuses.status and .error_code
 
-# Messages that carry no request from the customer: acknowledged, never answered.
-SILENT_TYPES = frozenset({"reaction", "system"})
-
-_PHONE = re.compile(r"\+?\d{6,}")  # the rule of providers.twilio.redacted
 # A catalogue's retailer id as our products.sku can hold it: printable, at most 64 characters.
 _PRODUCT_ID = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{1,64}")
-
-
-class MalformedWebhook(ValueError):
-    """A signed delivery (or a part of one) that is not shaped like Meta's webhooks."""
-
-
-def sign(app_secret: str, body: bytes) -> str:
-    """The ``X-Hub-Signature-256`` Meta sends with ``body`` (for ``whatsorder send``, tests)."""
-    digest = hmac.new(app_secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-    return SIGNATURE_PREFIX + digest
-
-
-def signature_is_valid(app_secret: str, body: bytes, header: str) -> bool:
-    """Meta's check: HMAC-SHA256 of the raw body bytes with the app secret, constant-time.
-
-    No maintained library verifies Meta's webhook signature (unlike Twilio's, Stripe's or
-    Razorpay's SDKs), so this is done here. It runs over the bytes as received, before any JSON
-    parsing: re-serialised JSON would differ (key order, spacing, ``\\u`` escapes of non-ASCII).
-    """
-    if not header.startswith(SIGNATURE_PREFIX) or not header.isascii():
-        return False  # compare_digest raises on non-ASCII text: that would be a 500
-    given = header[len(SIGNATURE_PREFIX) :].strip().lower()
-    return hmac.compare_digest(sign(app_secret, body)[len(SIGNATURE_PREFIX) :], given)
-
-
-@dataclass(frozen=True, slots=True)
-class CartItem:
-    """One line of a catalogue cart. ``item_price`` is Meta's, kept for the record only."""
-
-    product_retailer_id: str
-    quantity: int
-    item_price: Decimal | None
-    currency: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class MetaMessage:
-    """A customer's message, with who sent it as the delivery's ``contacts`` name them."""
-
-    wamid: str
-    wa_id: str | None  # the phone number, absent for users who hide it behind a username
-    user_id: str | None  # the business-scoped user id (BSUID)
-    profile_name: str
-    type: str
-    text: str | None  # type "text"
-    cart: tuple[CartItem, ...] | None  # type "order"
-    canonical: bytes  # the message's own JSON, canonical: what its fingerprint covers
-
-    @property
-    def key(self) -> str:
-        """The idempotency key of everything this message causes."""
-        return self.wamid
-
-    @property
-    def address(self) -> str:
-        """Where Meta delivers our reply: the phone number, else the BSUID."""
-        address = self.wa_id or self.user_id
-        assert address is not None  # parse_delivery refuses messages with neither
-        return address
-
-    @property
-    def sender(self) -> str:
-        """Our retailer identity: ``whatsapp:+<E.164>`` as Twilio spells it, else the BSUID.
-
-        Spelled like Twilio's ``From`` so a retailer keeps one account (orders, balance,
-        STATUS) whichever provider brings its messages.
-        """
-        return f"whatsapp:+{self.wa_id}" if self.wa_id else self.address
-
-    @property
-    def silent(self) -> bool:
-        return self.type in SILENT_TYPES
-
-    def inbound(self) -> InboundMessage:
-        """The message for the service layer. Media and other types read as empty text,
-        which the grammar answers the way it answers Twilio's media messages."""
-        return InboundMessage(
-            source=SOURCE,
-            message_id=self.wamid,
-            sender=self.sender,
-            sender_name=self.profile_name,
-            text=self.text or "",
-        )
-
-    def requested_lines(self) -> tuple[RequestedLine, ...]:
-        """The cart as the customer asked for it; prices are deliberately left behind."""
-        return tuple(
-            RequestedLine(item.product_retailer_id, item.quantity) for item in self.cart or ()
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class StatusUpdate:
-    """What Meta says happened to a message we sent."""
-
-    wamid: str
-    status: str
-    recipient: str | None
-    error_code: str | None
-    canonical: bytes  # the status's own JSON, canonical: what its chunk's fingerprint covers
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A part of a signed delivery that cannot be processed; kept as a dead letter."""
-
-    reason: str
-    fragment: bytes  # canonical JSON of the part
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    messages: tuple[MetaMessage, ...]
-    statuses: tuple[StatusUpdate, ...]
-    rejected: tuple[Rejected, ...]
-
-
-def canonical_json(value: object) -> bytes:
-    """One spelling per JSON value: sorted keys, no spaces, UTF-8 (not ``\\u`` escapes)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    # JSON may spell lone surrogates ("\ud800"): kept distinct, not refused.
-    return text.encode("utf-8", errors="surrogatepass")
 
 
 def parse_delivery(body: bytes) -> Delivery:
@@ -396,34 +262,3 @@ def _optional_text(value: object) -> str | None:
     if isinstance(value, str) and value.strip():
         return value.strip()
     return None
-
-
-def redacted(body: bytes | str, limit: int = 64 * 1024) -> str:
-    """Text fit to keep: phone-like numbers cut to their last four digits, at most ``limit``
-    characters. Signed deliveries hold no secrets of ours; numbers are personal data."""
-    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-    text = text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
-    if len(text) > limit:
-        text = text[:limit] + f"… [{len(text) - limit} characters cut]"
-    return _PHONE.sub(lambda match: "…" + match.group(0)[-4:], text)
-
-
-def text_parts(text: str) -> list[str]:
-    """A reply in pieces of at most 4,096 characters, cut at line ends where possible."""
-    return split_message(text, MAX_TEXT_CHARS)
-
-
-def send_payload(recipient: str, text: str) -> dict[str, Any]:
-    """The Cloud API's send-message body for a text reply.
-
-    Phone numbers go in ``to``; a business-scoped user id (BSUID, ``CC.digits``) in
-    ``recipient``, where Meta takes it for users without a known number.
-    """
-    address = {"to": recipient} if recipient.isdigit() else {"recipient": recipient}
-    return {
-        "messaging_product": "whatsapp",
-        "recipient_type": "individual",
-        **address,
-        "type": "text",
-        "text": {"preview_url": False, "body": text},
-    }
