@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Retry-After (seconds) when nobody said otherwise; ``IdempotencyConfig`` starts from it.
+DEFAULT_RETRY_AFTER = 1
+
 
 class IdempotencyError(Exception):
     """Base of the engine's outcomes that are not a response to send."""
@@ -11,20 +17,24 @@ class FingerprintMismatch(IdempotencyError):
     """The key was used before with another request: nothing is processed (422)."""
 
 
-class RequestInFlight(IdempotencyError):
+class _RetryLater(IdempotencyError):
+    """An outcome that tells the client when to retry.
+
+    ``retry_after`` is None when the one raising it has no estimate of its own (a store does
+    not know the engine's configuration): the engine then gives its configured Retry-After.
+    """
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestInFlight(_RetryLater):
     """The same key is being processed right now and did not finish in time (409)."""
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
-
-class StoreBusy(IdempotencyError):
+class StoreBusy(_RetryLater):
     """The store could not take the claim in time (locks or pool exhausted); retry later (503)."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class TransactionConflict(StoreBusy):
@@ -33,8 +43,19 @@ class TransactionConflict(StoreBusy):
     is safe (the engine does, a few times); if it escapes, it is a 503 like any busy store."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, retry_after=1)
+        super().__init__(message)
 
 
 class StoreUnavailable(IdempotencyError):
     """The store cannot be reached; failing closed (503)."""
+
+
+@contextmanager
+def retry_after_by_default(seconds: int) -> Iterator[None]:
+    """Give ``seconds`` as Retry-After to an escaping outcome that carries no estimate."""
+    try:
+        yield
+    except _RetryLater as error:
+        if error.retry_after is None:
+            error.retry_after = seconds
+        raise
