@@ -20,13 +20,18 @@ class FingerprintMismatch(IdempotencyError):
 class _RetryLater(IdempotencyError):
     """An outcome that tells the client when to retry.
 
-    ``retry_after`` is None when the one raising it has no estimate of its own (a store does
-    not know the engine's configuration): the engine then gives its configured Retry-After.
+    A store raises it without an estimate when it has none of its own (it does not know the
+    engine's configuration); the engine then gives its configured Retry-After.
     """
 
     def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self._retry_after = retry_after
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds the client should wait before it retries (the Retry-After header)."""
+        return self._retry_after if self._retry_after is not None else DEFAULT_RETRY_AFTER
 
 
 class RequestInFlight(_RetryLater):
@@ -56,6 +61,6 @@ def retry_after_by_default(seconds: int) -> Iterator[None]:
     try:
         yield
     except _RetryLater as error:
-        if error.retry_after is None:
-            error.retry_after = seconds
+        if error._retry_after is None:
+            error._retry_after = seconds
         raise

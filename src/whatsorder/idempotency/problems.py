@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from whatsorder.idempotency.errors import (
-    DEFAULT_RETRY_AFTER,
     FingerprintMismatch,
     IdempotencyError,
     RequestInFlight,
@@ -42,11 +41,11 @@ def problem_for(error: IdempotencyError | InvalidKey) -> tuple[int, bytes, dict[
         title = "Idempotency key reused with another request"
         return 422, problem_body("key-reused", title, 422, str(error)), headers
     if isinstance(error, RequestInFlight):
-        headers["retry-after"] = str(error.retry_after or DEFAULT_RETRY_AFTER)
+        headers["retry-after"] = str(error.retry_after)
         title = "Request with this key is still in progress"
         return 409, problem_body("in-flight", title, 409, str(error)), headers
     if isinstance(error, StoreBusy):
-        headers["retry-after"] = str(error.retry_after or DEFAULT_RETRY_AFTER)
+        headers["retry-after"] = str(error.retry_after)
         title = "Idempotency store busy"
         return 503, problem_body("store-busy", title, 503, str(error)), headers
     if isinstance(error, StoreUnavailable):

@@ -22,7 +22,7 @@ class Status(enum.StrEnum):
 class IdempotentRequest:
     """One request as the engine sees it: where it belongs, its key and what it said."""
 
-    scope: str  # e.g. the webhook type, or tenant + route
+    scope: str  # what keys are partitioned by: a webhook's type, a tenant and route, …
     key: str
     fingerprint: str
     source_ip: str | None = None
