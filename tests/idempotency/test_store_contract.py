@@ -32,7 +32,7 @@ from whatsorder.idempotency import (
     StoredResponse,
     open_store,
 )
-from whatsorder.idempotency.engine import _Waits
+from whatsorder.idempotency.lease import Waits
 from whatsorder.idempotency.record import as_utc
 from whatsorder.idempotency.stores.base import Claimed, LeaseStore
 from whatsorder.idempotency.stores.redis import RedisStore
@@ -413,8 +413,8 @@ async def test_duplicates_waiting_in_one_process_share_one_look_and_wake_when_th
     store: LeaseStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Polls 2 s apart: answers within the handler's 0.2 s can only come from the wake-up.
-    monkeypatch.setattr(_Waits, "FIRST_PAUSE", 2.0)
-    monkeypatch.setattr(_Waits, "LONGEST_PAUSE", 2.0)
+    monkeypatch.setattr(Waits, "FIRST_PAUSE", 2.0)
+    monkeypatch.setattr(Waits, "LONGEST_PAUSE", 2.0)
     counted = CountedLooks(store)
     engine = leased(counted, IdempotencyConfig(in_flight_wait=timedelta(seconds=5)))
     calls: list[int] = []

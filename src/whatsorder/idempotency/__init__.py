@@ -4,7 +4,7 @@ Stands alone: it imports nothing else from whatsorder, so it can serve any appli
 """
 
 from whatsorder.idempotency.config import IdempotencyConfig
-from whatsorder.idempotency.engine import IdempotencyEngine, Outcome, Result
+from whatsorder.idempotency.engine import IdempotencyEngine
 from whatsorder.idempotency.errors import (
     FingerprintMismatch,
     IdempotencyError,
@@ -22,6 +22,7 @@ from whatsorder.idempotency.keys import (
     validate_key,
 )
 from whatsorder.idempotency.middleware import IdempotencyMiddleware
+from whatsorder.idempotency.outcomes import Outcome, Result
 from whatsorder.idempotency.problems import problem_body, problem_for
 from whatsorder.idempotency.record import (
     HandlerResult,

@@ -1,8 +1,9 @@
 """Request fingerprints: what "the same request" means when a client retries with a key.
 
 A key names one request. If a client reuses a key for a different request, replaying the first
-response would answer a question it did not ask, so the engine answers 422 instead (DESIGN.md
-§3). The fingerprint is SHA-256 over the method, the path and a canonical body:
+response would answer a question it did not ask, so the engine answers 422 instead
+(docs/architecture.md §3). The fingerprint is SHA-256 over the method, the path and a canonical
+body:
 
 - form bodies (``application/x-www-form-urlencoded``) are compared as sorted pairs, so the same
   fields in another order or another percent-encoding match. Blank values are kept: ``Body=``

@@ -2,9 +2,9 @@
 
 draft-ietf-httpapi-idempotency-key-header makes the header an RFC 8941 structured-field String
 (``"abc-123"``); older clients send a bare token (``abc-123``). Both are accepted and give the
-same key. A key is 1-255 visible ASCII characters (DESIGN.md §3); one that breaks a rule raises
-`InvalidKey` naming the rule, which the web layer turns into a 400. Messages never repeat the
-offending value: it may hold control characters meant for a log or a terminal.
+same key. A key is 1-255 visible ASCII characters (docs/architecture.md §3); one that breaks a
+rule raises `InvalidKey` naming the rule, which the web layer turns into a 400. Messages never
+repeat the offending value: it may hold control characters meant for a log or a terminal.
 """
 
 import re

@@ -12,13 +12,19 @@ from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from datetime import timedelta
 from typing import Any
 
-from whatsorder.idempotency.config import IdempotencyConfig
-from whatsorder.idempotency.engine import IdempotencyEngine, Outcome, Result
+from whatsorder.idempotency.config import IdempotencyConfig, two_to_four_hundreds
+from whatsorder.idempotency.engine import IdempotencyEngine
 from whatsorder.idempotency.errors import IdempotencyError, StoreUnavailable
 from whatsorder.idempotency.fingerprint import fingerprint as default_fingerprint
 from whatsorder.idempotency.keys import InvalidKey, key_from_headers
+from whatsorder.idempotency.outcomes import Outcome, Result
 from whatsorder.idempotency.problems import problem_body, problem_for
-from whatsorder.idempotency.record import HandlerResult, IdempotentRequest, StoredResponse
+from whatsorder.idempotency.record import (
+    STORED_HEADER,
+    HandlerResult,
+    IdempotentRequest,
+    StoredResponse,
+)
 from whatsorder.idempotency.stores import open_store
 from whatsorder.idempotency.stores.base import LeaseStore
 
@@ -31,7 +37,6 @@ ScopeFunction = Callable[[Scope], str]
 FingerprintFunction = Callable[[str, str, bytes, "str | None"], str]
 
 REPLAYED_HEADER = b"idempotent-replayed"
-STORED_HEADER = b"idempotency-stored"  # "false" when a response was too large to keep
 log = logging.getLogger("whatsorder.idempotency")
 
 
@@ -61,7 +66,7 @@ class IdempotencyMiddleware:
         ttl: timedelta = timedelta(hours=24),
         in_flight_wait: timedelta = timedelta(seconds=5),
         lease: timedelta = timedelta(seconds=30),
-        store_status: Callable[[int], bool] | None = None,
+        store_status: Callable[[int], bool] = two_to_four_hundreds,
         scope: ScopeFunction = method_and_path,
         fingerprint: FingerprintFunction = default_fingerprint,
         max_stored_bytes: int = 64 * 1024,
@@ -73,19 +78,17 @@ class IdempotencyMiddleware:
         self.store = (
             open_store(store, in_flight_wait=in_flight_wait) if isinstance(store, str) else store
         )
-        keep = store_status or (lambda status: 200 <= status < 500)
         config = IdempotencyConfig(
             ttl=ttl,
             in_flight_wait=in_flight_wait,
             lease=lease,
             max_stored_body_bytes=max_stored_bytes,
-            store_status=lambda status: status < 500 and keep(status),
+            store_status=store_status,
         )
         self.engine: IdempotencyEngine[None] = IdempotencyEngine(self.store, config)
         self.required = required
         self.scope_of = scope
         self.fingerprint = fingerprint
-        self.max_stored_bytes = max_stored_bytes
         self.max_request_bytes = max_request_bytes
         self.methods = frozenset(method.upper() for method in methods)
         self.fail_open = fail_open
@@ -120,7 +123,7 @@ class IdempotencyMiddleware:
             source_ip=client[0] if client else None,
         )
         replay_receive = _replaying(body, receive)
-        capture = _ResponseCapture(send, self.max_stored_bytes)
+        capture = _ResponseCapture(send, self.engine.config.max_stored_body_bytes)
 
         async def handler() -> HandlerResult:
             await self.app(scope, replay_receive, capture.send)
@@ -226,7 +229,7 @@ class _ResponseCapture:
         assert self._start is not None
         self.passed_through = True
         start = dict(self._start)
-        start["headers"] = [*start.get("headers", []), (STORED_HEADER, b"false")]
+        start["headers"] = [*start.get("headers", []), (STORED_HEADER.encode(), b"false")]
         await self._send(start)
         await self._send(
             {"type": "http.response.body", "body": b"".join(self._chunks), "more_body": more_body}
@@ -243,11 +246,7 @@ class _ResponseCapture:
         }
         body = b"" if self.passed_through else b"".join(self._chunks)
         response = StoredResponse.build(self._start["status"], body, headers)
-        if self.passed_through:
-            return StoredResponse(
-                response.status, b"", (*response.headers, ("idempotency-stored", "false"))
-            )
-        return response
+        return response.without_body() if self.passed_through else response
 
     async def flush(self) -> None:
         assert self._start is not None

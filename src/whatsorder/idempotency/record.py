@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 # Headers worth replaying (IETF idempotency-key draft); never Set-Cookie, Date, rate limits.
 REPLAYABLE_HEADERS = frozenset({"content-type", "location", "etag", "link"})
+# On a response whose body was too large to keep: its replays carry the status, not the body.
+STORED_HEADER = "idempotency-stored"
 
 
 class Status(enum.StrEnum):
@@ -20,7 +22,7 @@ class Status(enum.StrEnum):
 class IdempotentRequest:
     """One request as the engine sees it: where it belongs, its key and what it said."""
 
-    scope: str  # e.g. the webhook type, or tenant + route
+    scope: str  # what keys are partitioned by: a webhook's type, a tenant and route, …
     key: str
     fingerprint: str
     source_ip: str | None = None
@@ -51,6 +53,10 @@ class StoredResponse:
             if name.lower() in REPLAYABLE_HEADERS
         )
         return cls(status=status, body=body, headers=tuple(kept))
+
+    def without_body(self) -> StoredResponse:
+        """What is kept of a response too large to keep whole: its status and headers."""
+        return StoredResponse(self.status, b"", (*self.headers, (STORED_HEADER, "false")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,5 +267,5 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
         if str(error) == POOL_EXHAUSTED:  # BlockingConnectionPool's wait ran out: Redis is up
-            raise StoreBusy("No Redis connection was free in time.", retry_after=1) from error
+            raise StoreBusy("No Redis connection was free in time.") from error
         raise StoreUnavailable(f"Redis cannot be reached: {error}") from error
