@@ -48,12 +48,13 @@ run: $(STAMP)
 	WHATSORDER_PUBLIC_URL=$${WHATSORDER_PUBLIC_URL:-http://127.0.0.1:8000} \
 	$(BIN)/whatsorder serve --host 127.0.0.1 --port 8000
 
-## make test: lint, format check, type check and the whole test suite (the quick mode of the fault suite
+## make test: lint, format check, type check, the import rules and the whole test suite (the quick mode of the fault suite
 ## included; nginx, for the replica tests, is installed from Debian's packages when missing).
 test: $(DEV_STAMP) system-packages
 	$(BIN)/ruff check src tests examples
 	$(BIN)/ruff format --check src tests examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 system-packages:

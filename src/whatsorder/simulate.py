@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
+from whatsorder import routes
 from whatsorder.providers import meta, twilio
 
 # The development secrets `make run` serves with, by provider, so `send` and `pay` work against
@@ -42,9 +43,7 @@ def twilio_message(
     """An inbound WhatsApp message as Twilio posts it, signed over the URL and every field."""
     from urllib.parse import urlencode
 
-    from whatsorder.web.twilio import INBOUND_PATH
-
-    url = base_url.rstrip("/") + INBOUND_PATH
+    url = base_url.rstrip("/") + routes.TWILIO_INBOUND
     sid = sid or "SM" + secrets.token_hex(16)
     pairs = [
         ("MessageSid", sid),
@@ -71,7 +70,6 @@ def meta_message(
     base_url: str, text: str, *, sender: str, name: str, app_secret: str, wamid: str | None = None
 ) -> SignedRequest:
     """A Cloud API delivery of one text message, signed over its raw bytes."""
-    from whatsorder.web.meta import PATH
 
     wa_id = sender.removeprefix("whatsapp:").lstrip("+")
     wamid = wamid or "wamid." + secrets.token_hex(16)
@@ -110,7 +108,7 @@ def meta_message(
         "X-Hub-Signature-256": meta.sign(app_secret, body),
         "Content-Type": "application/json",
     }
-    return SignedRequest(base_url.rstrip("/") + PATH, body, headers, wamid)
+    return SignedRequest(base_url.rstrip("/") + routes.META, body, headers, wamid)
 
 
 def stripe_payment(
@@ -118,7 +116,6 @@ def stripe_payment(
 ) -> SignedRequest:
     """A ``payment_intent.succeeded`` event for the order, signed ``t=…,v1=…`` as Stripe does."""
     from whatsorder.providers import stripe
-    from whatsorder.web.payments import STRIPE_PATH
 
     event_id = "evt_" + secrets.token_hex(12)
     event = {
@@ -144,7 +141,7 @@ def stripe_payment(
         stripe.SIGNATURE_HEADER: stripe.sign(secret, payload, int(time.time())),
         "Content-Type": "application/json",
     }
-    return SignedRequest(base_url.rstrip("/") + STRIPE_PATH, payload.encode(), headers, event_id)
+    return SignedRequest(base_url.rstrip("/") + routes.STRIPE, payload.encode(), headers, event_id)
 
 
 def razorpay_payment(
@@ -152,7 +149,6 @@ def razorpay_payment(
 ) -> SignedRequest:
     """A ``payment.captured`` event for the order, signed over the raw body as Razorpay does."""
     from whatsorder.providers import razorpay
-    from whatsorder.web.payments import RAZORPAY_PATH
 
     event_id = secrets.token_hex(10)
     event = {
@@ -181,4 +177,4 @@ def razorpay_payment(
         razorpay.EVENT_ID_HEADER: event_id,
         "Content-Type": "application/json",
     }
-    return SignedRequest(base_url.rstrip("/") + RAZORPAY_PATH, body, headers, event_id)
+    return SignedRequest(base_url.rstrip("/") + routes.RAZORPAY, body, headers, event_id)

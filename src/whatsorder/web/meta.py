@@ -22,7 +22,7 @@ from functools import partial
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from whatsorder import observability
+from whatsorder import observability, routes
 from whatsorder.providers import meta
 from whatsorder.settings import secret
 from whatsorder.web import meta_statuses, refusals, webhooks
@@ -34,7 +34,7 @@ from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import runtime_of
 from whatsorder.web.webhooks import Incoming, SignatureMismatch
 
-PATH = "/api/v1/whatsapp/meta/webhook"
+PATH = routes.META
 MAX_BODY_BYTES = 3 * 1024 * 1024  # Meta's payloads reach 3 MB
 
 router = APIRouter(tags=["meta"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
 
+from whatsorder import routes
 from whatsorder.clock import utcnow
 from whatsorder.idempotency import HandlerResult, fingerprint, validate_key
 from whatsorder.ordering.payment_model import PaymentEvent
@@ -27,8 +28,8 @@ from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime
 from whatsorder.web.webhooks import Handled, Incoming, NotOurConcern, SignatureMismatch, Webhook
 
-STRIPE_PATH = "/api/v1/payments/stripe/webhook"
-RAZORPAY_PATH = "/api/v1/payments/razorpay/webhook"
+STRIPE_PATH = routes.STRIPE
+RAZORPAY_PATH = routes.RAZORPAY
 
 router = APIRouter(tags=["payments"])
 

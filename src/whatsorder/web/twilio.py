@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
 
+from whatsorder import routes
 from whatsorder.clock import utcnow
 from whatsorder.idempotency import HandlerResult, StoredResponse, form_fingerprint
 from whatsorder.ordering import replies, services
@@ -19,8 +20,8 @@ from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime
 from whatsorder.web.webhooks import Handled, Incoming, SignatureMismatch, Webhook
 
-INBOUND_PATH = "/api/v1/whatsapp/webhook"
-STATUS_PATH = "/api/v1/whatsapp/status"
+INBOUND_PATH = routes.TWILIO_INBOUND
+STATUS_PATH = routes.TWILIO_STATUS
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 router = APIRouter(tags=["twilio"])
