@@ -1,4 +1,5 @@
-"""The message grammar (DESIGN.md §4) and order pricing, as pure functions: no database."""
+"""The message grammar (README, "The messages customers can send") and order pricing, as pure
+functions: no database."""
 
 from __future__ import annotations
 

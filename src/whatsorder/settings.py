@@ -15,7 +15,8 @@ DEFAULT_DATABASE_URL = "sqlite:///./var/whatsorder.db"
 
 
 class Settings(BaseSettings):
-    """Everything the service can be told; DESIGN.md §6 is the contract for these names."""
+    """Everything the service can be told. The names are a contract that deployments and
+    outside tools rely on (README, docs/quick-reference.md): add, never rename."""
 
     model_config = SettingsConfigDict(env_prefix="WHATSORDER_", extra="ignore")
 

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder import observability
 from whatsorder.clock import utcnow
+from whatsorder.db.dialect import upsert
 from whatsorder.db.tables import idempotency_stats
 from whatsorder.idempotency import IdempotencyEvent
 
@@ -45,11 +45,10 @@ class OutcomeCounter:
         pending, self._counts = self._counts, Counter()
         if not pending:
             return 0
-        insert = postgresql.insert if database.dialect.name == "postgresql" else sqlite.insert
         try:
             async with database.begin() as connection:
                 for (hour, scope, outcome), count in pending.items():
-                    statement = insert(idempotency_stats).values(
+                    statement = upsert(database, idempotency_stats).values(
                         hour=hour, webhook_type=scope, outcome=outcome, count=count
                     )
                     await connection.execute(

@@ -15,7 +15,7 @@ from typing import Final, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from whatsorder.idempotency import IdempotencyEvent, events
+from whatsorder.idempotency import IdempotencyEvent, Outcome
 from whatsorder.observability.redaction import mask_phone
 
 # prometheus_client picks its storage from this variable when first imported; so do we.
@@ -174,25 +174,25 @@ def record_order_created(source: str, order_id: int) -> None:
 
 def record_invalid_key(webhook_type: str) -> None:
     """A client-supplied idempotency key broke a rule: refused before the engine saw it."""
-    IDEMPOTENCY_OUTCOMES.labels(webhook_type, events.INVALID_KEY).inc()
+    IDEMPOTENCY_OUTCOMES.labels(webhook_type, Outcome.INVALID_KEY).inc()
     log.info(
         "Idempotency key invalid",
-        extra={"webhook_type": webhook_type, "outcome": events.INVALID_KEY},
+        extra={"webhook_type": webhook_type, "outcome": Outcome.INVALID_KEY},
     )
 
 
 # The engine's outcomes as log events; the first three names are a contract (issue 4).
 _EVENT_LOGS: Final[Mapping[str, tuple[int, str]]] = {
-    "new": (logging.INFO, "Idempotency key is new"),
-    "takeover": (logging.INFO, "Idempotency key is new"),
-    "replayed": (logging.INFO, "Idempotency cache hit"),
-    events.IN_FLIGHT: (logging.INFO, "Idempotency key in flight"),
-    events.MISMATCH: (logging.INFO, "Idempotency key reused for another request"),
-    "not_stored": (logging.WARNING, "Idempotency response not stored"),
-    "lease_lost": (logging.WARNING, "Idempotency lease lost"),
-    events.STORE_BUSY: (logging.ERROR, "Error in idempotency"),
-    events.STORE_UNAVAILABLE: (logging.ERROR, "Error in idempotency"),
-    events.HANDLER_ERROR: (logging.ERROR, "Error in idempotency"),
+    Outcome.NEW: (logging.INFO, "Idempotency key is new"),
+    Outcome.TAKEOVER: (logging.INFO, "Idempotency key is new"),
+    Outcome.REPLAYED: (logging.INFO, "Idempotency cache hit"),
+    Outcome.IN_FLIGHT: (logging.INFO, "Idempotency key in flight"),
+    Outcome.MISMATCH: (logging.INFO, "Idempotency key reused for another request"),
+    Outcome.NOT_STORED: (logging.WARNING, "Idempotency response not stored"),
+    Outcome.LEASE_LOST: (logging.WARNING, "Idempotency lease lost"),
+    Outcome.STORE_BUSY: (logging.ERROR, "Error in idempotency"),
+    Outcome.STORE_UNAVAILABLE: (logging.ERROR, "Error in idempotency"),
+    Outcome.HANDLER_ERROR: (logging.ERROR, "Error in idempotency"),
 }
 
 
