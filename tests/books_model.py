@@ -215,9 +215,14 @@ class Books:
         if order.status == "placed":
             order.status = "paid"
             return self.answer("credited", event.number)
-        # The money came all the same; an operator must hear of it unless a refund came first.
-        late = {"cancelled": ("paid_after_cancel",), "paid": ("paid_twice",)}
-        return self.answer("credited", event.number, *late.get(order.status, ()))
+        # The money came all the same; an operator must hear of it unless this payment's own
+        # refund came first.
+        late = {
+            "cancelled": ("paid_after_cancel",),
+            "paid": ("paid_twice",),
+            "refunded": () if payment.refunded >= event.amount else ("paid_after_refund",),
+        }
+        return self.answer("credited", event.number, *late[order.status])
 
     def refund_by_id(self, event: RefundById) -> Answer:
         payment = self.payment("razorpay", event.payment_id, event.number)

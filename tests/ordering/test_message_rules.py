@@ -91,6 +91,31 @@ async def test_stock_taken_by_another_order_meanwhile_rejects_the_whole_order(
     assert uow.books.orders == {}
 
 
+async def test_a_copy_that_lost_the_last_stock_to_its_own_order_answers_with_that_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two copies of one message under different keys: the first takes the last units and
+    commits while the second waits on the product row; the second finds no stock left — for
+    the order its own message placed — and must answer with that order, not "out of stock"."""
+    uow = FakeUnitOfWork()
+    real_take_stock = InMemoryOrdering.take_stock
+
+    async def first_copy_won(self: InMemoryOrdering, product_id: int, quantity: int) -> bool:
+        monkeypatch.setattr(InMemoryOrdering, "take_stock", real_take_stock)
+        other_copy = FakeUnitOfWork(uow.books)
+        assert (await say(other_copy, "ORDER 2 x OIL-1L")).created
+        uow.books = other_copy.books  # what the other copy committed while we waited
+        return False
+
+    await say(uow, "MENU", message_id="SM0")  # the sender is known: no registration to wait on
+    monkeypatch.setattr(InMemoryOrdering, "take_stock", first_copy_won)
+    outcome = await say(uow, "ORDER 2 x OIL-1L")
+
+    assert not outcome.created
+    assert outcome.reply == replies.order_placed(uow.books.orders[1])
+    assert len(uow.books.orders) == 1
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

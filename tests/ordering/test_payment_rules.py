@@ -141,6 +141,29 @@ async def test_a_second_payment_of_a_paid_order_is_credited_and_noted() -> None:
     assert uow.books.orders[1].status is OrderStatus.PAID
 
 
+async def test_a_second_payment_after_a_full_refund_is_credited_and_noted() -> None:
+    uow = FakeUnitOfWork()
+    await placed_order(uow)
+    refund = event(PaymentKind.REFUNDED, event_id="evt_r", refund_id="re_1")
+
+    outcome = await apply(uow, event(), refund, event(event_id="evt_2", payment_id="pay_2"))
+
+    assert outcome.exceptions == (ExceptionKind.PAID_AFTER_REFUND,)
+    assert money(uow, EntryType.PAYMENT_CREDIT) == [TOTAL, TOTAL]
+    assert uow.books.orders[1].status is OrderStatus.REFUNDED
+
+
+async def test_a_payment_whose_own_refund_came_first_completes_the_pair_unnoted_again() -> None:
+    uow = FakeUnitOfWork()
+    await placed_order(uow)
+    refund = event(PaymentKind.REFUNDED, event_id="evt_r", refund_id="re_1")
+
+    outcome = await apply(uow, refund, event())
+
+    assert outcome.exceptions == ()
+    assert noted(uow) == [ExceptionKind.REFUND_BEFORE_PAYMENT]
+
+
 @pytest.mark.parametrize("kind", [PaymentKind.FAILED, PaymentKind.REFUND_PENDING])
 async def test_failures_and_pending_refunds_move_no_money(kind: PaymentKind) -> None:
     uow = FakeUnitOfWork()

@@ -118,6 +118,12 @@ class IdempotencyEngine(Generic[ContextT]):
                     return watch.done(await self._execute(store, request, handler, watch))
                 except TransactionConflict as conflict:
                     if run == MAX_TRANSACTION_RUNS:
+                        # Lost every run: worth a look (a unique key a bug takes every time
+                        # ends here too), though the caller answers 503 and the retry is safe.
+                        log.warning(
+                            "transaction lost every run",
+                            extra={"reason": str(conflict), "runs": run},
+                        )
                         raise
                     log.info("transaction rerun", extra={"reason": str(conflict), "run": run})
                     # Jittered, so two transactions that deadlocked do not meet again at once.

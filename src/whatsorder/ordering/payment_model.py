@@ -28,6 +28,7 @@ class ExceptionKind(enum.StrEnum):
     REFUND_MISMATCH = "refund_mismatch"
     REFUND_EXCEEDS_PAYMENT = "refund_exceeds_payment"
     PAID_AFTER_CANCEL = "paid_after_cancel"
+    PAID_AFTER_REFUND = "paid_after_refund"
     PAID_TWICE = "paid_twice"
 
 

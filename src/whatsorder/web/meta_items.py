@@ -122,13 +122,14 @@ class DeliveryItems:
             return
         runtime = self.runtime
         created: int | None = None
+        inbound = message.inbound()
+        sender_limit = webhooks.SenderLimit(inbound.sender)
 
         async def handle(connection: AsyncConnection) -> HandlerResult:
             nonlocal created
             now = utcnow()
-            inbound = message.inbound()
             notes: dict[str, object] = {}
-            if not await webhooks.sender_allowed(runtime, inbound.sender):
+            if not await sender_limit.allows(runtime):
                 reply, order_id = replies.RATE_LIMITED, None
             else:
                 uow = runtime.unit_of_work(connection)
@@ -138,6 +139,10 @@ class DeliveryItems:
                     )
                 else:
                     outcome = await services.receive_message(uow, inbound, now)
+                if outcome.refused:
+                    # Not kept, and nothing sent: the wamid's key stays free for its own
+                    # sender's redeliveries.
+                    return HandlerResult(json_stored({"order": None}), notes, keep=False)
                 created = outcome.order_id if outcome.created else None
                 reply, order_id = outcome.reply, outcome.order_id
                 notes.update(retailer_id=outcome.retailer_id, order_id=order_id)

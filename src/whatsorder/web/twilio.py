@@ -100,21 +100,24 @@ class _Form:
 class _Inbound(_Form):
     message: InboundMessage
     provider_token: str | None
+    sender_limit: webhooks.SenderLimit
 
 
 def _parse_inbound(incoming: Incoming) -> _Inbound:
     form = _Form.of(incoming)
+    message = twilio.inbound_message(form.params)
     return _Inbound(
         form.pairs,
-        twilio.inbound_message(form.params),
+        message,
         twilio.provider_token(incoming.request.headers.get(twilio.IDEMPOTENCY_TOKEN_HEADER)),
+        webhooks.SenderLimit(message.sender),
     )
 
 
 async def _answer_message(runtime: Runtime, inbound: _Inbound, uow: UnitOfWork) -> Handled:
     message = inbound.message
     notes: dict[str, object] = {"provider_token": inbound.provider_token}
-    if not await webhooks.sender_allowed(runtime, message.sender):
+    if not await inbound.sender_limit.allows(runtime):
         return Handled(HandlerResult(twiml_response(replies.RATE_LIMITED), notes))
     outcome = await services.receive_message(uow, message, utcnow())
     notes.update(retailer_id=outcome.retailer_id, order_id=outcome.order_id)

@@ -229,15 +229,24 @@ def idempotent_request(
     )
 
 
-async def sender_allowed(runtime: Runtime, sender: str) -> bool:
-    """The per-sender limit, counted when it refuses.
+class SenderLimit:
+    """The per-sender limit for one message, counted when it refuses.
 
-    Asked inside the idempotency scope: a replay never counts against the sender's limit.
+    Asked inside the idempotency scope, so a replay never counts against the sender's limit;
+    and asked once: a transaction run again after a lost race (a deadlock, a key taken
+    meanwhile) reuses the answer instead of counting the sender a second time.
     """
-    if await runtime.limits.allow_sender(sender):
-        return True
-    observability.record_rate_limited("sender", sender)
-    return False
+
+    def __init__(self, sender: str) -> None:
+        self.sender = sender
+        self._answer: bool | None = None
+
+    async def allows(self, runtime: Runtime) -> bool:
+        if self._answer is None:
+            self._answer = await runtime.limits.allow_sender(self.sender)
+            if not self._answer:
+                observability.record_rate_limited("sender", self.sender)
+        return self._answer
 
 
 def count_created_order(source: str, order_id: int | None, result: Result) -> None:

@@ -116,6 +116,7 @@ async def place_order(
         if existing is not None:
             return _placed_before(existing, retailer_id)
         catalogue = await uow.ordering.catalogue(line.sku for line in command.lines)
+        rejection: str | None = None
         try:
             priced = price_order(command.lines, catalogue)
             # One lock order for every order: two orders naming the same SKUs never deadlock.
@@ -124,20 +125,26 @@ async def place_order(
                 if not await uow.ordering.take_stock(line.product_id, line.quantity):
                     raise OrderRejected(f"{line.sku}: not enough left in stock.")
         except OrderRejected as rejected:
-            return MessageOutcome(replies.order_rejected(str(rejected)), retailer_id)
-        order = await uow.ordering.add_order(
-            retailer_id, priced, message.source, message.message_id, now
-        )
-        if order is not None:
-            await uow.ordering.add_ledger_entry(retailer_id, order.id, debit_for(order), now)
-            await uow.commit()
-            return MessageOutcome(replies.order_placed(order), retailer_id, order.id, created=True)
-    # A copy of this message that came under another idempotency key placed it first: leaving
-    # the block rolled our stock back, and the answer is the one that order gets.
+            rejection = str(rejected)
+        else:
+            order = await uow.ordering.add_order(
+                retailer_id, priced, message.source, message.message_id, now
+            )
+            if order is not None:
+                await uow.ordering.add_ledger_entry(retailer_id, order.id, debit_for(order), now)
+                await uow.commit()
+                return MessageOutcome(
+                    replies.order_placed(order), retailer_id, order.id, created=True
+                )
+    # A copy of this message that came under another idempotency key may have placed it while
+    # we waited: it found the order's key taken (add_order), or the stock it needed gone to
+    # that very order. Leaving the block rolled our writes back; that order is the answer.
     async with uow:
         existing = await uow.ordering.order_from_source(message.source, message.message_id)
-    assert existing is not None  # add_order found it, and orders are never deleted
-    return _placed_before(existing, retailer_id)
+    if existing is not None:
+        return _placed_before(existing, retailer_id)
+    assert rejection is not None  # add_order found an order, and orders are never deleted
+    return MessageOutcome(replies.order_rejected(rejection), retailer_id)
 
 
 def _placed_before(order: Order, retailer_id: int) -> MessageOutcome:

@@ -96,7 +96,8 @@ async def _succeeded(
         return PaymentOutcome(PaymentResult.CREDITED, order.id, OrderStatus.PAID)
     # Re-read: on PostgreSQL a concurrent change we waited for is visible now.
     status = await current_status(uow, order)
-    late = _late_credit(order, status, event)
+    refunded_first = await uow.payments.refunded(event.provider, event.payment_id)
+    late = _late_credit(order, status, event, refunded_first)
     if late is None:
         return PaymentOutcome(PaymentResult.CREDITED, order.id, status)
     await uow.payments.record_exception(event, order.id, late, now)
@@ -104,9 +105,12 @@ async def _succeeded(
 
 
 def _late_credit(
-    order: PayableOrder, status: OrderStatus, event: PaymentEvent
+    order: PayableOrder, status: OrderStatus, event: PaymentEvent, refunded_first: int
 ) -> PaymentException | None:
-    """What to tell an operator about money that reached an order no longer waiting for it."""
+    """What to tell an operator about money that reached an order no longer waiting for it.
+
+    ``refunded_first``: how much of this very payment was refunded before its credit came.
+    """
     if status is OrderStatus.CANCELLED:
         # The money arrived all the same: it is on the ledger, and someone must refund it.
         return noted(
@@ -122,5 +126,13 @@ def _late_credit(
             order,
             event,
         )
-    # REFUNDED: the refund came first and was noted then; this credit completes the pair.
-    return None
+    if refunded_first >= event.amount:
+        # REFUNDED by this payment's own refund, which came first and was noted then: this
+        # credit completes the pair.
+        return None
+    return noted(
+        ExceptionKind.PAID_AFTER_REFUND,
+        f"{order.number} was refunded before this payment arrived; refund it.",
+        order,
+        event,
+    )
