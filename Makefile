@@ -16,12 +16,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# The engine (engine/, its own distribution) is installed from this checkout, with whatsorder.
+$(STAMP): pyproject.toml engine/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ./engine -e .
 	touch $@
 
-$(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(DEV_STAMP): pyproject.toml engine/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e './engine[test]' -e '.[dev]'
 	touch $@ $(STAMP)
 
 install: $(STAMP)
@@ -49,13 +50,15 @@ run: $(STAMP)
 	$(BIN)/whatsorder serve --host 127.0.0.1 --port 8000
 
 ## make test: lint, format check, type check, the import rules and the whole test suite (the quick mode of the fault suite
-## included; nginx, for the replica tests, is installed from Debian's packages when missing).
+## included; nginx, for the replica tests, is installed from Debian's packages when missing); then both wheels are
+## built and the engine's own tests run in a virtualenv that holds only the engine.
 test: $(DEV_STAMP) system-packages
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples engine
+	$(BIN)/ruff format --check src tests examples engine
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest
+	bash scripts/engine-wheels.sh $(PYTHON)
 
 system-packages:
 	@bash scripts/system-packages.sh nginx

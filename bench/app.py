@@ -58,7 +58,7 @@ def create() -> Any:
         return _trivial
     from fastapi import FastAPI
 
-    from whatsorder.idempotency import sql_engine
+    from whatsorder_idempotency import sql_engine
 
     database = sql_engine(os.environ["BENCH_DB"], **POOL)
     sleep = float(os.environ.get("BENCH_SLEEP_MS", "0")) / 1000
@@ -115,15 +115,15 @@ def _none(_app: Any, _startup: list[Hook], _shutdown: list[Hook]) -> None:
 
 
 def _whatsorder(app: Any, _startup: list[Hook], shutdown: list[Hook]) -> None:
-    from whatsorder.idempotency import IdempotencyMiddleware, SqlStore, idempotency_table
-    from whatsorder.idempotency.stores.redis import RedisStore
+    from whatsorder_idempotency import IdempotencyMiddleware, SqlStore, idempotency_table
+    from whatsorder_idempotency.stores.redis import RedisStore
 
     url = os.environ["BENCH_STORE"]
     store: Any
     if url.startswith("redis"):
         store = RedisStore.from_url(url, prefix=os.environ["BENCH_PREFIX"] + "wo:")
     else:  # open_store's SqlStore, with the pool kept small for the shared PostgreSQL
-        from whatsorder.idempotency import sql_engine
+        from whatsorder_idempotency import sql_engine
 
         store = SqlStore(
             sql_engine(url, **POOL),
@@ -139,7 +139,7 @@ def _whatsorder_tx(app: Any, database: Any, sleep: float) -> None:
     from fastapi.responses import Response
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from whatsorder.idempotency import (
+    from whatsorder_idempotency import (
         HandlerResult,
         IdempotencyEngine,
         IdempotencyError,

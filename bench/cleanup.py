@@ -18,9 +18,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from whatsorder.db.tables import webhook_idempotency
-from whatsorder.idempotency import SqlStore, sql_engine
-from whatsorder.idempotency.cleanup import delete_expired
-from whatsorder.idempotency.record import utcnow
+from whatsorder_idempotency import SqlStore, sql_engine
+from whatsorder_idempotency.cleanup import delete_expired
+from whatsorder_idempotency.record import utcnow
 
 # Records as the service leaves them: a TwiML reply of ~200 bytes, expired a day ago, in the
 # order they were written (expiry grows with the id).

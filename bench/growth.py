@@ -26,7 +26,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from bench import harness, load
 from bench.contenders import GROUPS, OURS
 from bench.context import Context
-from whatsorder.idempotency import fingerprint, idempotency_table
+from whatsorder_idempotency import fingerprint, idempotency_table
 
 TABLE = "idempotency_records"
 SCOPE = "POST /orders"
@@ -256,8 +256,8 @@ def cleanup(ctx: Context, stores: list[str]) -> None:
 
 def _clean(store_url: str | None) -> Any:
     """One cleanup run, in the process it is submitted to; its report. None: only the imports."""
-    from whatsorder.idempotency import SqlStore, sql_engine
-    from whatsorder.idempotency.cleanup import delete_expired
+    from whatsorder_idempotency import SqlStore, sql_engine
+    from whatsorder_idempotency.cleanup import delete_expired
 
     if store_url is None:
         return None
@@ -274,7 +274,7 @@ def _clean(store_url: str | None) -> Any:
 
 
 def _cleanup_under_load(ctx: Context, name: str, db_url: str, store_url: str) -> dict[str, Any]:
-    from whatsorder.idempotency.cleanup import DEFAULT_BATCH_SIZE
+    from whatsorder_idempotency.cleanup import DEFAULT_BATCH_SIZE
 
     s = ctx.settings
     loader = _Loader(name, store_url)

@@ -23,7 +23,7 @@ from sqlalchemy import MetaData, event
 from bench import harness
 from bench.contenders import GROUPS, OURS_TX
 from bench.context import Context
-from whatsorder.idempotency.stores.sql import AUTOCOMMIT_OPTION as AUTOCOMMIT
+from whatsorder_idempotency.stores.sql import AUTOCOMMIT_OPTION as AUTOCOMMIT
 
 
 def measure(ctx: Context, stores: list[str]) -> None:
@@ -40,7 +40,7 @@ def measure(ctx: Context, stores: list[str]) -> None:
 def _app(store: Any) -> Any:
     from fastapi import FastAPI
 
-    from whatsorder.idempotency import IdempotencyMiddleware
+    from whatsorder_idempotency import IdempotencyMiddleware
 
     app = FastAPI()
 
@@ -53,8 +53,8 @@ def _app(store: Any) -> Any:
 
 
 async def _count(store_url: str) -> dict[str, Any]:
-    from whatsorder.idempotency import SqlStore, idempotency_table, sql_engine
-    from whatsorder.idempotency.stores.redis import RedisStore
+    from whatsorder_idempotency import SqlStore, idempotency_table, sql_engine
+    from whatsorder_idempotency.stores.redis import RedisStore
 
     store: Any
     if store_url.startswith("redis"):
@@ -92,7 +92,7 @@ async def _count(store_url: str) -> dict[str, Any]:
 
 async def _count_transactional(store_url: str) -> dict[str, Any]:
     """The engine's transactional mode (whatsorder-tx), its handler writing nothing itself."""
-    from whatsorder.idempotency import (
+    from whatsorder_idempotency import (
         HandlerResult,
         IdempotencyEngine,
         IdempotentRequest,

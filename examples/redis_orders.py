@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from whatsorder.idempotency import IdempotencyMiddleware, open_store
+from whatsorder_idempotency import IdempotencyMiddleware, open_store
 
 app = FastAPI()
 orders: list[dict[str, object]] = []

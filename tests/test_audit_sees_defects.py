@@ -47,7 +47,7 @@ from whatsorder.db.tables import (
     retailers,
     webhook_idempotency,
 )
-from whatsorder.idempotency.record import utcnow
+from whatsorder_idempotency.record import utcnow
 
 TOTAL = 3 * 4_800  # ORDER 3 x SUGAR-1KG
 Corruption = Callable[[AsyncConnection, str], Awaitable[None]]

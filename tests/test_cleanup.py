@@ -28,10 +28,10 @@ from whatsorder.clock import utcnow
 from whatsorder.db import migrate
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import idempotency_cleanup_runs, webhook_idempotency
-from whatsorder.idempotency import SqlStore
-from whatsorder.idempotency.cleanup import cleanup_lock_key, delete_expired
 from whatsorder.scheduler import CleanupScheduler, cron_schedule, run_cleanup
 from whatsorder.settings import Settings
+from whatsorder_idempotency import SqlStore
+from whatsorder_idempotency.cleanup import cleanup_lock_key, delete_expired
 
 NOW = datetime(2025, 6, 1, 12, 0, 30, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -216,7 +216,7 @@ async def test_cleanup_logs_its_completion(
     db: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     await insert_records(db, expired(3))
-    caplog.set_level(logging.INFO, logger="whatsorder.idempotency")
+    caplog.set_level(logging.INFO, logger="whatsorder_idempotency")
 
     await delete_expired(SqlStore(db, webhook_idempotency), now=NOW)
 
@@ -236,7 +236,7 @@ async def test_a_second_cleanup_skips_while_another_replica_holds_the_lock(
 ) -> None:
     engine = open_database(postgres_url)
     store = SqlStore(engine, webhook_idempotency)
-    caplog.set_level(logging.INFO, logger="whatsorder.idempotency")
+    caplog.set_level(logging.INFO, logger="whatsorder_idempotency")
     try:
         await insert_records(engine, expired(20))
         async with cleanup_lock_held_elsewhere(postgres_url):

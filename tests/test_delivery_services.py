@@ -8,8 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder.db.tables import dead_letters, outbox_messages
 from whatsorder.db.uow import SqlUnitOfWork
-from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering import services
+from whatsorder_idempotency.record import utcnow
 
 
 async def _rows(db: AsyncEngine) -> tuple[list[str], int]:

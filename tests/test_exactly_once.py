@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import INBOUND_PATH, encode, inbound_form, reply_text, signed_headers, snapshot
 from whatsorder.db.tables import orders, webhook_idempotency
-from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering.demo import DEMO_CATALOGUE
+from whatsorder_idempotency.record import utcnow
 
 ATTA_STOCK = next(p.stock for p in DEMO_CATALOGUE if p.sku == "ATTA-5KG")
 

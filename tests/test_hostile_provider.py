@@ -43,9 +43,9 @@ from support import (
 from whatsorder.db import reports
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import ledger_entries, orders, retailers, webhook_idempotency
-from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering.demo import DEMO_CATALOGUE
 from whatsorder.scheduler import run_cleanup
+from whatsorder_idempotency.record import utcnow
 
 PRICE = {product.sku: product.unit_price for product in DEMO_CATALOGUE}
 ASHA = "whatsapp:+919876543210"

@@ -25,7 +25,7 @@ from support import (
     signed_headers,
 )
 from whatsorder import observability
-from whatsorder.idempotency import IdempotencyEvent
+from whatsorder_idempotency import IdempotencyEvent
 
 PHONE = "+919876543210"
 SENDER = f"whatsapp:{PHONE}"

@@ -47,8 +47,6 @@ from whatsorder.db.tables import (
     retailers,
     webhook_idempotency,
 )
-from whatsorder.idempotency import StoreBusy
-from whatsorder.idempotency.record import as_utc, utcnow
 from whatsorder.ordering import replies
 from whatsorder.ordering.demo import DEMO_CATALOGUE
 from whatsorder.ordering.services import messages as services
@@ -56,6 +54,8 @@ from whatsorder.outbox import OutboxSender, RetryPolicy
 from whatsorder.providers import meta
 from whatsorder.web import meta as meta_routes
 from whatsorder.web import meta_statuses
+from whatsorder_idempotency import StoreBusy
+from whatsorder_idempotency.record import as_utc, utcnow
 
 STOCK = {product.sku: product.stock for product in DEMO_CATALOGUE}
 PHONE_NUMBER_ID = "106540352242922"

@@ -31,8 +31,8 @@ from support import (
 )
 from whatsorder.db.dead_letters import add_dead_letter
 from whatsorder.db.tables import dead_letters, webhook_idempotency
-from whatsorder.idempotency.record import utcnow
 from whatsorder.scheduler import run_cleanup
+from whatsorder_idempotency.record import utcnow
 
 
 @pytest.fixture

@@ -30,9 +30,9 @@ from support import META_SENDER, new_wamid
 from whatsorder.db.engine import open_database
 from whatsorder.db.outbox import OutboxRepository, replies_sent_twice
 from whatsorder.db.tables import outbox_messages
-from whatsorder.idempotency.record import utcnow
 from whatsorder.outbox import OutboxSender
 from whatsorder.providers import meta
+from whatsorder_idempotency.record import utcnow
 
 PHONE_NUMBER_ID = "106540352242922"
 ACCESS_TOKEN = "test-graph-access-token"

@@ -49,7 +49,6 @@ from whatsorder.db.tables import (
     payments,
     webhook_idempotency,
 )
-from whatsorder.idempotency.record import utcnow
 from whatsorder.ordering.model import OrderStatus, order_id_from_number
 from whatsorder.ordering.payment_model import (
     ExceptionKind,
@@ -61,6 +60,7 @@ from whatsorder.ordering.payment_model import (
 from whatsorder.providers import razorpay as razorpay_provider
 from whatsorder.providers import stripe as stripe_provider
 from whatsorder.web import payments as payment_routes
+from whatsorder_idempotency.record import utcnow
 
 SUGAR_PRICE = 4_800  # paise, from the demo catalogue
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from whatsorder.idempotency.record import as_utc as as_utc
-from whatsorder.idempotency.record import utcnow as utcnow
+from whatsorder_idempotency.record import as_utc as as_utc
+from whatsorder_idempotency.record import utcnow as utcnow
 
 
 def isoformat(moment: datetime | None) -> str | None:

@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from whatsorder import observability
 from whatsorder.clock import as_utc, utcnow
 from whatsorder.db.tables import idempotency_cleanup_runs, webhook_idempotency
-from whatsorder.idempotency import SqlStore
-from whatsorder.idempotency.cleanup import DEFAULT_BATCH_SIZE, delete_expired
 from whatsorder.settings import Settings
+from whatsorder_idempotency import SqlStore
+from whatsorder_idempotency.cleanup import DEFAULT_BATCH_SIZE, delete_expired
 
 log = logging.getLogger(__name__)
 

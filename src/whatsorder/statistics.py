@@ -22,7 +22,7 @@ from whatsorder import observability
 from whatsorder.clock import utcnow
 from whatsorder.db.dialect import upsert
 from whatsorder.db.tables import idempotency_stats
-from whatsorder.idempotency import IdempotencyEvent
+from whatsorder_idempotency import IdempotencyEvent
 
 log = logging.getLogger("whatsorder.statistics")
 

@@ -42,7 +42,7 @@ from support import (
 from whatsorder import statistics
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import orders
-from whatsorder.idempotency.cleanup import cleanup_lock_key
+from whatsorder_idempotency.cleanup import cleanup_lock_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -81,8 +81,8 @@ class KillSwitch:
 
 def install(switch: KillSwitch) -> None:
     """Wrap the engine and the SQL store's steps with the kill points."""
-    from whatsorder.idempotency.engine import IdempotencyEngine, Outcome
-    from whatsorder.idempotency.stores.sql import SqlTransaction
+    from whatsorder_idempotency.engine import IdempotencyEngine, Outcome
+    from whatsorder_idempotency.stores.sql import SqlTransaction
 
     insert_claim = SqlTransaction.insert_claim
     complete = SqlTransaction.complete

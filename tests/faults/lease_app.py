@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 from fastapi import FastAPI, Request
 
-from whatsorder.idempotency import IdempotencyMiddleware, open_store
+from whatsorder_idempotency import IdempotencyMiddleware, open_store
 
 
 @asynccontextmanager

@@ -31,9 +31,9 @@ from faults.hostile_support import (
 from faults.modes import scaled
 from support import INBOUND_PATH, encode, inbound_form, signed_headers
 from whatsorder.db.tables import webhook_idempotency
-from whatsorder.idempotency import IdempotencyMiddleware, open_store, sql_engine
-from whatsorder.idempotency.stores.redis import RedisStore
 from whatsorder.web.app import create_app
+from whatsorder_idempotency import IdempotencyMiddleware, open_store, sql_engine
+from whatsorder_idempotency.stores.redis import RedisStore
 
 EXAMPLES = scaled(15, 400)
 RULES = {"empty", "too-long", "not-visible-ascii", "malformed-structured-field"}

@@ -35,7 +35,7 @@ from support import (
     stripe_event,
     stripe_headers,
 )
-from whatsorder.idempotency import IdempotencyMiddleware, open_store
+from whatsorder_idempotency import IdempotencyMiddleware, open_store
 
 AppFactory = Callable[..., FastAPI]
 ASHA, RAVI = "whatsapp:+919876543210", "whatsapp:+919812345678"

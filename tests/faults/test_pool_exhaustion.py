@@ -34,7 +34,8 @@ from support import (
     signed_headers,
 )
 from whatsorder.db.tables import webhook_idempotency
-from whatsorder.idempotency import (
+from whatsorder.web.app import create_app
+from whatsorder_idempotency import (
     HandlerResult,
     IdempotencyEngine,
     IdempotentRequest,
@@ -42,7 +43,6 @@ from whatsorder.idempotency import (
     SqlStore,
     sql_engine,
 )
-from whatsorder.web.app import create_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

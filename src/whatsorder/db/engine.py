@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from whatsorder.idempotency import sql_engine
+from whatsorder_idempotency import sql_engine
 
 
 def open_database(

@@ -21,7 +21,7 @@ from whatsorder.db.tables import (
     idempotency_stats,
     webhook_idempotency,
 )
-from whatsorder.idempotency import events
+from whatsorder_idempotency import events
 
 # Outcomes counted as errors: the store or the handler failed, nothing was answered from a record.
 ERROR_OUTCOMES = (events.STORE_BUSY, events.STORE_UNAVAILABLE, events.HANDLER_ERROR)

@@ -17,7 +17,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from whatsorder.idempotency import idempotency_table
+from whatsorder_idempotency import idempotency_table
 
 # Constraint names are fixed so that migrations name the same things on SQLite and PostgreSQL.
 metadata = MetaData(

@@ -1,68 +1,23 @@
-"""An idempotency engine for webhooks and APIs: claim-first, atomic, crash-safe.
+"""The idempotency engine under its former name: ``whatsorder_idempotency`` is its home now.
 
-Stands alone: it imports nothing else from whatsorder, so it can serve any application.
+The engine ships as a distribution of its own (``engine/`` in this repository); whatsorder
+depends on it. Code written against ``whatsorder.idempotency`` keeps working: this package
+re-exports the engine's public names, and each engine submodule is registered under the old
+name too (``whatsorder.idempotency.stores.sql`` *is* ``whatsorder_idempotency.stores.sql``), so
+there is one module object per module and ``isinstance`` holds across both names.
 """
 
-from whatsorder.idempotency.config import IdempotencyConfig
-from whatsorder.idempotency.engine import IdempotencyEngine
-from whatsorder.idempotency.errors import (
-    FingerprintMismatch,
-    IdempotencyError,
-    RequestInFlight,
-    StoreBusy,
-    StoreUnavailable,
-    TransactionConflict,
-)
-from whatsorder.idempotency.events import IdempotencyEvent, Listener
-from whatsorder.idempotency.fingerprint import fingerprint, form_fingerprint
-from whatsorder.idempotency.keys import (
-    InvalidKey,
-    key_from_headers,
-    parse_key_header,
-    validate_key,
-)
-from whatsorder.idempotency.middleware import IdempotencyMiddleware
-from whatsorder.idempotency.outcomes import Outcome, Result
-from whatsorder.idempotency.problems import problem_body, problem_for
-from whatsorder.idempotency.record import (
-    HandlerResult,
-    IdempotencyRecord,
-    IdempotentRequest,
-    Status,
-    StoredResponse,
-)
-from whatsorder.idempotency.stores import open_store
-from whatsorder.idempotency.stores.sql import SqlStore, idempotency_table, sql_engine
+import importlib
+import pkgutil
+import sys
 
-__all__ = [
-    "FingerprintMismatch",
-    "HandlerResult",
-    "IdempotencyConfig",
-    "IdempotencyEngine",
-    "IdempotencyError",
-    "IdempotencyEvent",
-    "IdempotencyMiddleware",
-    "IdempotencyRecord",
-    "IdempotentRequest",
-    "InvalidKey",
-    "Listener",
-    "Outcome",
-    "RequestInFlight",
-    "Result",
-    "SqlStore",
-    "Status",
-    "StoreBusy",
-    "StoreUnavailable",
-    "StoredResponse",
-    "TransactionConflict",
-    "fingerprint",
-    "form_fingerprint",
-    "idempotency_table",
-    "key_from_headers",
-    "open_store",
-    "parse_key_header",
-    "problem_body",
-    "problem_for",
-    "sql_engine",
-    "validate_key",
-]
+import whatsorder_idempotency
+from whatsorder_idempotency import *  # noqa: F403  (the engine's public names, unchanged)
+from whatsorder_idempotency import __all__ as __all__
+
+for _found in pkgutil.walk_packages(
+    whatsorder_idempotency.__path__, prefix=f"{whatsorder_idempotency.__name__}."
+):
+    _module = importlib.import_module(_found.name)
+    _old_name = __name__ + _found.name[len(whatsorder_idempotency.__name__) :]
+    sys.modules.setdefault(_old_name, _module)

@@ -15,8 +15,8 @@ from typing import Final, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from whatsorder.idempotency import IdempotencyEvent, Outcome
 from whatsorder.observability.redaction import mask_phone
+from whatsorder_idempotency import IdempotencyEvent, Outcome
 
 # prometheus_client picks its storage from this variable when first imported; so do we.
 MULTIPROCESS_DIR: Final = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from whatsorder.idempotency import InvalidKey, validate_key
 from whatsorder.ordering.model import InboundMessage
 from whatsorder.privacy import mask_phone
 from whatsorder.providers.malformed import MalformedWebhook
+from whatsorder_idempotency import InvalidKey, validate_key
 
 SOURCE = "twilio"
 WEBHOOK_TYPE_INBOUND = "twilio_inbound"

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import Response
 
-from whatsorder.idempotency import Result, StoredResponse
+from whatsorder_idempotency import Result, StoredResponse
 
 JSON_CONTENT_TYPE = "application/json"
 

@@ -17,7 +17,14 @@ from functools import partial
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder.clock import utcnow
-from whatsorder.idempotency import (
+from whatsorder.ordering import replies, services
+from whatsorder.ordering.model import OrderRejected, order_number
+from whatsorder.providers import meta
+from whatsorder.web import meta_statuses, webhooks
+from whatsorder.web.answers import JSON_CONTENT_TYPE, json_stored
+from whatsorder.web.problems import Problem
+from whatsorder.web.runtime import Runtime
+from whatsorder_idempotency import (
     FingerprintMismatch,
     HandlerResult,
     IdempotentRequest,
@@ -26,13 +33,6 @@ from whatsorder.idempotency import (
     StoreUnavailable,
     fingerprint,
 )
-from whatsorder.ordering import replies, services
-from whatsorder.ordering.model import OrderRejected, order_number
-from whatsorder.providers import meta
-from whatsorder.web import meta_statuses, webhooks
-from whatsorder.web.answers import JSON_CONTENT_TYPE, json_stored
-from whatsorder.web.problems import Problem
-from whatsorder.web.runtime import Runtime
 
 log = logging.getLogger("whatsorder.web.meta")
 

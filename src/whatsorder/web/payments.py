@@ -16,7 +16,6 @@ from fastapi import APIRouter, Request, Response
 
 from whatsorder import routes
 from whatsorder.clock import utcnow
-from whatsorder.idempotency import HandlerResult, fingerprint, validate_key
 from whatsorder.ordering.payment_model import PaymentEvent
 from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.ordering.services.payments import apply_payment
@@ -27,6 +26,7 @@ from whatsorder.web.openapi import RAZORPAY_EVENT, STRIPE_EVENT, WEBHOOK_REFUSAL
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime
 from whatsorder.web.webhooks import Handled, Incoming, NotOurConcern, SignatureMismatch, Webhook
+from whatsorder_idempotency import HandlerResult, fingerprint, validate_key
 
 STRIPE_PATH = routes.STRIPE
 RAZORPAY_PATH = routes.RAZORPAY

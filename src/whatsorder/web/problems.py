@@ -9,14 +9,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from whatsorder.idempotency import (
+from whatsorder_idempotency import (
     IdempotencyError,
     InvalidKey,
     StoredResponse,
     problem_body,
     problem_for,
 )
-from whatsorder.idempotency.problems import PROBLEM_CONTENT_TYPE
+from whatsorder_idempotency.problems import PROBLEM_CONTENT_TYPE
 
 TYPE_PREFIX = "urn:problem-type:whatsorder:"
 log = logging.getLogger("whatsorder.web")

@@ -15,11 +15,11 @@ from whatsorder.db import migrate, reports
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import webhook_idempotency
 from whatsorder.db.uow import SqlUnitOfWork
-from whatsorder.idempotency import IdempotencyConfig, IdempotencyEngine, SqlStore
 from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.settings import Settings
 from whatsorder.statistics import OutcomeCounter
 from whatsorder.web.guards import RateLimits
+from whatsorder_idempotency import IdempotencyConfig, IdempotencyEngine, SqlStore
 
 
 @dataclass

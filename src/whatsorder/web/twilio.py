@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request, Response
 
 from whatsorder import routes
 from whatsorder.clock import utcnow
-from whatsorder.idempotency import HandlerResult, StoredResponse, form_fingerprint
 from whatsorder.ordering import replies, services
 from whatsorder.ordering.model import InboundMessage
 from whatsorder.ordering.ports import UnitOfWork
@@ -19,6 +18,7 @@ from whatsorder.web.openapi import TWILIO_INBOUND, TWILIO_STATUS, WEBHOOK_REFUSA
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime
 from whatsorder.web.webhooks import Handled, Incoming, SignatureMismatch, Webhook
+from whatsorder_idempotency import HandlerResult, StoredResponse, form_fingerprint
 
 INBOUND_PATH = routes.TWILIO_INBOUND
 STATUS_PATH = routes.TWILIO_STATUS

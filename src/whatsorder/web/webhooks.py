@@ -20,14 +20,6 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder import observability
-from whatsorder.idempotency import (
-    HandlerResult,
-    IdempotentRequest,
-    InvalidKey,
-    Outcome,
-    Result,
-    key_from_headers,
-)
 from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.providers.malformed import MalformedWebhook
 from whatsorder.settings import Settings
@@ -42,6 +34,14 @@ from whatsorder.web.refusals import (
     signature_of,
 )
 from whatsorder.web.runtime import Runtime, runtime_of
+from whatsorder_idempotency import (
+    HandlerResult,
+    IdempotentRequest,
+    InvalidKey,
+    Outcome,
+    Result,
+    key_from_headers,
+)
 
 Event = TypeVar("Event")
 

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from whatsorder.idempotency import InvalidKey, validate_key
 from whatsorder.providers.malformed import MalformedWebhook
 from whatsorder.providers.meta.delivery import (
     CartItem,
@@ -24,6 +23,7 @@ from whatsorder.providers.meta.delivery import (
     StatusUpdate,
     canonical_json,
 )
+from whatsorder_idempotency import InvalidKey, validate_key
 
 MAX_WAMID_CHARS = 200  # real ones are ~60; leaves room for "reply:" and ":status" in 255
 MAX_SENDER_CHARS = 64  # retailers.whatsapp_id and outbox_messages.recipient

@@ -1,0 +1,284 @@
+"""``IdempotencyMiddleware``: the engine in front of any ASGI app (Starlette, FastAPI, …).
+
+Pure ASGI: it wraps ``receive`` and ``send`` and never touches a framework's request objects.
+POST and PATCH with a key are claimed before the app sees them; the app's response is held
+until it is stored, so a client that got an answer can always have it replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from datetime import timedelta
+from typing import Any
+
+from whatsorder_idempotency.config import IdempotencyConfig, two_to_four_hundreds
+from whatsorder_idempotency.engine import IdempotencyEngine
+from whatsorder_idempotency.errors import IdempotencyError, StoreUnavailable
+from whatsorder_idempotency.fingerprint import fingerprint as default_fingerprint
+from whatsorder_idempotency.keys import InvalidKey, key_from_headers
+from whatsorder_idempotency.outcomes import Outcome, Result
+from whatsorder_idempotency.problems import problem_body, problem_for
+from whatsorder_idempotency.record import (
+    STORED_HEADER,
+    HandlerResult,
+    IdempotentRequest,
+    StoredResponse,
+)
+from whatsorder_idempotency.stores import open_store
+from whatsorder_idempotency.stores.base import LeaseStore
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+ScopeFunction = Callable[[Scope], str]
+FingerprintFunction = Callable[[str, str, bytes, "str | None"], str]
+
+REPLAYED_HEADER = b"idempotent-replayed"
+log = logging.getLogger("whatsorder_idempotency")
+
+
+def method_and_path(scope: Scope) -> str:
+    """The default scope: the same key on two routes is two keys."""
+    return f"{scope['method']} {scope.get('root_path', '')}{scope['path']}"
+
+
+class IdempotencyMiddleware:
+    """Runs each keyed POST/PATCH once and replays its response to retries.
+
+    ``store``: a lease store or a URL for ``open_store`` (``memory://``, ``sqlite:///…``,
+    ``postgresql://…``, ``redis://…``). ``required``: refuse keyed methods without a key (400).
+    ``store_status``: which statuses are kept (default 2xx–4xx; 5xx never, whatever it says).
+    ``scope``: how keys are partitioned (default method + path; add tenant or principal).
+    ``max_stored_bytes``: larger responses go out unstored, with ``Idempotency-Stored: false``;
+    their retries get the status without the body, never a second run.
+    ``fail_open``: with the store unreachable, run the app unprotected instead of answering 503.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: LeaseStore | str,
+        required: bool = False,
+        ttl: timedelta = timedelta(hours=24),
+        in_flight_wait: timedelta = timedelta(seconds=5),
+        lease: timedelta = timedelta(seconds=30),
+        store_status: Callable[[int], bool] = two_to_four_hundreds,
+        scope: ScopeFunction = method_and_path,
+        fingerprint: FingerprintFunction = default_fingerprint,
+        max_stored_bytes: int = 64 * 1024,
+        max_request_bytes: int = 1024 * 1024,
+        methods: Collection[str] = ("POST", "PATCH"),
+        fail_open: bool = False,
+    ) -> None:
+        self.app = app
+        self.store = (
+            open_store(store, in_flight_wait=in_flight_wait) if isinstance(store, str) else store
+        )
+        config = IdempotencyConfig(
+            ttl=ttl,
+            in_flight_wait=in_flight_wait,
+            lease=lease,
+            max_stored_body_bytes=max_stored_bytes,
+            store_status=store_status,
+        )
+        self.engine: IdempotencyEngine[None] = IdempotencyEngine(self.store, config)
+        self.required = required
+        self.scope_of = scope
+        self.fingerprint = fingerprint
+        self.max_request_bytes = max_request_bytes
+        self.methods = frozenset(method.upper() for method in methods)
+        self.fail_open = fail_open
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in self.methods:
+            await self.app(scope, receive, send)
+            return
+        headers = _Headers(scope)
+        try:
+            key = key_from_headers(headers)
+            if key is None and self.required:
+                raise InvalidKey("missing", "This request needs an Idempotency-Key header.")
+        except InvalidKey as error:
+            await _send_problem(send, error)
+            return
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+
+        body = await _read_body(receive, self.max_request_bytes)
+        if body is None:
+            await _send_raw(send, 413, *_too_large(self.max_request_bytes))
+            return
+        client = scope.get("client")
+        request = IdempotentRequest(
+            scope=self.scope_of(scope),
+            key=key,
+            fingerprint=self.fingerprint(
+                scope["method"], scope["path"], body, headers.get("content-type")
+            ),
+            source_ip=client[0] if client else None,
+        )
+        replay_receive = _replaying(body, receive)
+        capture = _ResponseCapture(send, self.engine.config.max_stored_body_bytes)
+
+        async def handler() -> HandlerResult:
+            await self.app(scope, replay_receive, capture.send)
+            return HandlerResult(capture.stored())
+
+        try:
+            result = await self.engine.execute_leased(request, handler)
+        except StoreUnavailable as error:
+            if not self.fail_open or capture.started:
+                await _send_problem(send, error)
+                return
+            log.warning("idempotency store unavailable; failing open: %s", error)
+            await self.app(scope, _replaying(body, receive), send)
+            return
+        except IdempotencyError as error:
+            await _send_problem(send, error)
+            return
+        await self._respond(result, capture, send)
+
+    async def _respond(self, result: Result, capture: _ResponseCapture, send: Send) -> None:
+        if result.outcome is Outcome.REPLAYED:
+            await _send_stored(send, result.response, replayed=True)
+        elif not capture.passed_through:
+            await capture.flush()
+        # else: the response already streamed to the client as it was made
+
+
+class _Headers:
+    """Case-insensitive lookup of an ASGI scope's headers (first value wins)."""
+
+    def __init__(self, scope: Scope) -> None:
+        self._headers: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers", []):
+            name = raw_name.decode("latin-1").lower()
+            self._headers.setdefault(name, raw_value.decode("latin-1"))
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._headers.get(name.lower(), default)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body (it is fingerprinted), or None past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the app the body already read, then the real channel."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class _ResponseCapture:
+    """Holds the app's response until it is stored; past ``limit`` bytes it streams it instead."""
+
+    def __init__(self, send: Send, limit: int) -> None:
+        self._send = send
+        self._limit = limit
+        self._start: Message | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.passed_through = False
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self._start = message
+            self.started = True
+            return
+        if message["type"] != "http.response.body":
+            await self._send(message)
+            return
+        if self.passed_through:
+            await self._send(message)
+            return
+        chunk = message.get("body", b"")
+        self._size += len(chunk)
+        self._chunks.append(chunk)
+        if self._size > self._limit:
+            await self._pass_through(more_body=message.get("more_body", False))
+
+    async def _pass_through(self, *, more_body: bool) -> None:
+        assert self._start is not None
+        self.passed_through = True
+        start = dict(self._start)
+        start["headers"] = [*start.get("headers", []), (STORED_HEADER.encode(), b"false")]
+        await self._send(start)
+        await self._send(
+            {"type": "http.response.body", "body": b"".join(self._chunks), "more_body": more_body}
+        )
+        self._chunks = []
+
+    def stored(self) -> StoredResponse:
+        """What is kept for replay: everything, or without the body when it was too large."""
+        if self._start is None:
+            raise RuntimeError("the application sent no response")
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in self._start.get("headers", [])
+        }
+        body = b"" if self.passed_through else b"".join(self._chunks)
+        response = StoredResponse.build(self._start["status"], body, headers)
+        return response.without_body() if self.passed_through else response
+
+    async def flush(self) -> None:
+        assert self._start is not None
+        await self._send(self._start)
+        await self._send({"type": "http.response.body", "body": b"".join(self._chunks)})
+
+
+async def _send_stored(send: Send, response: StoredResponse, *, replayed: bool) -> None:
+    headers = [
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers
+    ]
+    if replayed:
+        headers.append((REPLAYED_HEADER, b"true"))
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def _send_problem(send: Send, error: IdempotencyError | InvalidKey) -> None:
+    status, body, headers = problem_for(error)
+    await _send_raw(send, status, body, headers)
+
+
+def _too_large(limit: int) -> tuple[bytes, dict[str, str]]:
+    body = problem_body(
+        "body-too-large", "Request body too large", 413, f"The limit is {limit} bytes."
+    )
+    return body, {"content-type": "application/problem+json"}
+
+
+async def _send_raw(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

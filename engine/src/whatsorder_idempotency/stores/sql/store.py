@@ -1,0 +1,241 @@
+"""The SQL store (SQLite, PostgreSQL): transactional mode, and lease mode for a table apart.
+
+The claim is ``INSERT … ON CONFLICT DO NOTHING`` inside the caller's transaction: on PostgreSQL a
+duplicate's insert waits for the first copy's transaction (bounded by ``lock_timeout``) and then
+sees its committed record; on SQLite ``BEGIN IMMEDIATE`` makes writers take turns (bounded by
+``busy_timeout``). Claim, the handler's writes and completion commit together, so a crash rolls
+all of it back and no record is ever left in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from whatsorder_idempotency.errors import StoreBusy, TransactionConflict
+from whatsorder_idempotency.record import (
+    IdempotencyRecord,
+    IdempotentRequest,
+    Status,
+    StoredResponse,
+)
+from whatsorder_idempotency.stores.base import Claimed
+from whatsorder_idempotency.stores.sql.database import AUTOCOMMIT_OPTION
+from whatsorder_idempotency.stores.sql.errors import store_errors
+from whatsorder_idempotency.stores.sql.schema import is_held
+from whatsorder_idempotency.stores.sql.transaction import SqlTransaction
+
+# What a request that spent its whole wait on the pool still gets for row locks (ms).
+MIN_LOCK_WAIT_MS = 500
+
+
+class SqlStore:
+    """Idempotency records in a SQL table.
+
+    Transactional mode (``transaction()``) shares the application's database and transaction;
+    lease mode (``claim`` … ``release``) serves applications whose data lives elsewhere, each
+    step one compare-and-set statement in autocommit (a take-over: a short transaction).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        *,
+        in_flight_wait: timedelta = timedelta(seconds=5),
+        create_table: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.table = table
+        self.kind = engine.dialect.name
+        self._lock_timeout_ms = max(1, int(in_flight_wait.total_seconds() * 1000))
+        self._table_ready = not create_table
+        self._table_lock = asyncio.Lock()
+
+    async def _ensure_table(self) -> None:
+        if self._table_ready:
+            return
+        async with self._table_lock:
+            if not self._table_ready:
+                try:
+                    async with self._transaction() as transaction:
+                        await transaction.context.run_sync(self.table.create, checkfirst=True)
+                except (sa_exc.DBAPIError, TransactionConflict):
+                    # Another process created it between our check and our CREATE (PostgreSQL's
+                    # IF NOT EXISTS is not race-safe: its catalogue's unique key says so, which
+                    # ``store_errors`` calls a conflict); the second look must find it.
+                    async with self._transaction() as transaction:
+                        await transaction.context.run_sync(self.table.create, checkfirst=True)
+                self._table_ready = True
+
+    async def claim(
+        self, request: IdempotentRequest, now: datetime, lease: timedelta, ttl: timedelta
+    ) -> Claimed | IdempotencyRecord:
+        await self._ensure_table()
+        # A replay (or a duplicate in flight) is answered by one SELECT outside any transaction:
+        # no BEGIN, lock_timeout, INSERT or COMMIT, and no SQLite write lock. Only a key that is
+        # absent or can be taken over goes on to the atomic claim below.
+        found = await self._peek(request.scope, request.key)
+        if found is not None and not found.can_be_taken_over(now):
+            return found
+        if found is None:
+            # A new key: the INSERT … ON CONFLICT DO NOTHING is atomic on its own. It can only
+            # wait on another lease claim's insert, itself one statement, so it needs no
+            # lock_timeout; a conflict (a duplicate won the race) goes on to the transaction.
+            async with self._lone_statement() as connection:
+                if await SqlTransaction(connection, self.table).insert_claim(request, now, lease):
+                    return Claimed(epoch=1, takeover=False)
+        for _ in range(3):
+            async with self.transaction() as transaction:
+                if await transaction.insert_claim(request, now, lease):
+                    return Claimed(epoch=1, takeover=False)
+                record = await transaction.load(request.scope, request.key)
+                if record is None:
+                    continue
+                if not record.can_be_taken_over(now):
+                    return record
+                epoch = await transaction.take_over(record, request, now, lease)
+                if epoch is not None:
+                    return Claimed(epoch=epoch, takeover=True)
+        raise StoreBusy("The idempotency key is heavily contended; retry.")
+
+    async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
+        await self._ensure_table()
+        return await self._peek(scope, key)
+
+    @asynccontextmanager
+    async def read_then_transaction(
+        self, scope: str, key: str
+    ) -> AsyncIterator[IdempotencyRecord | SqlTransaction]:
+        """The record if it is completed, read in autocommit; else a transaction. One checkout.
+
+        A replay costs one statement (plus PostgreSQL's pre-ping) and, on SQLite, never waits
+        for the write lock. Anything else gets a transaction on the same connection, so a new
+        key waits for the pool once, and that wait comes out of its lock wait.
+        """
+        await self._ensure_table()
+        asked = time.monotonic()
+        with store_errors():
+            async with self.engine.connect() as connection:
+                # The level the engine gives its connections, if it sets one: restored below.
+                prior = self.engine.get_execution_options().get("isolation_level")
+                await connection.execution_options(**self._autocommit)
+                found = await SqlTransaction(connection, self.table).load(scope, key)
+                if found is not None and found.status is Status.COMPLETED:
+                    yield found
+                    return
+                # Ends SQLAlchemy's own block around the read (in autocommit the driver sends
+                # nothing), so that the connection can begin a real transaction.
+                await connection.rollback()
+                await connection.execution_options(**self._transactional(connection, prior))
+                async with connection.begin():
+                    if self.kind == "postgresql":
+                        await connection.exec_driver_sql(
+                            f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
+                        )
+                    yield SqlTransaction(connection, self.table)
+
+    @property
+    def _autocommit(self) -> dict[str, Any]:
+        if self.kind == "postgresql":
+            return {"isolation_level": "AUTOCOMMIT"}
+        return {AUTOCOMMIT_OPTION: True}
+
+    def _transactional(self, connection: AsyncConnection, prior: str | None) -> dict[str, Any]:
+        if self.kind == "postgresql":
+            default = connection.sync_connection.default_isolation_level  # type: ignore[union-attr]
+            return {"isolation_level": prior or default}
+        return {AUTOCOMMIT_OPTION: False}
+
+    async def _peek(self, scope: str, key: str) -> IdempotencyRecord | None:
+        """The record as last committed, read by one statement in autocommit."""
+        with store_errors():
+            async with self.engine.connect() as connection:
+                await connection.execution_options(**self._autocommit)
+                return await SqlTransaction(connection, self.table).load(scope, key)
+
+    async def renew(self, scope: str, key: str, epoch: int, locked_until: datetime) -> bool:
+        async with self._lone_statement() as connection:
+            result = await connection.execute(
+                update(self.table)
+                .where(*is_held(self.table, scope, key, epoch))
+                .values(locked_until=locked_until)
+            )
+        return result.rowcount == 1
+
+    async def complete(
+        self,
+        request: IdempotentRequest,
+        epoch: int,
+        response: StoredResponse,
+        now: datetime,
+        ttl: timedelta,
+    ) -> bool:
+        async with self._lone_statement() as connection:
+            return await SqlTransaction(connection, self.table).complete(
+                request, epoch, response, {}, now, ttl
+            )
+
+    async def release(self, scope: str, key: str, epoch: int) -> bool:
+        # The lease ends now but the row stays: the next claim takes it over with a higher
+        # epoch, so the released holder stays fenced out.
+        async with self._lone_statement() as connection:
+            result = await connection.execute(
+                update(self.table)
+                .where(*is_held(self.table, scope, key, epoch))
+                .values(locked_until=None)
+            )
+        return result.rowcount == 1
+
+    @asynccontextmanager
+    async def _lone_statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one statement, committed by itself (autocommit).
+
+        A new key's claim (``INSERT … ON CONFLICT DO NOTHING``) and the holder's steps (renew,
+        complete, release: compare-and-set UPDATEs whose WHERE is the fence) are each atomic on
+        their own: no BEGIN, lock_timeout or COMMIT around them (three round trips fewer on
+        PostgreSQL). The row a holder updates is its own: only a take-over or a cleanup batch,
+        both short, ever lock it, so no lock_timeout is needed.
+        """
+        await self._ensure_table()
+        with store_errors():
+            async with self.engine.connect() as connection:
+                await connection.execution_options(**self._autocommit)
+                yield connection
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def _lock_wait_left(self, asked: float) -> int:
+        """The wait (ms) not yet spent getting a pooled connection: in a storm the two waits
+        would otherwise add up past the provider's timeout."""
+        spent = int((time.monotonic() - asked) * 1000)
+        floor = min(MIN_LOCK_WAIT_MS, self._lock_timeout_ms)
+        return max(floor, self._lock_timeout_ms - spent)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlTransaction]:
+        await self._ensure_table()
+        async with self._transaction() as transaction:
+            yield transaction
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[SqlTransaction]:
+        asked = time.monotonic()
+        with store_errors():
+            async with self.engine.connect() as connection, connection.begin():
+                if self.kind == "postgresql":
+                    # Bounds how long a duplicate waits on the first copy's claim
+                    # (docs/architecture.md §3).
+                    await connection.exec_driver_sql(
+                        f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
+                    )
+                yield SqlTransaction(connection, self.table)

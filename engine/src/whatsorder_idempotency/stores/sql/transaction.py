@@ -1,0 +1,114 @@
+"""The SQL store's steps on one open connection, inside the caller's transaction or alone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import Table, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from whatsorder_idempotency.errors import RequestInFlight
+from whatsorder_idempotency.record import (
+    IdempotencyRecord,
+    IdempotentRequest,
+    Status,
+    StoredResponse,
+)
+from whatsorder_idempotency.stores.sql.errors import PG_LOCK_NOT_AVAILABLE, sqlstate
+from whatsorder_idempotency.stores.sql.schema import (
+    KEY_COLUMN,
+    SCOPE_COLUMN,
+    claimed_row,
+    completed_values,
+    is_held,
+    is_key,
+    record_of,
+)
+
+
+class SqlTransaction:
+    """The store's steps on one open connection; the handler gets the connection as context."""
+
+    def __init__(self, connection: AsyncConnection, table: Table) -> None:
+        self._connection = connection
+        self._table = table
+        self._dialect = connection.dialect.name
+
+    @property
+    def context(self) -> AsyncConnection:
+        return self._connection
+
+    async def insert_claim(
+        self, request: IdempotentRequest, now: datetime, lease: timedelta
+    ) -> bool:
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = (
+            insert(self._table)
+            .values(**claimed_row(request, now, lease))
+            .on_conflict_do_nothing(index_elements=[SCOPE_COLUMN, KEY_COLUMN])
+        )
+        try:
+            result = await self._connection.execute(statement)
+        except sa_exc.DBAPIError as error:
+            if sqlstate(error) == PG_LOCK_NOT_AVAILABLE:  # waited out lock_timeout on the claim
+                raise RequestInFlight(
+                    "Another request with this idempotency key is still being processed."
+                ) from error
+            raise
+        return result.rowcount == 1
+
+    async def load(self, scope: str, key: str) -> IdempotencyRecord | None:
+        statement = select(self._table).where(*is_key(self._table, scope, key))
+        row = (await self._connection.execute(statement)).mappings().first()
+        return None if row is None else record_of(row)
+
+    async def take_over(
+        self, record: IdempotencyRecord, request: IdempotentRequest, now: datetime, lease: timedelta
+    ) -> int | None:
+        table = self._table
+        new_epoch = record.epoch + 1
+        statement = (
+            update(table)
+            .where(
+                *is_key(table, record.scope, record.key),
+                table.c.epoch == record.epoch,  # fencing: only one take-over per epoch wins
+            )
+            .values(
+                fingerprint=request.fingerprint,
+                status=Status.IN_PROGRESS.value,
+                epoch=new_epoch,
+                locked_until=now + lease,
+                request_body=request.request_body,
+                source_ip=request.source_ip,
+                response_status=None,
+                response_body=None,
+                response_headers=None,
+                created_at=now,
+                completed_at=None,
+                expires_at=None,
+            )
+        )
+        result = await self._connection.execute(statement)
+        return new_epoch if result.rowcount == 1 else None
+
+    async def complete(
+        self,
+        request: IdempotentRequest,
+        epoch: int,
+        response: StoredResponse,
+        annotations: Mapping[str, object],
+        now: datetime,
+        ttl: timedelta,
+    ) -> bool:
+        table = self._table
+        extra = {name: value for name, value in annotations.items() if name in table.c}
+        statement = (
+            update(table)
+            .where(*is_held(table, request.scope, request.key, epoch))
+            .values(**completed_values(response, now, ttl), **extra)
+        )
+        result = await self._connection.execute(statement)
+        return result.rowcount == 1

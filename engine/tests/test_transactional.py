@@ -1,0 +1,144 @@
+"""Transactional mode on SQLite: a replay is one read and never waits for the write lock.
+
+Another process writing to the database holds SQLite's single write lock; a new key must wait
+for it (up to ``busy_timeout``), but a completed key is answered from the committed record.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from whatsorder_idempotency import (
+    FingerprintMismatch,
+    HandlerResult,
+    IdempotencyEngine,
+    IdempotentRequest,
+    Outcome,
+    RequestInFlight,
+    SqlStore,
+    StoreBusy,
+    StoredResponse,
+    idempotency_table,
+    sql_engine,
+)
+from whatsorder_idempotency.record import utcnow
+
+metadata = MetaData()
+effects = Table("effects", metadata, Column("id", Integer, primary_key=True))
+BUSY = timedelta(seconds=1)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "tx.db"
+
+
+@pytest.fixture
+async def engine(path: Path) -> AsyncIterator[IdempotencyEngine[AsyncConnection]]:
+    database = sql_engine(f"sqlite:///{path}", busy_timeout=BUSY)
+    async with database.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    store = SqlStore(database, idempotency_table(MetaData()), create_table=True)
+    yield IdempotencyEngine(store)
+    await database.dispose()
+
+
+@pytest.fixture
+def writer(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's long write transaction, holding the database's write lock."""
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    yield other
+    other.close()
+
+
+async def handle(connection: AsyncConnection) -> HandlerResult:
+    await connection.execute(insert(effects))
+    return HandlerResult(StoredResponse.build(201, b'{"ok":true}', {"content-type": "x/y"}))
+
+
+async def count(engine: IdempotencyEngine[AsyncConnection]) -> int:
+    store = engine.store
+    assert isinstance(store, SqlStore)
+    async with store.engine.connect() as connection:
+        return int((await connection.execute(select(func.count()).select_from(effects))).scalar())
+
+
+async def test_a_replay_is_answered_while_another_writer_holds_the_lock(
+    engine: IdempotencyEngine[AsyncConnection], writer: sqlite3.Connection
+) -> None:
+    first = await engine.execute(IdempotentRequest("orders", "k-1", "f-1"), handle)
+    assert first.outcome is Outcome.NEW
+
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        again = await engine.execute(IdempotentRequest("orders", "k-1", "f-1"), handle)
+        took = time.monotonic() - started
+        with pytest.raises(FingerprintMismatch):
+            await engine.execute(IdempotentRequest("orders", "k-1", "another"), handle)
+        with pytest.raises(StoreBusy):  # a new key needs the lock: it waits, then gives up
+            await engine.execute(IdempotentRequest("orders", "k-2", "f-2"), handle)
+    finally:
+        writer.execute("ROLLBACK")
+
+    assert again.outcome is Outcome.REPLAYED
+    assert (again.response.status, again.response.body) == (201, b'{"ok":true}')
+    assert took < BUSY.total_seconds() / 2, f"the replay waited {took:.2f} s for the lock"
+    assert await count(engine) == 1
+
+
+async def test_a_key_claimed_in_lease_mode_is_decided_in_the_transaction(
+    engine: IdempotencyEngine[AsyncConnection],
+) -> None:
+    """A record in flight (lease mode's claim) is not short-cut by the read: it is refused."""
+    store = engine.store
+    assert isinstance(store, SqlStore)
+    request = IdempotentRequest("orders", "k-3", "f-3")
+    await store.claim(request, utcnow(), timedelta(seconds=30), timedelta(hours=1))
+
+    with pytest.raises(RequestInFlight):
+        await engine.execute(request, handle)
+    assert await count(engine) == 0
+
+
+async def test_a_store_that_creates_its_table_does_so_before_its_first_transaction(
+    path: Path,
+) -> None:
+    database = sql_engine(f"sqlite:///{path}")
+    store = SqlStore(database, idempotency_table(MetaData()), create_table=True)
+    try:
+        async with store.transaction() as transaction:
+            claimed = await transaction.insert_claim(
+                IdempotentRequest("orders", "k-4", "f-4"), utcnow(), timedelta(seconds=30)
+            )
+        assert claimed
+        assert (await store.get("orders", "k-4")) is not None
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.postgres
+async def test_the_handler_runs_at_the_isolation_level_its_engine_sets(postgres_url: str) -> None:
+    """The read before the claim switches to autocommit; the transaction after it is the app's."""
+    database = sql_engine(postgres_url).execution_options(isolation_level="SERIALIZABLE")
+    store = SqlStore(database, idempotency_table(MetaData()), create_table=True)
+
+    async def report_level(connection: AsyncConnection) -> HandlerResult:
+        level = (await connection.execute(text("SHOW transaction_isolation"))).scalar_one()
+        return HandlerResult(StoredResponse.build(200, str(level).encode(), {}))
+
+    try:
+        result = await IdempotencyEngine(store).execute(
+            IdempotentRequest("orders", "k-5", "f-5"), report_level
+        )
+    finally:
+        await database.dispose()
+    assert result.response.body == b"serializable"
