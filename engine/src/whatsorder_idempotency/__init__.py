@@ -15,6 +15,7 @@ from whatsorder_idempotency.errors import (
 )
 from whatsorder_idempotency.events import IdempotencyEvent, Listener
 from whatsorder_idempotency.fingerprint import fingerprint, form_fingerprint
+from whatsorder_idempotency.held import NotGuarded, idempotent_connection
 from whatsorder_idempotency.keys import (
     InvalidKey,
     key_from_headers,
@@ -46,6 +47,7 @@ __all__ = [
     "IdempotentRequest",
     "InvalidKey",
     "Listener",
+    "NotGuarded",
     "Outcome",
     "RequestInFlight",
     "Result",
@@ -58,6 +60,7 @@ __all__ = [
     "fingerprint",
     "form_fingerprint",
     "idempotency_table",
+    "idempotent_connection",
     "key_from_headers",
     "open_store",
     "parse_key_header",

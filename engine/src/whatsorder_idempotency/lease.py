@@ -18,12 +18,14 @@ from whatsorder_idempotency.config import IdempotencyConfig
 from whatsorder_idempotency.decision import Replay, decide
 from whatsorder_idempotency.errors import IdempotencyError, RequestInFlight
 from whatsorder_idempotency.events import Watch
+from whatsorder_idempotency.held import HeldKey, held_key
 from whatsorder_idempotency.outcomes import Outcome, Result
 from whatsorder_idempotency.record import (
     HandlerResult,
     IdempotencyRecord,
     IdempotentRequest,
     Status,
+    StoredResponse,
 )
 from whatsorder_idempotency.stores.base import Claimed, LeaseStore
 
@@ -80,16 +82,25 @@ class LeaseRunner:
         self, request: IdempotentRequest, handler: LeasedHandler, claim: Claimed
     ) -> Result:
         store = self._store
+        held = HeldKey(store, request, claim.epoch)
+        token = held_key.set(held)
         try:
-            async with Heartbeat(store, request, claim.epoch, self._config.lease, self._clock):
+            beat = Heartbeat(store, request, claim.epoch, self._config.lease, self._clock)
+            async with beat.pausing_while(lambda: held.excludes_other_writers):
                 result = await handler()
         except BaseException:
+            await held.roll_back()
             await _settle(store.release(request.scope, request.key, claim.epoch))
             raise
+        finally:
+            held_key.reset(token)
         kept = self._config.kept(result)
         if kept is None:
+            await held.roll_back()
             await _settle(store.release(request.scope, request.key, claim.epoch))
             return Result(result.response, Outcome.NOT_STORED)
+        if held.shared is not None:
+            return await self._commit_shared(held, result, kept, claim)
         now = self._clock()
         completed = await _settle(store.complete(request, claim.epoch, kept, now, self._config.ttl))
         if completed is None:
@@ -98,6 +109,29 @@ class LeaseRunner:
             # Our lease was taken over while we ran: the new holder's result stands.
             log.warning("lease lost before completion; the response was not stored")
             return Result(result.response, Outcome.LEASE_LOST)
+        return Result(result.response, Outcome.TAKEOVER if claim.takeover else Outcome.NEW)
+
+    async def _commit_shared(
+        self, held: HeldKey, result: HandlerResult, kept: StoredResponse, claim: Claimed
+    ) -> Result:
+        """Commit the handler's writes with its answer: both, or (fenced out) neither."""
+        request = held.request
+        commit = held.commit_with(kept, self._clock(), self._config.ttl)
+        try:
+            # Shielded: a request cancelled now must not leave the outcome half-decided.
+            completed = await asyncio.shield(asyncio.ensure_future(commit))
+        except BaseException:
+            # The commit's fate is unknown: no answer may go out. Releasing is safe either way
+            # (a completed record is no longer held), and lets the retry go on at once.
+            await _settle(self._store.release(request.scope, request.key, claim.epoch))
+            raise
+        if not completed:
+            log.warning("lease lost before completion; the handler's writes were rolled back")
+            # The answer describes writes that no longer exist; the successor's is the one.
+            raise RequestInFlight(
+                "This request was taken over by a retry while it ran and its writes were "
+                "undone; retry to get the answer of the request that took over."
+            )
         return Result(result.response, Outcome.TAKEOVER if claim.takeover else Outcome.NEW)
 
 
@@ -199,6 +233,12 @@ class Heartbeat:
         self._lease = lease
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._paused: Callable[[], bool] = lambda: False
+
+    def pausing_while(self, paused: Callable[[], bool]) -> Heartbeat:
+        """Skip renewals while ``paused()``: the holder's own transaction keeps others out."""
+        self._paused = paused
+        return self
 
     async def __aenter__(self) -> Heartbeat:
         self._task = asyncio.create_task(self._beat())
@@ -214,6 +254,8 @@ class Heartbeat:
         interval = self._lease.total_seconds() / 3
         while True:
             await asyncio.sleep(interval)
+            if self._paused():
+                continue
             until = self._clock() + self._lease
             try:
                 renewed = await self._store.renew(

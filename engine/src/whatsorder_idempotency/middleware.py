@@ -16,6 +16,7 @@ from whatsorder_idempotency.config import IdempotencyConfig, two_to_four_hundred
 from whatsorder_idempotency.engine import IdempotencyEngine
 from whatsorder_idempotency.errors import IdempotencyError, StoreUnavailable
 from whatsorder_idempotency.fingerprint import fingerprint as default_fingerprint
+from whatsorder_idempotency.held import held_key
 from whatsorder_idempotency.keys import InvalidKey, key_from_headers
 from whatsorder_idempotency.outcomes import Outcome, Result
 from whatsorder_idempotency.problems import problem_body, problem_for
@@ -123,7 +124,7 @@ class IdempotencyMiddleware:
             source_ip=client[0] if client else None,
         )
         replay_receive = _replaying(body, receive)
-        capture = _ResponseCapture(send, self.engine.config.max_stored_body_bytes)
+        capture = _ResponseCapture(send, self.engine.config.max_stored_body_bytes, _shares)
 
         async def handler() -> HandlerResult:
             await self.app(scope, replay_receive, capture.send)
@@ -196,12 +197,22 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class _ResponseCapture:
-    """Holds the app's response until it is stored; past ``limit`` bytes it streams it instead."""
+def _shares() -> bool:
+    """Whether the running handler's writes share the answer's transaction (not yet committed)."""
+    held = held_key.get()
+    return held is not None and held.shared is not None
 
-    def __init__(self, send: Send, limit: int) -> None:
+
+class _ResponseCapture:
+    """Holds the app's response until it is stored; past ``limit`` bytes it streams it instead.
+
+    Never while ``must_hold()``: an answer about writes not yet committed waits for the commit.
+    """
+
+    def __init__(self, send: Send, limit: int, must_hold: Callable[[], bool]) -> None:
         self._send = send
         self._limit = limit
+        self._must_hold = must_hold
         self._start: Message | None = None
         self._chunks: list[bytes] = []
         self._size = 0
@@ -222,7 +233,7 @@ class _ResponseCapture:
         chunk = message.get("body", b"")
         self._size += len(chunk)
         self._chunks.append(chunk)
-        if self._size > self._limit:
+        if self._size > self._limit and not self._must_hold():
             await self._pass_through(more_body=message.get("more_body", False))
 
     async def _pass_through(self, *, more_body: bool) -> None:

@@ -31,6 +31,7 @@ from whatsorder_idempotency.stores.base import Claimed
 from whatsorder_idempotency.stores.sql.database import AUTOCOMMIT_OPTION
 from whatsorder_idempotency.stores.sql.errors import store_errors
 from whatsorder_idempotency.stores.sql.schema import is_held
+from whatsorder_idempotency.stores.sql.shared import SharedTransaction
 from whatsorder_idempotency.stores.sql.transaction import SqlTransaction
 
 # What a request that spent its whole wait on the pool still gets for row locks (ms).
@@ -210,6 +211,11 @@ class SqlStore:
             async with self.engine.connect() as connection:
                 await connection.execution_options(**self._autocommit)
                 yield connection
+
+    async def share_transaction(self) -> SharedTransaction:
+        """A transaction for a lease holder's handler: its writes commit with the answer."""
+        await self._ensure_table()
+        return await SharedTransaction.begin(self.engine, self.table)
 
     async def close(self) -> None:
         await self.engine.dispose()
