@@ -7,6 +7,7 @@ user's truth is the ``orders`` table. (The SIGKILL scenarios are in test_crash_a
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
@@ -238,6 +239,6 @@ async def test_asking_on_a_store_without_sql_is_a_clear_error(redis_url: str) ->
         Starlette(routes=[Route("/orders", create, methods=["POST"])]), store=redis_url
     )
     async with client(app) as http:
-        answer = await http.post("/orders", json={}, headers=keyed("o-7-redis"))
+        answer = await http.post("/orders", json={}, headers=keyed(f"o-7-{secrets.token_hex(8)}"))
     assert answer.status_code == 400
     assert "The idempotency store is redis" in str(failures[0])
