@@ -242,3 +242,26 @@ async def test_asking_on_a_store_without_sql_is_a_clear_error(redis_url: str) ->
         answer = await http.post("/orders", json={}, headers=keyed(f"o-7-{secrets.token_hex(8)}"))
     assert answer.status_code == 400
     assert "The idempotency store is redis" in str(failures[0])
+
+
+async def test_a_route_longer_than_the_scope_column_is_guarded_like_any_other(
+    store: SqlStore,
+) -> None:
+    """The default scope is method and path: a long path must not overflow the store's column."""
+    app = FastAPI()
+
+    @app.post("/shops/{shop}/orders", status_code=201)
+    async def create(shop: str, connection: Connection) -> dict[str, int]:
+        made = await connection.execute(insert(orders).values(sku=shop[:40]))
+        return {"id": made.inserted_primary_key[0]}
+
+    guarded = IdempotencyMiddleware(app, store=store, required=True)
+    long_path = f"/shops/{'s' * 90}/orders"
+    async with client(guarded) as http:
+        answers = [await http.post(long_path, headers=keyed("o-8")) for _ in range(2)]
+        other = await http.post(f"/shops/{'s' * 89}t/orders", headers=keyed("o-8"))
+    assert [answer.status_code for answer in answers] == [201, 201]
+    assert answers[1].headers["idempotent-replayed"] == "true"
+    assert other.status_code == 201
+    assert "idempotent-replayed" not in other.headers  # another route: another scope
+    assert await order_count(store) == 2

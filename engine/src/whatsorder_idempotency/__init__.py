@@ -16,6 +16,7 @@ from whatsorder_idempotency.errors import (
 from whatsorder_idempotency.events import IdempotencyEvent, Listener
 from whatsorder_idempotency.fingerprint import fingerprint, form_fingerprint
 from whatsorder_idempotency.held import NotGuarded, idempotent_connection
+from whatsorder_idempotency.jobs import IdempotentFunction, JobResult, ResultNotKept, idempotent
 from whatsorder_idempotency.keys import (
     InvalidKey,
     key_from_headers,
@@ -44,13 +45,16 @@ __all__ = [
     "IdempotencyEvent",
     "IdempotencyMiddleware",
     "IdempotencyRecord",
+    "IdempotentFunction",
     "IdempotentRequest",
     "InvalidKey",
+    "JobResult",
     "Listener",
     "NotGuarded",
     "Outcome",
     "RequestInFlight",
     "Result",
+    "ResultNotKept",
     "SqlStore",
     "Status",
     "StoreBusy",
@@ -60,6 +64,7 @@ __all__ = [
     "fingerprint",
     "form_fingerprint",
     "idempotency_table",
+    "idempotent",
     "idempotent_connection",
     "key_from_headers",
     "open_store",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,6 +12,22 @@ from datetime import UTC, datetime
 REPLAYABLE_HEADERS = frozenset({"content-type", "location", "etag", "link"})
 # On a response whose body was too large to keep: its replays carry the status, not the body.
 STORED_HEADER = "idempotency-stored"
+
+
+# The longest scope a store keeps as it is (the SQL table's column); see ``bounded_scope``.
+MAX_SCOPE_LENGTH = 64
+
+
+def bounded_scope(scope: str) -> str:
+    """``scope``, or for a longer one its start and a hash of all of it, in 64 characters.
+
+    A long route (a middleware scope is method and path) or a job's qualified name stays one
+    distinct scope instead of failing the store's insert; a bounded scope maps to itself.
+    """
+    if len(scope) <= MAX_SCOPE_LENGTH:
+        return scope
+    digest = hashlib.sha256(scope.encode("utf-8", errors="surrogatepass")).hexdigest()[:24]
+    return f"{scope[: MAX_SCOPE_LENGTH - len(digest) - 1]}~{digest}"
 
 
 class Status(enum.StrEnum):
@@ -27,6 +44,10 @@ class IdempotentRequest:
     fingerprint: str
     source_ip: str | None = None
     request_body: str | None = None  # only when configured, and already redacted
+
+    def __post_init__(self) -> None:
+        if len(self.scope) > MAX_SCOPE_LENGTH:
+            object.__setattr__(self, "scope", bounded_scope(self.scope))
 
 
 @dataclass(frozen=True, slots=True)
