@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import (
@@ -24,6 +25,7 @@ from support import (
     snapshot,
     status_form,
 )
+from whatsorder.db.tables import webhook_idempotency
 from whatsorder.ordering.replies import RATE_LIMITED
 from whatsorder.providers import twilio
 
@@ -228,6 +230,9 @@ async def test_a_json_body_gets_415_and_stores_nothing(
         pytest.param("a b", "not-visible-ascii", id="bare-token-with-space"),
         pytest.param('"unclosed', "malformed-structured-field", id="unclosed-string"),
         pytest.param('""', "empty", id="empty-string"),
+        pytest.param("k-1;v=2", "parameters-not-allowed", id="parameters"),
+        pytest.param("k-1, k-2", "not-an-item", id="list"),
+        pytest.param("?1", "wrong-item-type", id="boolean"),
     ],
 )
 async def test_a_malformed_idempotency_key_gets_400_naming_the_rule(
@@ -240,6 +245,39 @@ async def test_a_malformed_idempotency_key_gets_400_naming_the_rule(
     assert problem["rule"] == rule
     assert "\u0007" not in response.text
     await assert_nothing_stored(db)
+
+
+@pytest.mark.parametrize(
+    ("second", "rule"),
+    [
+        (("Idempotency-Key", "k-2"), "repeated-header"),
+        (("X-Idempotency-Key", "k-2"), "conflicting-headers"),
+    ],
+)
+async def test_two_idempotency_keys_naming_different_keys_get_400_naming_the_rule(
+    client: httpx.AsyncClient, db: AsyncEngine, second: tuple[str, str], rule: str
+) -> None:
+    pairs = inbound_form("ORDER 1 x RICE-5KG")
+    headers = [*signed_headers(INBOUND_PATH, pairs).items(), ("Idempotency-Key", "k-1"), second]
+    response = await client.post(INBOUND_PATH, content=encode(pairs), headers=headers)
+    problem = assert_problem(response, 400, "invalid-key")
+    assert problem["rule"] == rule
+    await assert_nothing_stored(db)
+
+
+async def test_an_idempotency_key_repeated_with_the_same_value_is_that_key(
+    client: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    pairs = inbound_form("MENU")
+    headers = [*signed_headers(INBOUND_PATH, pairs).items()]
+    headers += [("Idempotency-Key", "8e03978e-40d5"), ("Idempotency-Key", '"8e03978e-40d5"')]
+    first = await client.post(INBOUND_PATH, content=encode(pairs), headers=headers)
+    again = await client.post(INBOUND_PATH, content=encode(pairs), headers=headers[:-1])
+    assert first.status_code == again.status_code == 200
+    assert again.headers.get("idempotent-replayed") == "true"
+    async with db.connect() as connection:
+        keys = await connection.scalars(select(webhook_idempotency.c.idempotency_key))
+        assert list(keys) == ["8e03978e-40d5"]
 
 
 async def test_a_form_content_type_with_a_charset_is_accepted(client: httpx.AsyncClient) -> None:

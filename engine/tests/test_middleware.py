@@ -126,20 +126,78 @@ async def test_the_same_key_with_another_payload_gets_422(store_url: str) -> Non
         ({"Idempotency-Key": ""}, "empty"),
         ({"Idempotency-Key": "k" * 256}, "too-long"),
         ({"Idempotency-Key": '"unterminated'}, "malformed-structured-field"),
+        ({"Idempotency-Key": 'a"b'}, "malformed-structured-field"),
         ({"Idempotency-Key": '"tab\there"'}, "not-visible-ascii"),
+        ({"Idempotency-Key": "a b"}, "not-visible-ascii"),
+        ({"Idempotency-Key": "a, b"}, "not-an-item"),
+        ({"Idempotency-Key": '"a","b"'}, "not-an-item"),
+        ({"Idempotency-Key": "(a b)"}, "not-an-item"),
+        ({"Idempotency-Key": '"abc";v=1'}, "parameters-not-allowed"),
+        ({"Idempotency-Key": "abc;x=1"}, "parameters-not-allowed"),
+        ({"Idempotency-Key": "?1"}, "wrong-item-type"),
+        ({"Idempotency-Key": ":aGk=:"}, "wrong-item-type"),
+        ({"Idempotency-Key": "@1700000000"}, "wrong-item-type"),
+        ({"Idempotency-Key": '%"x"'}, "wrong-item-type"),
+        ([("Idempotency-Key", "a"), ("Idempotency-Key", "b")], "repeated-header"),
+        ([("X-Idempotency-Key", "a"), ("X-Idempotency-Key", "b")], "repeated-header"),
+        ([("Idempotency-Key", "a"), ("X-Idempotency-Key", '"b"')], "conflicting-headers"),
     ],
 )
 async def test_a_missing_or_malformed_key_gets_400_naming_the_rule(
-    store_url: str, headers: dict[str, str], rule: str
+    store_url: str, headers: dict[str, str] | list[tuple[str, str]], rule: str
 ) -> None:
     effects = Effects()
     app = IdempotencyMiddleware(order_app(effects), store=store_url, required=True)
     async with client_for(app) as client:
         response = await client.post("/orders", json={"quantity": 1}, headers=headers)
     assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
+    assert problem["type"].endswith(":invalid-key")
     assert problem["rule"] == rule
     assert problem["status"] == 400
+    assert effects.created == []
+
+
+UUID = "8e03978e-40d5-43e8-bc93-6894a57f9324"  # starts with a digit: no RFC 9651 Item
+
+
+@pytest.mark.parametrize(
+    "retry",
+    [
+        {"Idempotency-Key": UUID},
+        {"Idempotency-Key": f'"{UUID}"'},
+        {"X-Idempotency-Key": UUID},
+        [("Idempotency-Key", UUID), ("Idempotency-Key", f'"{UUID}"')],
+        [("Idempotency-Key", UUID), ("X-Idempotency-Key", UUID)],
+    ],
+)
+async def test_a_bare_uuid_starting_with_a_digit_is_a_key_and_replays(
+    store_url: str, retry: dict[str, str] | list[tuple[str, str]]
+) -> None:
+    effects = Effects()
+    app = IdempotencyMiddleware(order_app(effects), store=store_url)
+    async with client_for(app) as client:
+        first = await client.post(
+            "/orders", json={"quantity": 1}, headers={"Idempotency-Key": UUID}
+        )
+        again = await client.post("/orders", json={"quantity": 1}, headers=retry)
+        stored = await app.store.get("POST /orders", UUID)
+    assert first.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert stored is not None  # kept under the header's exact text
+    assert len(effects.created) == 1
+
+
+async def test_keys_differing_only_in_parameters_never_share_an_answer(store_url: str) -> None:
+    effects = Effects()
+    app = IdempotencyMiddleware(order_app(effects), store=store_url)
+    async with client_for(app) as client:
+        answers = [
+            await client.post("/orders", json={"quantity": q}, headers={"Idempotency-Key": key})
+            for q, key in [(1, "abc;x=1"), (2, "abc;x=2")]
+        ]
+    assert [answer.json()["rule"] for answer in answers] == ["parameters-not-allowed"] * 2
     assert effects.created == []
 
 

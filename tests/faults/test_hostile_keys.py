@@ -1,10 +1,11 @@
 """Hostile Idempotency-Key headers, on the service and on the library middleware (every store):
 SQL and Redis metacharacters, control characters, 256+ characters, unicode lookalikes.
 
-Two properties with their own oracles: any 1-255 visible-ASCII key is taken literally (stored
-byte for byte, replayed for the same request, never confused with another key); any key with
-a character outside visible ASCII, or too long, or empty, is a 400 naming the rule, and
-nothing is stored or run."""
+Two properties with their own oracles: any 1-255 visible-ASCII key without structured-field
+structure (no '"', ',', ';', '(' or ')', and no Boolean, Byte Sequence or Date) is taken
+literally (stored byte for byte, replayed for the same request, never confused with another
+key); any key with a character outside visible ASCII, or too long, or empty, or structured,
+is a 400 naming the rule, and nothing is stored or run."""
 
 from __future__ import annotations
 
@@ -36,17 +37,41 @@ from whatsorder_idempotency import IdempotencyMiddleware, open_store, sql_engine
 from whatsorder_idempotency.stores.redis import RedisStore
 
 EXAMPLES = scaled(15, 400)
-RULES = {"empty", "too-long", "not-visible-ascii", "malformed-structured-field"}
+RULES = {
+    "empty",
+    "too-long",
+    "not-visible-ascii",
+    "malformed-structured-field",
+    "not-an-item",
+    "parameters-not-allowed",
+    "wrong-item-type",
+}
+STRUCTURE = '",;()'  # what makes a bare value a list, parameters or a broken string
+
+
+def unstructured(key: str) -> bool:
+    """No list, parameters or string, and no Boolean (?1), Byte Sequence (:aGk=:) or Date (@1)."""
+    return not any(char in key for char in STRUCTURE) and key[0] not in "?:@"
+
 
 # What breaks naive SQL, Redis (glob, protocol), JSON, shells and logs.
 METACHARACTERS = [*"'\";%_\\*?[]{}:$`|&<>#!/-=", "--", "/*", "*/", "\\x00", "\\r\\n"]
 visible = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
-metachar_text = st.lists(st.one_of(visible, st.sampled_from(METACHARACTERS)), min_size=1)
+unstructured_visible = st.characters(
+    min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=STRUCTURE
+)
+metachar_text = st.lists(
+    st.one_of(
+        unstructured_visible,
+        st.sampled_from([meta for meta in METACHARACTERS if meta not in STRUCTURE]),
+    ),
+    min_size=1,
+)
 valid_keys = st.one_of(
     metachar_text.map("".join),
     st.sampled_from(
         [
-            "';DROP-TABLE-webhook_idempotency;--",
+            "'--DROP-TABLE-webhook_idempotency--",
             "x'OR'1'='1",
             "*",
             "FLUSHALL",
@@ -55,7 +80,7 @@ valid_keys = st.one_of(
             "a" * 255,
         ]
     ),
-).filter(lambda key: 1 <= len(key) <= 255 and not key.startswith('"'))
+).filter(lambda key: 1 <= len(key) <= 255 and unstructured(key))
 
 # Control characters, DEL, spaces, Latin-1 and lookalikes of ASCII letters (Cyrillic а, е, о;
 # fullwidth Ａ; dotless ı; the ﬁ ligature; zero-width space; right-to-left override).
@@ -68,7 +93,12 @@ invalid_keys = st.one_of(
         st.text(visible, min_size=1, max_size=20),
     ).map("".join),
     st.text(visible, min_size=256, max_size=600).filter(lambda key: not key.startswith('"')),
-    st.sampled_from(["", "  ", "\t", '""', '"unclosed', '"a\\nb"', '"a";x=1']),
+    st.sampled_from(
+        [
+            *["", "  ", "\t", '""', '"unclosed', '"a\\nb"', '"a";x=1'],
+            *["';DROP-TABLE-webhook_idempotency;--", "a,b", "(a)", "?1", ":aGk=:", "@1"],
+        ]
+    ),
 )
 
 

@@ -1,20 +1,29 @@
 """Idempotency keys: reading the ``Idempotency-Key`` header and checking that a key is usable.
 
-draft-ietf-httpapi-idempotency-key-header makes the header an RFC 8941 structured-field String
-(``"abc-123"``); older clients send a bare token (``abc-123``). Both are accepted and give the
-same key. A key is 1-255 visible ASCII characters (docs/architecture.md §3); one that breaks a
-rule raises `InvalidKey` naming the rule, which the web layer turns into a 400. Messages never
-repeat the offending value: it may hold control characters meant for a log or a terminal.
+draft-ietf-httpapi-idempotency-key-header makes the header an RFC 9651 structured-field Item:
+a String (``"abc 123"``) or, as older clients send, a Token (``abc-123``); both give the key
+they spell. The header is parsed by ``http-sf``. A key is 1-255 visible ASCII characters
+(docs/architecture.md §3); a header that breaks a rule raises `InvalidKey` naming the rule,
+which the web layer turns into a 400. Messages never repeat the offending value: it may hold
+control characters meant for a log or a terminal.
 """
 
 import re
-from typing import Protocol
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol, cast, runtime_checkable
+
+import http_sf
+from http_sf.types import BareItemType, DisplayString, ParamsType, Token
 
 MAX_KEY_LENGTH = 255
+KEY_HEADERS = ("Idempotency-Key", "X-Idempotency-Key")  # the draft's name, then the older one
 
 _OWS = " \t"
 _NOT_VISIBLE = re.compile(r"[^!-~]")
 _NOT_VISIBLE_OR_SPACE = re.compile(r"[^ -~]")
+_EXAMPLE = 'send a string like "abc-123" or a token like abc-123'
 
 
 class InvalidKey(ValueError):
@@ -27,16 +36,74 @@ class InvalidKey(ValueError):
         self.rule = rule
 
 
-def parse_key_header(raw: str) -> str:
-    """Return the key carried by an ``Idempotency-Key`` header value, or raise `InvalidKey`.
+def parse_key_header(raw: str, *, header: str = "Idempotency-Key") -> str:
+    """Return the key carried by one field line of the header, or raise `InvalidKey`.
 
-    A value that starts with a double quote must be a structured-field String; it is unescaped
-    and may contain spaces. Anything else is taken as a bare token.
+    An sf-String gives its unescaped text (spaces allowed), an sf-Token its own text. A legacy
+    bare key that is no Token (see `_legacy_bare_key`) is taken literally, as it always was.
+    ``header`` names the header in messages.
     """
     value = raw.strip(_OWS)
-    if value.startswith('"'):
-        return validate_key(_unquote_sf_string(value), allow_space=True)
+    bad = _NOT_VISIBLE_OR_SPACE.search(value)
+    if bad is not None:
+        raise InvalidKey(
+            "not-visible-ascii",
+            f"{header} header has U+{ord(bad.group()):04X} at character {bad.start() + 1}; "
+            "only visible ASCII is allowed, and spaces only inside a quoted string.",
+        )
+    if not value:
+        return validate_key(value)
+    try:
+        parsed = http_sf.parse(value.encode("ascii"), tltype="item")
+    except http_sf.StructuredFieldError as error:
+        return _legacy_bare_key(value, header, error.position)
+    item, parameters = cast(tuple[BareItemType, ParamsType], parsed)
+    if parameters:
+        raise _parameters(header)
+    if isinstance(item, str):  # an sf-String
+        return validate_key(item, allow_space=True)
+    if isinstance(item, Token):
+        return validate_key(str(item))
+    if isinstance(item, int | Decimal | float) and not isinstance(item, bool):
+        return validate_key(value)  # the key's own text: 007 stays 007
+    raise InvalidKey(
+        "wrong-item-type",
+        f"{header} header is {_item_type(item)}, not a String or a Token; {_EXAMPLE}.",
+    )
+
+
+def _legacy_bare_key(value: str, header: str, position: int | None) -> str:
+    """A value that is no sf-Item: the bare key older clients send, taken literally, if it can be.
+
+    Clients send unquoted UUIDs (``8e03978e-…`` is an sf-Integer followed by stray characters,
+    so no Item) and base64 keys ending in ``=``; the IETF draft's own examples are UUIDs. No
+    structured-field library is this lenient, so it is done here: such a value stays its own
+    key, as before, unless it holds a character that gives it structure. A quote, a comma, a
+    parenthesis or a semicolon would let two different headers share a key or lose part of one.
+    """
+    if _is_list(value):
+        raise _list(header)
+    if '"' in value:
+        where = "" if position is None else f" (the parser stopped at character {position + 1})"
+        raise InvalidKey(
+            "malformed-structured-field",
+            f"{header} header is not a valid RFC 9651 string{where}; {_EXAMPLE}.",
+        )
+    if any(char in value for char in ",()"):
+        raise _list(header)
+    if ";" in value:
+        raise _parameters(header)
     return validate_key(value)
+
+
+def _is_list(value: str) -> bool:
+    """Whether ``value`` is an sf-List of several members, or of one Inner List."""
+    try:
+        parsed = http_sf.parse(value.encode("ascii"), tltype="list")
+    except http_sf.StructuredFieldError:
+        return False
+    members = cast(list[tuple[object, ParamsType]], parsed)
+    return len(members) > 1 or any(isinstance(member, list) for member, _ in members)
 
 
 def validate_key(key: str, *, allow_space: bool = False) -> str:
@@ -62,58 +129,76 @@ def validate_key(key: str, *, allow_space: bool = False) -> str:
     return key
 
 
-def _unquote_sf_string(value: str) -> str:
-    """Unescape a structured-field String (RFC 8941 §4.2.5); ``value`` starts with its quote."""
-    chars: list[str] = []
-    i = 1
-    while i < len(value):
-        char = value[i]
-        if char == "\\":
-            escaped = value[i + 1 : i + 2]
-            if escaped not in ('"', "\\"):
-                raise _malformed(
-                    f"has a backslash at character {i + 1} that escapes neither '\"' nor '\\'"
-                    if escaped
-                    else "ends inside a backslash escape"
-                )
-            chars.append(escaped)
-            i += 2
-        elif char == '"':
-            if i + 1 < len(value):
-                raise _malformed(
-                    f"has text after the closing quote at character {i + 2} "
-                    "(parameters are not accepted)"
-                )
-            return "".join(chars)
-        else:
-            # Characters outside %x20-7E are left for validate_key, which names the right rule.
-            chars.append(char)
-            i += 1
-    raise _malformed("opens a quoted string but never closes it")
+def _item_type(item: BareItemType) -> str:
+    if isinstance(item, bool):
+        return "a Boolean"
+    if isinstance(item, bytes):
+        return "a Byte Sequence"
+    if isinstance(item, datetime):
+        return "a Date"
+    if isinstance(item, DisplayString):
+        return "a Display String"
+    return "a value of another type"
 
 
-def _malformed(problem: str) -> InvalidKey:
+def _list(header: str) -> InvalidKey:
     return InvalidKey(
-        "malformed-structured-field",
-        f'Idempotency-Key header {problem}; send a bare token or an RFC 8941 string like "abc".',
+        "not-an-item",
+        f"{header} header holds a list of values, not one key; send exactly one key, "
+        'like "abc-123".',
     )
 
 
-KEY_HEADERS = ("idempotency-key", "x-idempotency-key")
+def _parameters(header: str) -> InvalidKey:
+    return InvalidKey(
+        "parameters-not-allowed",
+        f"{header} header has parameters after the key (';'); they are neither part of the key "
+        'nor ignored, so send the key alone, like "abc-123".',
+    )
+
+
+@runtime_checkable
+class HeaderValues(Protocol):
+    """Headers that give every value of a name, case-insensitively (Starlette's ``Headers``)."""
+
+    def getlist(self, key: str, /) -> Sequence[str]: ...
 
 
 class HeaderLookup(Protocol):
-    def get(self, name: str, /) -> str | None: ...
+    """Headers that give one value of a name, case-insensitively: repeats cannot be seen."""
+
+    def get(self, key: str, /) -> str | None: ...
 
 
-def key_from_headers(headers: HeaderLookup) -> str | None:
-    """The client's key: ``Idempotency-Key`` first, then the older ``X-Idempotency-Key``.
+def key_from_headers(headers: HeaderValues | HeaderLookup) -> str | None:
+    """The client's key, from ``Idempotency-Key`` and the older ``X-Idempotency-Key``.
 
-    ``headers`` must look names up case-insensitively (as Starlette's and httpx's do).
-    None when neither is present; ``InvalidKey`` when the one present is malformed.
+    Every field line of both headers must name the same key: a header repeated with another
+    key is ``repeated-header``, the two headers naming different keys ``conflicting-headers``.
+    None when neither is present; ``InvalidKey`` when a value breaks a rule.
     """
-    for name in KEY_HEADERS:
-        raw = headers.get(name)
-        if raw is not None:
-            return parse_key_header(raw)
-    return None
+    found: dict[str, str] = {}
+    for header in KEY_HEADERS:
+        keys = {parse_key_header(raw, header=header) for raw in _values(headers, header)}
+        if len(keys) > 1:
+            raise InvalidKey(
+                "repeated-header",
+                f"{header} header was sent more than once with different keys; send it once.",
+            )
+        if keys:
+            found[header] = keys.pop()
+    if len(set(found.values())) > 1:
+        raise InvalidKey(
+            "conflicting-headers",
+            f"{' and '.join(KEY_HEADERS)} name different keys; send one of them, "
+            "or the same key in both.",
+        )
+    return next(iter(found.values()), None)
+
+
+def _values(headers: HeaderValues | HeaderLookup, header: str) -> Sequence[str]:
+    name = header.lower()
+    if isinstance(headers, HeaderValues):
+        return headers.getlist(name)
+    value = headers.get(name)
+    return [] if value is None else [value]

@@ -153,16 +153,23 @@ class IdempotencyMiddleware:
 
 
 class _Headers:
-    """Case-insensitive lookup of an ASGI scope's headers (first value wins)."""
+    """Case-insensitive lookup of an ASGI scope's headers, keeping every value of a repeated
+    name (a repeated key header is refused, so it must be seen)."""
 
     def __init__(self, scope: Scope) -> None:
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, list[str]] = {}
         for raw_name, raw_value in scope.get("headers", []):
             name = raw_name.decode("latin-1").lower()
-            self._headers.setdefault(name, raw_value.decode("latin-1"))
+            self._headers.setdefault(name, []).append(raw_value.decode("latin-1"))
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        return self._headers.get(name.lower(), default)
+        """The first value of ``name``."""
+        values = self._headers.get(name.lower())
+        return values[0] if values else default
+
+    def getlist(self, name: str) -> list[str]:
+        """Every value of ``name``, in the order received."""
+        return list(self._headers.get(name.lower(), ()))
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -72,7 +72,7 @@ def header(name: str, description: str, *, required: bool = False) -> dict[str, 
 
 IDEMPOTENCY_KEY = header(
     "Idempotency-Key",
-    "Optional client key (1-255 visible ASCII, bare or an RFC 8941 string); "
+    "Optional client key (1-255 visible ASCII, an RFC 9651 string or token, or bare); "
     "else the provider's own id is the key.",
 )
 
