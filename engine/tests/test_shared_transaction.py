@@ -265,3 +265,45 @@ async def test_a_route_longer_than_the_scope_column_is_guarded_like_any_other(
     assert other.status_code == 201
     assert "idempotent-replayed" not in other.headers  # another route: another scope
     assert await order_count(store) == 2
+
+
+async def test_a_task_the_handler_left_behind_cannot_join_its_transaction(
+    store: SqlStore,
+) -> None:
+    late: list[asyncio.Task[AsyncConnection]] = []
+
+    async def create(request: Request) -> StarletteJSON:
+        await idempotent_connection()
+        late.append(asyncio.ensure_future(_later_connection()))
+        return StarletteJSON({}, status_code=201)
+
+    app = IdempotencyMiddleware(
+        Starlette(routes=[Route("/orders", create, methods=["POST"])]), store=store
+    )
+    async with client(app) as http:
+        assert (await http.post("/orders", headers=keyed("o-9"))).status_code == 201
+    with pytest.raises(NotGuarded, match="already answered"):
+        await late[0]
+
+
+async def _later_connection() -> AsyncConnection:
+    await asyncio.sleep(0.1)
+    return await idempotent_connection()
+
+
+async def test_a_handler_that_commits_the_engines_transaction_is_told_not_to(
+    store: SqlStore,
+) -> None:
+    async def create(request: Request) -> StarletteJSON:
+        connection = await idempotent_connection()
+        await connection.execute(insert(orders).values(sku="SELF-COMMIT"))
+        await connection.commit()
+        return StarletteJSON({}, status_code=201)
+
+    app = IdempotencyMiddleware(
+        Starlette(routes=[Route("/orders", create, methods=["POST"])]), store=store
+    )
+    transport = httpx.ASGITransport(app=app)  # the app's error reaches the test as it is
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
+        with pytest.raises(RuntimeError, match="leave that to the engine"):
+            await http.post("/orders", headers=keyed("o-10"))

@@ -38,6 +38,7 @@ class HeldKey:
         self.request = request
         self.epoch = epoch
         self.shared: SharedTransaction | None = None
+        self.handler_done = False
 
     @property
     def excludes_other_writers(self) -> bool:
@@ -45,6 +46,12 @@ class HeldKey:
         return self.shared is not None and self.shared.excludes_other_writers
 
     async def connection(self) -> AsyncConnection:
+        if self.handler_done:
+            # A task the handler left behind: its transaction would never be committed.
+            raise NotGuarded(
+                "The handler this idempotency key belongs to has already answered; a task it "
+                "started cannot join its transaction."
+            )
         if self.shared is None:
             begin = getattr(self.store, "share_transaction", None)
             if begin is None:

@@ -93,6 +93,7 @@ class LeaseRunner:
             await _settle(store.release(request.scope, request.key, claim.epoch))
             raise
         finally:
+            held.handler_done = True
             held_key.reset(token)
         kept = self._config.kept(result)
         if kept is None:

@@ -58,6 +58,12 @@ class SharedTransaction:
         unknown, so no answer may go out; the client's retry replays or runs afresh.
         """
         try:
+            if not self._transaction.is_active:
+                raise RuntimeError(
+                    "The handler committed or rolled back the transaction of "
+                    "idempotent_connection(); leave that to the engine, which commits the "
+                    "handler's writes together with its stored answer."
+                )
             with store_errors():
                 completed = await SqlTransaction(self.connection, self._table).complete(
                     request, epoch, response, {}, now, ttl
