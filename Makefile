@@ -50,7 +50,8 @@ run: $(STAMP)
 	$(BIN)/whatsorder serve --host 127.0.0.1 --port 8000
 
 ## make test: lint, format check, type check, the import rules and the whole test suite (the quick mode of the fault suite
-## included; nginx, for the replica tests, is installed from Debian's packages when missing); then both wheels are
+## included; nginx, for the replica tests, and prometheus, whose promtool checks the alert rules, are installed from
+## Debian's packages when missing); then both wheels are
 ## built and the engine's own tests run in a virtualenv that holds only the engine.
 test: $(DEV_STAMP) system-packages
 	$(BIN)/ruff check src tests examples engine
@@ -61,7 +62,7 @@ test: $(DEV_STAMP) system-packages
 	bash scripts/engine-wheels.sh $(PYTHON)
 
 system-packages:
-	@bash scripts/system-packages.sh nginx
+	@bash scripts/system-packages.sh nginx prometheus
 
 ## make faults: the full fault-injection and adversarial suite (hundreds of SIGKILLs, outages, fuzzing).
 faults: $(DEV_STAMP) system-packages
