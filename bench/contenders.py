@@ -12,6 +12,7 @@ OURS = "whatsorder"  # the middleware, lease mode
 OURS_TX = "whatsorder-tx"  # the engine in transactional mode (records beside the orders)
 OUR_VARIANTS = (OURS, OURS_TX)
 BASELINE = "none"
+LIMIT = "limit"  # the cheapest correct answer the drivers allow (bench/limit_app.py)
 PEERS = (
     "powertools",
     "fastapi-idempotency-key",
@@ -67,7 +68,12 @@ class Group:
         return [OURS, OURS_TX] if self.store == self.database else [OURS]
 
     def contenders(self, *, with_peers: bool) -> list[str]:
-        return [BASELINE, *self.ours(), *(self.peers() if with_peers else [])]
+        return [BASELINE, LIMIT, *self.ours(), *(self.peers() if with_peers else [])]
+
+    def storm_contenders(self, *, with_peers: bool) -> list[str]:
+        """The storm's: without the limit where it does not hold concurrent duplicates (Redis)."""
+        everyone = self.contenders(with_peers=with_peers)
+        return [c for c in everyone if c != LIMIT or self.store != "redis"]
 
 
 GROUPS = {
