@@ -1,7 +1,8 @@
 """The HTTP scenarios' tables: first request, replay and mixed traffic per group, and the storm.
 
 Every contender's figures sit beside its ratios: first-request p50 to no idempotency, replay
-throughput to the best layer's, and each figure to the limit's (``bench/ratios.py``).
+throughput to the best layer's, and each figure to the limit's (``bench/ratios.py``). The storm
+has no limit (``Group.storm_contenders`` says why).
 """
 
 from __future__ import annotations
@@ -121,18 +122,16 @@ def storm_table(results: dict[str, Any]) -> list[str]:
         f"all at once; {s['storm_workers']} uvicorn workers; the handler takes "
         f"{s['storm_sleep_ms']} ms. Effects: orders in the table afterwards (must be 1). `none` "
         "(no idempotency: every copy runs) gives the floor: how long this machine takes to "
-        "answer that many simultaneous requests at all. `limit` gives the floor of an answer "
-        "with one effect (SQL stores only: the Redis limit does not hold concurrent copies); "
-        "× limit: slowest and p50 to its.",
+        "answer that many simultaneous requests at all. `limit` is not in this table: it is the "
+        "floor for requests one after another (see What is measured).",
         "",
-        "| store | contender | effects | slowest ms | p50 ms | × limit | statuses |",
-        "|---|---|--:|--:|--:|--:|---|",
+        "| store | contender | effects | slowest ms | p50 ms | statuses |",
+        "|---|---|--:|--:|--:|---|",
     ]
     for group, rows in storm.items():
-        limit = rows.get(LIMIT) or {}
         for name, row in rows.items():
             if "error" in row:
-                out.append(f"| {group} | {name} | not measured: {row['error']} | | | | |")
+                out.append(f"| {group} | {name} | not measured: {row['error']} | | | |")
                 continue
             if name == BASELINE:  # no layer: every copy runs, as it should
                 effects = f"{row['effects']:,} (no layer)"
@@ -140,9 +139,8 @@ def storm_table(results: dict[str, Any]) -> list[str]:
                 effects = "1"
             else:
                 effects = f"**{row['effects']}**"
-            to_limit = ratios.cell(row, limit, ["slowest_ms", "p50_ms"])
             out.append(
                 f"| {group} | {name} | {effects} | {row['slowest_ms']:,.0f} | "
-                f"{row['p50_ms']:,.0f} | {to_limit} | {statuses(row['statuses'])} |"
+                f"{row['p50_ms']:,.0f} | {statuses(row['statuses'])} |"
             )
     return [*out, ""]

@@ -12,17 +12,20 @@ ORM, no engine. It serves the bench's endpoint with the same request and the sam
 
 A SQL record is committed in the handler's own transaction, so an order never exists without
 its stored answer; a concurrent duplicate fails on the record's primary key, rolls back its
-order and answers the stored record. SQLite runs each step on a connection of its own thread
-(one hop to the thread per step, the whole first-request transaction in one hop), with the
-engine's pragmas (WAL, ``synchronous=NORMAL``). PostgreSQL connections come from an asyncpg pool
-without the per-release reset query (the app keeps no session state).
+order and answers the stored record. SQLite runs on sqlite3 connections, one per thread of a
+small pool: a replay is one hop to a thread, a first request two (its read, then its whole
+transaction), with the engine's pragmas (WAL, ``synchronous=NORMAL``). PostgreSQL connections
+come from an asyncpg pool without the per-release reset query (the app keeps no session state).
 
 It is a yardstick, not a product. It does NOT:
 - compare a replay's body with the first one (a reused key with another body gets the stored
   answer, not 422) or scope keys by route;
+- stop concurrent copies early: each copy that missed the read runs the handler, and only the
+  record's key rolls its order back (on SQLite one copy after another behind the write lock),
+  so it is no floor for the storm and is left out of it;
 - in the Redis group, stop concurrent duplicates (each inserts its order, only the first SET
   wins) or survive a crash between the order's INSERT and the SET (the order stays, unrecorded);
-- expire SQL records, bound a key's length beyond 255 characters, or check headers repeated.
+- expire SQL records, check a key's characters (only its length, 1 to 255) or repeated headers.
 """
 
 from __future__ import annotations

@@ -42,4 +42,4 @@ def cell(figures: dict[str, Any], limit_figures: dict[str, Any], fields: list[st
     return ", ".join(parts) or NO_LIMIT
 
 
-LABELS = {"rps": "req/s", "p50_ms": "p50", "p99_ms": "p99", "slowest_ms": "slowest"}
+LABELS = {"rps": "req/s", "p50_ms": "p50", "p99_ms": "p99"}
