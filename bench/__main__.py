@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="small sizes and short runs")
     parser.add_argument("--only", help=f"comma-separated scenarios of {', '.join(SCENARIOS)}")
     parser.add_argument("--db", help="comma-separated stores of sqlite, postgres, redis")
-    parser.add_argument("--no-peers", action="store_true", help="whatsorder and no idempotency")
+    parser.add_argument("--no-peers", action="store_true", help="whatsorder, limit and none only")
     parser.add_argument("--seconds", type=float, help="length of one wrk run")
     parser.add_argument("--render", action="store_true", help="only re-render latest.json")
     args = parser.parse_args(argv)

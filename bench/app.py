@@ -4,7 +4,8 @@ uvicorn loads ``bench.app:create`` (``--factory``) in each worker; the environme
 idempotency layer wraps the endpoint and where its records and the orders live:
 
     BENCH_VARIANT   none | whatsorder | whatsorder-tx | powertools | fastapi-idempotency-key |
-                    fastapi-idempotency | fastidempotent | asgi-idempotency-header | trivial
+                    fastapi-idempotency | fastidempotent | asgi-idempotency-header | limit |
+                    trivial
     BENCH_DB        the orders' database (sqlite:///… or postgresql://…)
     BENCH_STORE     the layer's store: sqlite:///…, postgresql://… or redis://…/15
     BENCH_PREFIX    a Redis key prefix of this run (never anything outside it is touched)
@@ -15,7 +16,8 @@ idempotency layer around it differs, configured as its README shows. whatsorder 
 twice: as the middleware (lease mode: the claim, the handler's insert and the stored answer are
 three transactions) and, where records and orders share a SQL database, in transactional mode
 (``whatsorder-tx``: the claim, the order and the stored answer commit as one transaction, the
-way whatsorder's own webhooks run).
+way whatsorder's own webhooks run). ``limit`` is not this app: it is the raw ASGI app of
+``bench/limit_app.py``, the cheapest correct answer the drivers allow.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ def create() -> Any:
     variant = os.environ["BENCH_VARIANT"]
     if variant == "trivial":
         return _trivial
+    if variant == "limit":
+        from bench import limit_app
+
+        return limit_app.create()
     from fastapi import FastAPI
 
     from whatsorder_idempotency import sql_engine

@@ -12,6 +12,7 @@ OURS = "whatsorder"  # the middleware, lease mode
 OURS_TX = "whatsorder-tx"  # the engine in transactional mode (records beside the orders)
 OUR_VARIANTS = (OURS, OURS_TX)
 BASELINE = "none"
+LIMIT = "limit"  # the cheapest correct answer the drivers allow (bench/limit_app.py)
 PEERS = (
     "powertools",
     "fastapi-idempotency-key",
@@ -67,7 +68,16 @@ class Group:
         return [OURS, OURS_TX] if self.store == self.database else [OURS]
 
     def contenders(self, *, with_peers: bool) -> list[str]:
-        return [BASELINE, *self.ours(), *(self.peers() if with_peers else [])]
+        return [BASELINE, LIMIT, *self.ours(), *(self.peers() if with_peers else [])]
+
+    def storm_contenders(self, *, with_peers: bool) -> list[str]:
+        """The storm's: all but the limit, a floor for requests one after another only.
+
+        Its copies that miss the first read each run the handler before the record's key
+        stops them (on SQLite one after another behind the write lock; on Redis it has no
+        stop at all), so a storm measures that, not the cost of a layer.
+        """
+        return [c for c in self.contenders(with_peers=with_peers) if c != LIMIT]
 
 
 GROUPS = {

@@ -74,9 +74,13 @@ class Server:
             BENCH_STORE=self.store_url,
             BENCH_PREFIX=REDIS_PREFIX,
             BENCH_SLEEP_MS=str(self.sleep_ms),
-            # BENCH_ENGINE_SRC: another checkout's src/ to measure (before/after comparisons).
+            # The engine of this checkout (a worktree's, not the one a venv installed), unless
+            # BENCH_ENGINE_SRC names another checkout's to measure (before/after comparisons).
             PYTHONPATH=os.pathsep.join(
-                filter(None, [os.environ.get("BENCH_ENGINE_SRC"), str(ROOT)])
+                filter(
+                    None,
+                    [os.environ.get("BENCH_ENGINE_SRC"), str(ROOT / "engine" / "src"), str(ROOT)],
+                )
             ),
         )
         self.log_path = folder / f"{self.variant}-{self.port}.log"

@@ -18,13 +18,15 @@ from bench.contenders import PACKAGES
 VENV = harness.ROOT / ".venv-bench"
 PINS = harness.ROOT / "bench" / "requirements-peers.txt"
 NO_DEPS = harness.ROOT / "bench" / "requirements-nodeps.txt"
+ENGINE = harness.ROOT / "engine"
 
 
 def ensure_venv(log: Callable[[str], None]) -> None:
     python = VENV / "bin" / "python"
     stamp = VENV / ".installed"
+    projects = [harness.ROOT / "pyproject.toml", ENGINE / "pyproject.toml"]
     wanted = hashlib.sha256(
-        PINS.read_bytes() + NO_DEPS.read_bytes() + (harness.ROOT / "pyproject.toml").read_bytes()
+        PINS.read_bytes() + NO_DEPS.read_bytes() + b"".join(p.read_bytes() for p in projects)
     ).hexdigest()
     if stamp.exists() and stamp.read_text() == wanted:
         return
@@ -32,7 +34,8 @@ def ensure_venv(log: Callable[[str], None]) -> None:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-e", str(harness.ROOT), "-r", str(PINS)], check=True)
+    # The engine first, from this checkout: whatsorder depends on it and no index has it.
+    subprocess.run([*pip, "-e", str(ENGINE), "-e", str(harness.ROOT), "-r", str(PINS)], check=True)
     subprocess.run([*pip, "--no-deps", "-r", str(NO_DEPS)], check=True)
     stamp.write_text(wanted)
 

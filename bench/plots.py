@@ -16,7 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 OURS = "whatsorder"
-COLOURS = {"whatsorder": "#1b7f3a", "whatsorder-tx": "#5cb85c", "none": "#9e9e9e"}
+COLOURS = {
+    "whatsorder": "#1b7f3a",
+    "whatsorder-tx": "#5cb85c",
+    "none": "#9e9e9e",
+    "limit": "#333333",
+}
 
 
 def _bars(results: dict[str, Any], kind: str, field: str, title: str, path: Path) -> None:

@@ -136,7 +136,7 @@ def storm(ctx: Context, group_names: list[str]) -> None:
         with ctx.databases(group, "storm") as (db_url, store_url):
             # "none" too: every copy runs, so its slowest answer is the floor this machine
             # sets for 1,000 simultaneous requests, whatever a layer does.
-            for contender in group.contenders(with_peers=ctx.with_peers):
+            for contender in group.storm_contenders(with_peers=ctx.with_peers):
                 server = harness.Server(
                     contender,
                     db_url,
