@@ -217,6 +217,23 @@ async def test_a_renewed_lease_is_not_taken_over_at_its_old_end(store: LeaseStor
     assert await claim(store, req, NOW + 2 * LEASE) == Claimed(2, takeover=True)
 
 
+async def test_a_renewal_that_lands_after_a_later_one_does_not_move_the_lease_back(
+    store: LeaseStore,
+) -> None:
+    """The heartbeat abandons a slow renewal and goes on; the abandoned one may still land."""
+    req = incoming()
+    await claim(store, req)
+    assert await store.renew(req.scope, req.key, 1, NOW + 3 * LEASE)
+
+    assert await store.renew(req.scope, req.key, 1, NOW + 2 * LEASE)  # still the holder
+
+    record = await must_get(store, req.scope, req.key)
+    assert record.locked_until is not None
+    assert as_utc(record.locked_until) == NOW + 3 * LEASE
+    found = await claim(store, req, NOW + 2 * LEASE)
+    assert isinstance(found, IdempotencyRecord)
+
+
 async def test_a_released_claim_ends_its_lease_and_its_holder_can_do_nothing_more(
     store: LeaseStore,
 ) -> None:
