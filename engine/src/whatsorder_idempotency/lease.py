@@ -179,11 +179,19 @@ class Waits:
 
 
 class Heartbeat:
-    """Renews the lease every third of its length while the handler runs.
+    """Renews the lease ``BEATS_PER_LEASE`` times per lease length while the handler runs.
 
-    A renewal the store refuses (a take-over fenced this holder out) ends the beat; completion,
-    a compare-and-set on the epoch, then finds the lease lost.
+    Four beats per lease (every second of the default 4 s lease): after a renewal, the next
+    three may each fail or be slow and the lease still holds until the fourth, so only a store
+    that is unreachable for about a lease's length loses it. Each renewal is given
+    ``RENEWAL_PATIENCE`` of the interval and then abandoned, so one that hangs (a dead
+    connection nobody noticed) cannot hold up the next beat, which starts on time. A renewal
+    the store refuses (a take-over fenced this holder out) ends the beat; completion, a
+    compare-and-set on the epoch, then finds the lease lost.
     """
+
+    BEATS_PER_LEASE = 4
+    RENEWAL_PATIENCE = 0.75  # of the interval
 
     def __init__(
         self,
@@ -200,6 +208,11 @@ class Heartbeat:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
 
+    @classmethod
+    def interval(cls, lease: timedelta) -> float:
+        """Seconds between the starts of two renewals."""
+        return lease.total_seconds() / cls.BEATS_PER_LEASE
+
     async def __aenter__(self) -> Heartbeat:
         self._task = asyncio.create_task(self._beat())
         return self
@@ -211,16 +224,49 @@ class Heartbeat:
             await self._task
 
     async def _beat(self) -> None:
-        interval = self._lease.total_seconds() / 3
+        interval = self.interval(self._lease)
+        patience = interval * self.RENEWAL_PATIENCE
+        next_beat = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
-            until = self._clock() + self._lease
-            try:
-                renewed = await self._store.renew(
-                    self._request.scope, self._request.key, self._epoch, until
-                )
-            except Exception as error:  # a hiccup: try again next beat while the lease lasts
-                log.warning("lease renewal failed: %s", type(error).__name__)
-                continue
-            if not renewed:
+            await asyncio.sleep(max(0.0, next_beat - time.monotonic()))
+            next_beat = max(next_beat, time.monotonic()) + interval  # no burst after a pause
+            if await self._renew(patience) is False:
                 return
+
+    async def _renew(self, patience: float) -> bool | None:
+        """One renewal: True done, False refused (fenced out), None failed or too slow."""
+        until = self._clock() + self._lease
+        renewal = asyncio.ensure_future(
+            self._store.renew(self._request.scope, self._request.key, self._epoch, until)
+        )
+        try:
+            done, _ = await asyncio.wait({renewal}, timeout=patience)
+        except asyncio.CancelledError:  # the handler is done: so is this beat
+            _abandon(renewal)
+            raise
+        if not done:
+            _abandon(renewal)
+            log.warning("lease renewal took over %.2f s; abandoned", patience)
+            return None
+        try:
+            return renewal.result()
+        except Exception as error:  # a hiccup: try again next beat while the lease lasts
+            log.warning("lease renewal failed: %s", type(error).__name__)
+            return None
+
+
+_abandoned: set[asyncio.Future[bool]] = set()  # renewals given up on, kept until they end
+
+
+def _abandon(renewal: asyncio.Future[bool]) -> None:
+    """Cancel a renewal without awaiting it (unlike ``wait_for``): a store's clean-up of a
+    hung call, such as giving back or closing its connection, may hang as well."""
+    renewal.cancel()
+    _abandoned.add(renewal)
+    renewal.add_done_callback(_forget_abandoned)
+
+
+def _forget_abandoned(renewal: asyncio.Future[bool]) -> None:
+    _abandoned.discard(renewal)
+    if not renewal.cancelled():
+        renewal.exception()  # retrieved: an abandoned renewal's failure is not news
