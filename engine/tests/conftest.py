@@ -80,3 +80,18 @@ def redis_url() -> str:
     finally:
         client.close()
     return REDIS_URL
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Figures tests measured (``record_property``), shown whether or not output is captured."""
+    lines = [
+        f"{report.nodeid}: {name} = {value}"
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if report.when == "call"
+        for name, value in report.user_properties
+    ]
+    if lines:
+        terminalreporter.section("measured")
+        for line in lines:
+            terminalreporter.write_line(line)

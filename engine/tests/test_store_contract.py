@@ -32,10 +32,11 @@ from whatsorder_idempotency import (
     StoredResponse,
     open_store,
 )
-from whatsorder_idempotency.lease import Waits
 from whatsorder_idempotency.record import as_utc
 from whatsorder_idempotency.stores.base import Claimed, LeaseStore
 from whatsorder_idempotency.stores.redis import RedisStore
+from whatsorder_idempotency.stores.sql import SqlStore
+from whatsorder_idempotency.waits import Waits
 
 REDIS_URL = os.environ.get("WHATSORDER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -216,6 +217,23 @@ async def test_a_renewed_lease_is_not_taken_over_at_its_old_end(store: LeaseStor
     assert await claim(store, req, NOW + 2 * LEASE) == Claimed(2, takeover=True)
 
 
+async def test_a_renewal_that_lands_after_a_later_one_does_not_move_the_lease_back(
+    store: LeaseStore,
+) -> None:
+    """The heartbeat abandons a slow renewal and goes on; the abandoned one may still land."""
+    req = incoming()
+    await claim(store, req)
+    assert await store.renew(req.scope, req.key, 1, NOW + 3 * LEASE)
+
+    assert await store.renew(req.scope, req.key, 1, NOW + 2 * LEASE)  # still the holder
+
+    record = await must_get(store, req.scope, req.key)
+    assert record.locked_until is not None
+    assert as_utc(record.locked_until) == NOW + 3 * LEASE
+    found = await claim(store, req, NOW + 2 * LEASE)
+    assert isinstance(found, IdempotencyRecord)
+
+
 async def test_a_released_claim_ends_its_lease_and_its_holder_can_do_nothing_more(
     store: LeaseStore,
 ) -> None:
@@ -318,6 +336,55 @@ async def test_fifty_concurrent_claims_of_a_dead_lease_yield_one_take_over(
     results = await asyncio.gather(*(claim(store, incoming(), NOW + LEASE) for _ in range(50)))
 
     assert [result for result in results if isinstance(result, Claimed)] == [Claimed(2, True)]
+
+
+async def take_over_after_a_stale_look(
+    store: LeaseStore, stale: IdempotencyRecord, req: IdempotentRequest, now: datetime
+) -> Claimed | IdempotencyRecord | None:
+    """A take-over decided on ``stale``, a look at the record that stopped being true.
+
+    The SQL store looks, then updates in the same transaction: its take-over is handed the
+    stale look. Memory and Redis look and take over in one atomic step, so their attempt is a
+    claim (which must look again).
+    """
+    if isinstance(store, SqlStore):
+        async with store.transaction() as transaction:
+            epoch = await transaction.take_over(stale, req, now, LEASE)
+        return None if epoch is None else Claimed(epoch, takeover=True)
+    return await store.claim(req, now, LEASE, TTL)
+
+
+@pytest.mark.parametrize("holder_step", ["completes", "renews"])
+async def test_a_take_over_decided_on_a_look_the_holder_then_outdated_is_refused(
+    store: LeaseStore, holder_step: str
+) -> None:
+    """The holder was slow, not dead: between a take-over's look (the lease is over) and its
+    write, the holder completes or renews. Its epoch is unchanged, so the fence alone would
+    let the take-over through and run the handler a second time."""
+    req = incoming()
+    await claim(store, req)
+    later = NOW + LEASE
+    stale = await must_get(store, req.scope, req.key)
+    assert stale.can_be_taken_over(later)
+    if holder_step == "completes":
+        assert await store.complete(req, 1, TWIML, later, TTL)
+    else:
+        assert await store.renew(req.scope, req.key, 1, later + LEASE)
+
+    attempt = await take_over_after_a_stale_look(store, stale, req, later)
+
+    assert not isinstance(attempt, Claimed)
+    record = await must_get(store, req.scope, req.key)
+    assert record.epoch == 1
+    if holder_step == "completes":
+        assert (record.status, record.response) == (Status.COMPLETED, TWIML)
+        seen = await claim(store, req, later)
+        assert isinstance(seen, IdempotencyRecord)
+        assert seen.response == TWIML  # what a retry replays
+    else:
+        assert record.status is Status.IN_PROGRESS
+        assert record.locked_until is not None
+        assert as_utc(record.locked_until) == later + LEASE
 
 
 # --- the engine in lease mode on every store, on the real clock ------------------------------

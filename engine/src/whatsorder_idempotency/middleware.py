@@ -12,7 +12,12 @@ from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from datetime import timedelta
 from typing import Any
 
-from whatsorder_idempotency.config import IdempotencyConfig, two_to_four_hundreds
+from whatsorder_idempotency.config import (
+    DEFAULT_IN_FLIGHT_WAIT,
+    DEFAULT_LEASE,
+    IdempotencyConfig,
+    two_to_four_hundreds,
+)
 from whatsorder_idempotency.engine import IdempotencyEngine
 from whatsorder_idempotency.errors import IdempotencyError, StoreUnavailable
 from whatsorder_idempotency.fingerprint import fingerprint as default_fingerprint
@@ -56,6 +61,8 @@ class IdempotencyMiddleware:
     ``max_stored_bytes``: larger responses go out unstored, with ``Idempotency-Stored: false``;
     their retries get the status without the body, never a second run.
     ``fail_open``: with the store unreachable, run the app unprotected instead of answering 503.
+    ``lease``: how long a crashed holder's key stays claimed (renewed while the app runs); keep
+    it below ``in_flight_wait`` so a retry waits the dead lease out (``IdempotencyConfig``).
     """
 
     def __init__(
@@ -65,8 +72,8 @@ class IdempotencyMiddleware:
         store: LeaseStore | str,
         required: bool = False,
         ttl: timedelta = timedelta(hours=24),
-        in_flight_wait: timedelta = timedelta(seconds=5),
-        lease: timedelta = timedelta(seconds=30),
+        in_flight_wait: timedelta = DEFAULT_IN_FLIGHT_WAIT,
+        lease: timedelta = DEFAULT_LEASE,
         store_status: Callable[[int], bool] = two_to_four_hundreds,
         scope: ScopeFunction = method_and_path,
         fingerprint: FingerprintFunction = default_fingerprint,

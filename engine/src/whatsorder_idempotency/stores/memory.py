@@ -80,12 +80,13 @@ class MemoryStore:
                 return False
             previous = entry.record.locked_until
             assert previous is not None  # in progress
-            # The record outlives its lease by ttl: move that moment as far as the lease moved.
             moved = (as_utc(locked_until) - as_utc(previous)).total_seconds()
+            if moved <= 0:  # landed after a later renewal (the heartbeat gave up on it)
+                return True
             entry.record = replace(entry.record, locked_until=locked_until)
-            if moved > 0:
-                entry.forget_at += moved
-                heapq.heappush(self._deadlines, (entry.forget_at, slot))
+            # The record outlives its lease by ttl: move that moment as far as the lease moved.
+            entry.forget_at += moved
+            heapq.heappush(self._deadlines, (entry.forget_at, slot))
             return True
 
     async def complete(

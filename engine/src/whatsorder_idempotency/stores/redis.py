@@ -78,11 +78,15 @@ end
 """
 
 # ARGV: epoch, locked_until. The key's expiry moves as far as the lease moved, so the record
-# still outlives its lease by ttl.
+# still outlives its lease by ttl. A renewal that lands after a later one (the heartbeat gave
+# up on it) leaves the lease as it is.
 RENEW = (
     HOLDER_ONLY
     + """
 local previous = tonumber(redis.call('HGET', KEYS[1], 'locked_until_us'))
+if tonumber(ARGV[2]) <= previous then
+    return 1
+end
 redis.call('HSET', KEYS[1], 'locked_until_us', ARGV[2])
 local moved_ms = math.ceil((tonumber(ARGV[2]) - previous) / 1000)
 local remaining_ms = redis.call('PTTL', KEYS[1])

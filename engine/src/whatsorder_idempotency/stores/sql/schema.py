@@ -24,6 +24,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    or_,
 )
 from sqlalchemy.engine import RowMapping
 
@@ -79,6 +81,19 @@ def is_held(table: Table, scope: str, key: str, epoch: int) -> tuple[ColumnEleme
         table.c.epoch == epoch,
         table.c.status == Status.IN_PROGRESS.value,
         table.c.locked_until.is_not(None),  # not released
+    )
+
+
+def can_be_taken_over(table: Table, now: datetime) -> ColumnElement[bool]:
+    """``IdempotencyRecord.can_be_taken_over`` as SQL: a dead or released lease, or expired.
+
+    In a take-over's WHERE it is checked again on the row as it is when written (on PostgreSQL
+    also after waiting for another writer's lock), not as the take-over last read it.
+    """
+    lease_over = or_(table.c.locked_until.is_(None), table.c.locked_until <= now)
+    return or_(
+        and_(table.c.status == Status.IN_PROGRESS.value, lease_over),
+        and_(table.c.status == Status.COMPLETED.value, table.c.expires_at <= now),
     )
 
 

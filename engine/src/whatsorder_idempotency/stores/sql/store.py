@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, update
+from sqlalchemy import Table, case, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -164,11 +164,14 @@ class SqlStore:
                 return await SqlTransaction(connection, self.table).load(scope, key)
 
     async def renew(self, scope: str, key: str, epoch: int, locked_until: datetime) -> bool:
+        # Only ever later: a renewal that lands after a later one (the heartbeat gave up on it)
+        # leaves the lease as it is.
+        current = self.table.c.locked_until
         async with self._lone_statement() as connection:
             result = await connection.execute(
                 update(self.table)
                 .where(*is_held(self.table, scope, key, epoch))
-                .values(locked_until=locked_until)
+                .values(locked_until=case((current < locked_until, locked_until), else_=current))
             )
         return result.rowcount == 1
 

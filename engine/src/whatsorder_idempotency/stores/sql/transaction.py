@@ -21,6 +21,7 @@ from whatsorder_idempotency.stores.sql.errors import PG_LOCK_NOT_AVAILABLE, sqls
 from whatsorder_idempotency.stores.sql.schema import (
     KEY_COLUMN,
     SCOPE_COLUMN,
+    can_be_taken_over,
     claimed_row,
     completed_values,
     is_held,
@@ -75,6 +76,9 @@ class SqlTransaction:
             .where(
                 *is_key(table, record.scope, record.key),
                 table.c.epoch == record.epoch,  # fencing: only one take-over per epoch wins
+                # …and only while it can still be taken over: the holder may have completed
+                # or renewed since ``record`` was read, without changing the epoch.
+                can_be_taken_over(table, now),
             )
             .values(
                 fingerprint=request.fingerprint,
