@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = None
     razorpay_webhook_secret: SecretStr | None = None
     admin_token: SecretStr | None = None
+    # Signs the operator console's session cookies; unset, /console answers 503 and says so.
+    console_secret: SecretStr | None = None
 
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
     idempotency_wait_seconds: float = Field(default=5.0, ge=0, le=60)

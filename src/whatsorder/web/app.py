@@ -13,6 +13,7 @@ from whatsorder.outbox import OutboxSender
 from whatsorder.scheduler import CleanupScheduler
 from whatsorder.settings import Settings, secret
 from whatsorder.web import meta, metrics, operations, payments, problems, twilio
+from whatsorder.web.console.app import build_console
 from whatsorder.web.runtime import Runtime
 
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(payments.router)
     app.include_router(operations.router)
     app.include_router(metrics.router)
+    app.mount("/console", build_console(runtime))
     app.add_middleware(metrics.RequestObserver)
     return app
 

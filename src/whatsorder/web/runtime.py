@@ -12,12 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder import observability
 from whatsorder.db import migrate, reports
+from whatsorder.db.console_queries import ConsoleQueries
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import webhook_idempotency
 from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.settings import Settings
 from whatsorder.statistics import OutcomeCounter
+from whatsorder.web.console.sessions import SignInLimits
 from whatsorder.web.guards import RateLimits
 from whatsorder_idempotency import IdempotencyConfig, IdempotencyEngine, SqlStore
 
@@ -29,6 +31,8 @@ class Runtime:
     idempotency: IdempotencyEngine[AsyncConnection]
     limits: RateLimits
     outcomes: OutcomeCounter
+    console_queries: ConsoleQueries
+    console_sign_ins: SignInLimits
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -48,7 +52,15 @@ class Runtime:
         engine = IdempotencyEngine[AsyncConnection](
             store, config, listeners=[observability.on_idempotency_event, outcomes]
         )
-        return cls(settings, database, engine, RateLimits(settings), outcomes)
+        return cls(
+            settings,
+            database,
+            engine,
+            RateLimits(settings),
+            outcomes,
+            ConsoleQueries(database),
+            SignInLimits(),
+        )
 
     def unit_of_work(self, connection: AsyncConnection) -> UnitOfWork:
         """The unit of work on the idempotency claim's own transaction."""

@@ -1,0 +1,126 @@
+"""What the operator console reads and changes, each change with its line in the audit trail."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import false, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from whatsorder.clock import utcnow
+from whatsorder.db import operators as operator_rows
+from whatsorder.db.tables import orders, products, retailers
+from whatsorder.operators import StaleEdit
+from whatsorder.ordering.model import order_id_from_number, order_number
+
+PAGE_SIZE = 50
+
+
+class ConsoleQueries:
+    def __init__(self, database: AsyncEngine) -> None:
+        self._database = database
+
+    async def operator(self, name: str) -> dict[str, Any] | None:
+        async with self._database.connect() as connection:
+            return await operator_rows.find_operator(connection, name)
+
+    async def signed_in(self, name: str, address: str) -> None:
+        now = utcnow()
+        async with self._database.begin() as connection:
+            await operator_rows.note_sign_in(connection, name, now)
+            await operator_rows.record_action(
+                connection, operator=name, action="sign-in", address=address, now=now
+            )
+
+    async def note(self, name: str, action: str, address: str) -> None:
+        async with self._database.begin() as connection:
+            await operator_rows.record_action(
+                connection, operator=name, action=action, address=address, now=utcnow()
+            )
+
+    async def orders(
+        self, *, status: str | None, search: str | None, page: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of orders, newest first, and how many match in all. ``search``: an order
+        number, the last digits of a phone number, or part of a retailer's name."""
+        conditions = []
+        if status:
+            conditions.append(orders.c.status == status)
+        if search:
+            term = search.strip()
+            number = order_id_from_number(term.upper()) if term.upper().startswith("ORD-") else None
+            if number is not None:
+                conditions.append(orders.c.id == number)
+            else:
+                digits = "".join(char for char in term if char.isdigit())
+                conditions.append(
+                    or_(
+                        retailers.c.whatsapp_id.endswith(digits) if digits else false(),
+                        retailers.c.name.ilike(f"%{term}%"),
+                    )
+                )
+        joined = orders.join(retailers, retailers.c.id == orders.c.retailer_id)
+        page = max(1, page)
+        listing = (
+            select(orders, retailers.c.name.label("retailer"))
+            .select_from(joined)
+            .where(*conditions)
+            .order_by(orders.c.id.desc())
+            .limit(PAGE_SIZE)
+            .offset((page - 1) * PAGE_SIZE)
+        )
+        counting = select(func.count()).select_from(joined).where(*conditions)
+        async with self._database.connect() as connection:
+            rows = [dict(row._mapping) for row in await connection.execute(listing)]
+            total = int(await connection.scalar(counting) or 0)
+        for row in rows:
+            row["number"] = order_number(row["id"])
+        return rows, total
+
+    async def products(self) -> list[dict[str, Any]]:
+        async with self._database.connect() as connection:
+            rows = await connection.execute(select(products).order_by(products.c.sku))
+            return [dict(row._mapping) for row in rows]
+
+    async def edit_product(
+        self,
+        sku: str,
+        *,
+        seen: dict[str, int],
+        wanted: dict[str, int],
+        operator: str,
+        address: str,
+    ) -> None:
+        """Set price and stock if they are still what the operator's page showed (``seen``)."""
+        now: datetime = utcnow()
+        async with self._database.begin() as connection:
+            changed = await connection.execute(
+                update(products)
+                .where(
+                    products.c.sku == sku,
+                    products.c.unit_price == seen["unit_price"],
+                    products.c.stock == seen["stock"],
+                )
+                .values(unit_price=wanted["unit_price"], stock=wanted["stock"])
+            )
+            if changed.rowcount != 1:
+                raise StaleEdit(
+                    f"{sku} changed since this page was loaded (an order, or another operator): "
+                    "nothing was saved. The page now shows its current price and stock; "
+                    "make your change again."
+                )
+            await operator_rows.record_action(
+                connection,
+                operator=operator,
+                action="product.edit",
+                target=sku,
+                before=seen,
+                after=wanted,
+                address=address,
+                now=now,
+            )
+
+    async def audit_trail(self, limit: int = 200) -> list[dict[str, Any]]:
+        async with self._database.connect() as connection:
+            return await operator_rows.recent_actions(connection, limit)

@@ -1,0 +1,57 @@
+"""The operator console's operators and their audit trail.
+
+- ``operators``: who may sign in to ``/console``, their role and an argon2id hash.
+- ``operator_actions``: every action an operator took (sign-ins too), with before and after.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-02 15:45:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "operators",
+        sa.Column("id", Id, nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("password_hash", sa.String(length=255), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_login_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_operators")),
+        sa.UniqueConstraint("name", name=op.f("uq_operators_name")),
+    )
+    op.create_table(
+        "operator_actions",
+        sa.Column("id", Id, nullable=False),
+        sa.Column("operator", sa.String(length=64), nullable=False),
+        sa.Column("action", sa.String(length=64), nullable=False),
+        sa.Column("target", sa.String(length=255), nullable=True),
+        sa.Column("before", sa.Text(), nullable=True),
+        sa.Column("after", sa.Text(), nullable=True),
+        sa.Column("address", sa.String(length=45), nullable=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_operator_actions")),
+    )
+    op.create_index("ix_operator_actions_at", "operator_actions", ["at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_operator_actions_at", table_name="operator_actions")
+    op.drop_table("operator_actions")
+    op.drop_table("operators")

@@ -1,0 +1,127 @@
+"""The console's pages: sign-in and out, orders, catalogue, audit trail."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from whatsorder.operators import StaleEdit, password_matches
+from whatsorder.web.console import sessions
+from whatsorder.web.console.rendering import may_change, render, signed_in
+from whatsorder.web.console.sessions import Operator
+from whatsorder.web.guards import client_ip
+from whatsorder.web.runtime import runtime_of
+
+router = APIRouter()
+SignedIn = Annotated[Operator, Depends(signed_in)]
+ORDER_STATUSES = ("placed", "paid", "cancelled")
+PAGE_SIZE = 50  # as the queries page them
+
+
+@router.get("/", include_in_schema=False)
+async def home(request: Request) -> Response:
+    return RedirectResponse(request.url_for("orders_page"), status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse, name="sign_in_form")
+async def sign_in_form(request: Request) -> Response:
+    return render(request, "login.html", {"problem": None})
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def sign_in(
+    request: Request, name: Annotated[str, Form()], password: Annotated[str, Form()]
+) -> Response:
+    runtime = runtime_of(request)
+    address = client_ip(request, runtime.settings)
+    if not await runtime.console_sign_ins.allow(name, address):
+        problem = "Too many sign-in attempts. Wait a minute, then try again."
+        return render(request, "login.html", {"problem": problem}, status=429)
+    row = await runtime.console_queries.operator(name)
+    matches = password_matches(row["password_hash"] if row else None, password)
+    if row is None or not matches or row["disabled_at"] is not None:
+        # One answer for a wrong name, a wrong password and a disabled operator alike.
+        problem = "That name and password do not match an active operator."
+        return render(request, "login.html", {"problem": problem}, status=401)
+    sessions.start(request, row["name"])
+    await runtime.console_queries.signed_in(row["name"], address)
+    return RedirectResponse(request.url_for("orders_page"), status_code=303)
+
+
+@router.post("/logout")
+async def sign_out(request: Request, operator: SignedIn) -> Response:
+    form = await request.form()
+    sent = form.get("csrf_token")
+    if sessions.csrf_matches(request, sent if isinstance(sent, str) else None):
+        runtime = runtime_of(request)
+        await runtime.console_queries.note(
+            operator.name, "sign-out", client_ip(request, runtime.settings)
+        )
+        sessions.end(request)
+    return RedirectResponse(request.url_for("sign_in_form"), status_code=303)
+
+
+@router.get("/orders", response_class=HTMLResponse, name="orders_page")
+async def orders_page(
+    request: Request,
+    operator: SignedIn,
+    status: str | None = None,
+    q: str | None = None,
+    page: int = 1,
+) -> Response:
+    chosen = {"status": status or None, "search": q or None, "page": max(1, page)}
+    rows, total = await runtime_of(request).console_queries.orders(
+        status=status or None, search=q or None, page=max(1, page)
+    )
+    pages = max(1, -(-total // PAGE_SIZE))
+    context = {
+        "orders": rows,
+        "total": total,
+        "chosen": chosen,
+        "pages": pages,
+        "statuses": ORDER_STATUSES,
+    }
+    return render(request, "orders.html", context, operator=operator)
+
+
+@router.get("/catalogue", response_class=HTMLResponse, name="catalogue_page")
+async def catalogue_page(request: Request, operator: SignedIn) -> Response:
+    products = await runtime_of(request).console_queries.products()
+    return render(
+        request, "catalogue.html", {"products": products, "problem": None}, operator=operator
+    )
+
+
+@router.post("/catalogue/{sku}", response_class=HTMLResponse)
+async def edit_product(
+    request: Request,
+    sku: str,
+    operator: SignedIn,
+    seen_price: Annotated[int, Form(ge=0)],
+    seen_stock: Annotated[int, Form(ge=0)],
+    unit_price: Annotated[int, Form(ge=0, le=10**12)],
+    stock: Annotated[int, Form(ge=0, le=10**9)],
+) -> Response:
+    await may_change(request, operator)
+    runtime = runtime_of(request)
+    try:
+        await runtime.console_queries.edit_product(
+            sku,
+            seen={"unit_price": seen_price, "stock": seen_stock},
+            wanted={"unit_price": unit_price, "stock": stock},
+            operator=operator.name,
+            address=client_ip(request, runtime.settings),
+        )
+    except StaleEdit as stale:
+        products = await runtime.console_queries.products()
+        context = {"products": products, "problem": str(stale)}
+        return render(request, "catalogue.html", context, operator=operator, status=409)
+    return RedirectResponse(request.url_for("catalogue_page"), status_code=303)
+
+
+@router.get("/audit", response_class=HTMLResponse, name="audit_page")
+async def audit_page(request: Request, operator: SignedIn) -> Response:
+    actions = await runtime_of(request).console_queries.audit_trail()
+    return render(request, "audit.html", {"actions": actions}, operator=operator)
