@@ -9,6 +9,8 @@ DEV_ADMIN_TOKEN := dev-admin-token
 DEV_META_SECRET := dev-meta-app-secret
 DEV_STRIPE_SECRET := whsec_dev_stripe_secret
 DEV_RAZORPAY_SECRET := dev-razorpay-webhook-secret
+DEV_CONSOLE_SECRET := dev-console-secret-only-for-make-run
+DEV_OPERATOR_PASSWORD := dev-admin-password
 
 .PHONY: run test faults bench lint typecheck pytest install install-dev system-packages clean
 
@@ -33,11 +35,16 @@ run: $(STAMP)
 	@mkdir -p var
 	WHATSORDER_REQUIRE_HTTPS=false $(BIN)/whatsorder migrate
 	WHATSORDER_REQUIRE_HTTPS=false $(BIN)/whatsorder seed-demo
+	@WHATSORDER_REQUIRE_HTTPS=false $(BIN)/whatsorder operator add dev-admin --role admin \
+		--password $(DEV_OPERATOR_PASSWORD) >/dev/null 2>&1 || true
 	@echo
 	@echo "  whatsorder on http://127.0.0.1:8000  (docs: http://127.0.0.1:8000/docs)"
 	@echo "  development Twilio auth token: $(DEV_TWILIO_TOKEN)"
 	@echo "  development admin token:       $(DEV_ADMIN_TOKEN)"
 	@echo "  development Meta app secret:   $(DEV_META_SECRET)"
+	@echo "  operator console:              http://127.0.0.1:8000/console"
+	@echo "    a development operator:      dev-admin / $(DEV_OPERATOR_PASSWORD) (add your own:"
+	@echo "                                 $(BIN)/whatsorder operator add NAME --role admin)"
 	@echo "  try it from another shell:     $(BIN)/whatsorder send \"ORDER 2 x ATTA-5KG\""
 	@echo
 	WHATSORDER_REQUIRE_HTTPS=false \
@@ -47,11 +54,12 @@ run: $(STAMP)
 	WHATSORDER_STRIPE_WEBHOOK_SECRET=$${WHATSORDER_STRIPE_WEBHOOK_SECRET:-$(DEV_STRIPE_SECRET)} \
 	WHATSORDER_RAZORPAY_WEBHOOK_SECRET=$${WHATSORDER_RAZORPAY_WEBHOOK_SECRET:-$(DEV_RAZORPAY_SECRET)} \
 	WHATSORDER_PUBLIC_URL=$${WHATSORDER_PUBLIC_URL:-http://127.0.0.1:8000} \
+	WHATSORDER_CONSOLE_SECRET=$${WHATSORDER_CONSOLE_SECRET:-$(DEV_CONSOLE_SECRET)} \
 	$(BIN)/whatsorder serve --host 127.0.0.1 --port 8000
 
 ## make test: lint, format check, type check, the import rules and the whole test suite (the quick mode of the fault suite
 ## included; nginx, for the replica tests, and prometheus, whose promtool checks the alert rules, are installed from
-## Debian's packages when missing); then both wheels are
+## Debian's packages when missing, and chromium for the console's browser tests); then both wheels are
 ## built and the engine's own tests run in a virtualenv that holds only the engine.
 test: $(DEV_STAMP) system-packages
 	$(BIN)/ruff check src tests examples engine
@@ -62,7 +70,7 @@ test: $(DEV_STAMP) system-packages
 	bash scripts/engine-wheels.sh $(PYTHON)
 
 system-packages:
-	@bash scripts/system-packages.sh nginx prometheus
+	@bash scripts/system-packages.sh nginx prometheus chromium
 
 ## make faults: the full fault-injection and adversarial suite (hundreds of SIGKILLs, outages, fuzzing).
 faults: $(DEV_STAMP) system-packages
