@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,6 +129,22 @@ def test_an_order_from_the_webhook_shows_and_its_html_stays_text(
     assert page.dialogs == []  # type: ignore[attr-defined]
     no_serious_violations(page)
     shoot(page, "orders")
+    row.get_by_role("link").click()
+    page.wait_for_url("**/console/orders/ORD-*")
+    deliveries = page.get_by_role("row").filter(has_text="twilio_inbound")
+    deadline = time.monotonic() + 10  # the inbox is written every second, in batches
+    while deliveries.count() < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        page.reload()
+    outcomes = sorted(deliveries.nth(i).inner_text().split("\t")[3] for i in range(2))
+    assert outcomes == ["new", "replayed"]  # the delivery and Twilio's retry of it
+    assert page.dialogs == []  # type: ignore[attr-defined]
+    no_serious_violations(page)
+    shoot(page, "order")
+    page.goto(f"{server.base_url}/console/inbox?outcome=replayed")
+    assert page.get_by_role("row").filter(has_text="twilio_inbound").count() >= 1
+    no_serious_violations(page)
+    shoot(page, "inbox")
 
 
 def test_a_viewer_sees_no_forms_and_a_forged_change_is_refused(page: Page, server: Server) -> None:

@@ -35,9 +35,12 @@ INVALID_KEY = Outcome.INVALID_KEY
 class IdempotencyEvent:
     scope: str
     outcome: Outcome  # a ``str``: listeners may use it as a label or a column value as it is
-    key_hash: str  # never the raw key: keys can carry customer data
+    key_hash: str  # for logs and metrics: never the raw key, which can carry customer data
     lookup_seconds: float  # claim, or lookup of the stored record
     total_seconds: float
+    # The raw key, for the application's own records of its deliveries (an inbox): a listener
+    # that writes it anywhere shared decides whether it may.
+    key: str = ""
 
 
 Listener = Callable[[IdempotencyEvent], None]
@@ -99,5 +102,6 @@ class Watch:
             key_hash=key_hash(self._request.key),
             lookup_seconds=self._lookup if self._lookup is not None else total,
             total_seconds=total,
+            key=self._request.key,
         )
         notify(self._listeners, event)

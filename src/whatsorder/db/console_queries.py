@@ -10,7 +10,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder.clock import utcnow
 from whatsorder.db import operators as operator_rows
-from whatsorder.db.tables import orders, products, retailers
+from whatsorder.db.tables import (
+    inbound_deliveries,
+    ledger_entries,
+    order_items,
+    orders,
+    payments,
+    products,
+    retailers,
+    webhook_idempotency,
+)
 from whatsorder.operators import StaleEdit
 from whatsorder.ordering.model import order_id_from_number, order_number
 
@@ -120,6 +129,87 @@ class ConsoleQueries:
                 address=address,
                 now=now,
             )
+
+    async def order_detail(self, number: str) -> dict[str, Any] | None:
+        """An order with its lines, ledger entries, payments and every delivery that touched it."""
+        order_id = order_id_from_number(number)
+        if order_id is None:
+            return None
+        async with self._database.connect() as connection:
+            found = (
+                await connection.execute(
+                    select(orders, retailers.c.name.label("retailer"), retailers.c.whatsapp_id)
+                    .join(retailers, retailers.c.id == orders.c.retailer_id)
+                    .where(orders.c.id == order_id)
+                )
+            ).first()
+            if found is None:
+                return None
+            detail = dict(found._mapping)
+            detail["number"] = order_number(order_id)
+            for name, table in (
+                ("lines", order_items),
+                ("ledger", ledger_entries),
+                ("payments", payments),
+            ):
+                rows = await connection.execute(
+                    select(table).where(table.c.order_id == order_id).order_by(table.c.id)
+                )
+                detail[name] = [dict(row._mapping) for row in rows]
+            records = webhook_idempotency
+            touched = (
+                select(
+                    inbound_deliveries,
+                    records.c.response_status,
+                )
+                .join(
+                    records,
+                    (records.c.webhook_type == inbound_deliveries.c.webhook_type)
+                    & (records.c.idempotency_key == inbound_deliveries.c.idempotency_key),
+                )
+                .where(records.c.order_id == order_id)
+                .order_by(inbound_deliveries.c.id)
+            )
+            detail["deliveries"] = [dict(row._mapping) for row in await connection.execute(touched)]
+        return detail
+
+    async def deliveries(
+        self, *, webhook_type: str | None, outcome: str | None, page: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of the inbox, newest first, with each key's stored answer and its order."""
+        records = webhook_idempotency
+        conditions = []
+        if webhook_type:
+            conditions.append(inbound_deliveries.c.webhook_type == webhook_type)
+        if outcome:
+            conditions.append(inbound_deliveries.c.outcome == outcome)
+        joined = inbound_deliveries.outerjoin(
+            records,
+            (records.c.webhook_type == inbound_deliveries.c.webhook_type)
+            & (records.c.idempotency_key == inbound_deliveries.c.idempotency_key),
+        )
+        listing = (
+            select(
+                inbound_deliveries,
+                records.c.order_id,
+                records.c.response_status,
+                records.c.response_body,
+            )
+            .select_from(joined)
+            .where(*conditions)
+            .order_by(inbound_deliveries.c.id.desc())
+            .limit(PAGE_SIZE)
+            .offset((max(1, page) - 1) * PAGE_SIZE)
+        )
+        counting = select(func.count()).select_from(inbound_deliveries).where(*conditions)
+        async with self._database.connect() as connection:
+            rows = [dict(row._mapping) for row in await connection.execute(listing)]
+            total = int(await connection.scalar(counting) or 0)
+        for row in rows:
+            body = row.pop("response_body")
+            row["answer"] = None if body is None else bytes(body)[:300].decode("utf-8", "replace")
+            row["order"] = None if row["order_id"] is None else order_number(row["order_id"])
+        return rows, total
 
     async def audit_trail(self, limit: int = 200) -> list[dict[str, Any]]:
         async with self._database.connect() as connection:

@@ -264,3 +264,19 @@ operator_actions = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     Index("ix_operator_actions_at", "at"),
 )
+
+# Every inbound delivery and what became of it (the console's inbox): written in batches from
+# memory, so a replay's one round trip stays one. Refusals before the engine have no key.
+inbound_deliveries = Table(
+    "inbound_deliveries",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("webhook_type", String(64), nullable=False),
+    Column("idempotency_key", String(255)),
+    Column("outcome", String(24), nullable=False),
+    Column("http_status", Integer),
+    Column("detail", String(200)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Index("ix_inbound_deliveries_received_at", "received_at"),
+    Index("ix_inbound_deliveries_key", "webhook_type", "idempotency_key"),
+)

@@ -28,7 +28,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if cleanup is not None:
             cleanup.start()
         stopping = asyncio.Event()
-        background = [asyncio.create_task(runtime.outcomes.run(runtime.database, stopping))]
+        background = [
+            asyncio.create_task(runtime.outcomes.run(runtime.database, stopping)),
+            asyncio.create_task(runtime.inbox.run(runtime.database, stopping)),
+        ]
         sender = _outbox_sender(runtime)
         if sender is not None:
             background.append(asyncio.create_task(sender.run(stopping, interval=2.0)))

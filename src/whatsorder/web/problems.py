@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from whatsorder import routes
 from whatsorder_idempotency import (
     IdempotencyError,
     InvalidKey,
@@ -57,16 +58,37 @@ def problem_response(
     return Response(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 
+# The webhook routes and the type their refusals are filed under in the inbox.
+WEBHOOK_ROUTES = {
+    routes.TWILIO_INBOUND: "twilio_inbound",
+    routes.TWILIO_STATUS: "twilio_status",
+    routes.META: "meta",
+    routes.STRIPE: "stripe",
+    routes.RAZORPAY: "razorpay",
+}
+
+
+def _note_refusal(request: Request, status: int, kind: str) -> None:
+    """A webhook refused before the engine saw it, noted in the inbox."""
+    webhook_type = WEBHOOK_ROUTES.get(request.url.path)
+    inbox = getattr(request.app.state, "runtime", None)
+    if webhook_type is not None and inbox is not None:
+        inbox.inbox.refused(webhook_type, status, kind)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json (never a stack trace)."""
 
-    async def on_problem(_request: Request, error: Exception) -> Response:
+    async def on_problem(request: Request, error: Exception) -> Response:
         assert isinstance(error, Problem)
+        _note_refusal(request, error.status, error.kind)
         return error.response()
 
-    async def on_idempotency(_request: Request, error: Exception) -> Response:
+    async def on_idempotency(request: Request, error: Exception) -> Response:
         assert isinstance(error, IdempotencyError | InvalidKey)
         status, body, headers = problem_for(error)
+        if isinstance(error, InvalidKey):  # refused before the engine: it reports the others
+            _note_refusal(request, status, f"invalid-key: {error.rule}")
         return Response(body, status_code=status, headers=headers)
 
     async def on_http(_request: Request, error: Exception) -> Response:

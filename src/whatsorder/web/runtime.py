@@ -16,6 +16,7 @@ from whatsorder.db.console_queries import ConsoleQueries
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import webhook_idempotency
 from whatsorder.db.uow import SqlUnitOfWork
+from whatsorder.inbox import DeliveryLog
 from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.settings import Settings
 from whatsorder.statistics import OutcomeCounter
@@ -33,6 +34,7 @@ class Runtime:
     outcomes: OutcomeCounter
     console_queries: ConsoleQueries
     console_sign_ins: SignInLimits
+    inbox: DeliveryLog
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -49,8 +51,9 @@ class Runtime:
         )
         store = SqlStore(database, webhook_idempotency, in_flight_wait=wait)
         outcomes = OutcomeCounter()
+        inbox = DeliveryLog()
         engine = IdempotencyEngine[AsyncConnection](
-            store, config, listeners=[observability.on_idempotency_event, outcomes]
+            store, config, listeners=[observability.on_idempotency_event, outcomes, inbox]
         )
         return cls(
             settings,
@@ -60,6 +63,7 @@ class Runtime:
             outcomes,
             ConsoleQueries(database),
             SignInLimits(),
+            inbox,
         )
 
     def unit_of_work(self, connection: AsyncConnection) -> UnitOfWork:

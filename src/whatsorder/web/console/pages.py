@@ -18,6 +18,28 @@ router = APIRouter()
 SignedIn = Annotated[Operator, Depends(signed_in)]
 ORDER_STATUSES = ("placed", "paid", "cancelled")
 PAGE_SIZE = 50  # as the queries page them
+WEBHOOK_TYPES = (
+    "twilio_inbound",
+    "twilio_status",
+    "meta",
+    "meta_message",
+    "meta_status",
+    "meta_dead_letter",
+    "stripe",
+    "razorpay",
+)
+INBOX_OUTCOMES = (
+    "new",
+    "replayed",
+    "takeover",
+    "not_stored",
+    "in_flight",
+    "mismatch",
+    "refused",
+    "store_busy",
+    "store_unavailable",
+    "handler_error",
+)
 
 
 @router.get("/", include_in_schema=False)
@@ -84,6 +106,39 @@ async def orders_page(
         "statuses": ORDER_STATUSES,
     }
     return render(request, "orders.html", context, operator=operator)
+
+
+@router.get("/orders/{number}", response_class=HTMLResponse, name="order_page")
+async def order_page(request: Request, number: str, operator: SignedIn) -> Response:
+    order = await runtime_of(request).console_queries.order_detail(number)
+    if order is None:
+        context = {"reason": f"There is no order {number}."}
+        return render(request, "refused.html", context, operator=operator, status=404)
+    return render(request, "order.html", {"order": order}, operator=operator)
+
+
+@router.get("/inbox", response_class=HTMLResponse, name="inbox_page")
+async def inbox_page(
+    request: Request,
+    operator: SignedIn,
+    webhook_type: str | None = None,
+    outcome: str | None = None,
+    page: int = 1,
+) -> Response:
+    runtime = runtime_of(request)
+    rows, total = await runtime.console_queries.deliveries(
+        webhook_type=webhook_type or None, outcome=outcome or None, page=max(1, page)
+    )
+    context = {
+        "deliveries": rows,
+        "total": total,
+        "chosen": {"webhook_type": webhook_type, "outcome": outcome, "page": max(1, page)},
+        "pages": max(1, -(-total // PAGE_SIZE)),
+        "webhook_types": WEBHOOK_TYPES,
+        "outcomes": INBOX_OUTCOMES,
+        "last_flush": runtime.inbox.last_flush,
+    }
+    return render(request, "inbox.html", context, operator=operator)
 
 
 @router.get("/catalogue", response_class=HTMLResponse, name="catalogue_page")

@@ -1,7 +1,9 @@
-"""The operator console's operators and their audit trail.
+"""The operator console: its operators, their audit trail, and the inbox of deliveries.
 
 - ``operators``: who may sign in to ``/console``, their role and an argon2id hash.
 - ``operator_actions``: every action an operator took (sign-ins too), with before and after.
+- ``inbound_deliveries``: every inbound webhook delivery and its outcome (new, replayed,
+  refused, …), written in batches by each worker.
 
 Revision ID: 0005
 Revises: 0004
@@ -49,9 +51,27 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_operator_actions")),
     )
     op.create_index("ix_operator_actions_at", "operator_actions", ["at"])
+    op.create_table(
+        "inbound_deliveries",
+        sa.Column("id", Id, nullable=False),
+        sa.Column("webhook_type", sa.String(length=64), nullable=False),
+        sa.Column("idempotency_key", sa.String(length=255), nullable=True),
+        sa.Column("outcome", sa.String(length=24), nullable=False),
+        sa.Column("http_status", sa.Integer(), nullable=True),
+        sa.Column("detail", sa.String(length=200), nullable=True),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_inbound_deliveries")),
+    )
+    op.create_index("ix_inbound_deliveries_received_at", "inbound_deliveries", ["received_at"])
+    op.create_index(
+        "ix_inbound_deliveries_key", "inbound_deliveries", ["webhook_type", "idempotency_key"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_inbound_deliveries_key", table_name="inbound_deliveries")
+    op.drop_index("ix_inbound_deliveries_received_at", table_name="inbound_deliveries")
+    op.drop_table("inbound_deliveries")
     op.drop_index("ix_operator_actions_at", table_name="operator_actions")
     op.drop_table("operator_actions")
     op.drop_table("operators")
