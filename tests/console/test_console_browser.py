@@ -19,12 +19,17 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from support import (
     INBOUND_PATH,
+    STRIPE_PATH,
+    STRIPE_SECRET,
     Server,
     encode,
     inbound_form,
     running_server,
     server_env,
     signed_headers,
+    stripe_body,
+    stripe_event,
+    stripe_headers,
     whatsorder_command,
 )
 
@@ -47,7 +52,12 @@ def server(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         command += ["--password", PASSWORD]
         added = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
         assert added.returncode == 0, added.stderr
-    with running_server(url, folder / "server.log", WHATSORDER_CONSOLE_SECRET=SECRET) as running:
+    with running_server(
+        url,
+        folder / "server.log",
+        WHATSORDER_CONSOLE_SECRET=SECRET,
+        WHATSORDER_STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,
+    ) as running:
         yield running
 
 
@@ -98,8 +108,10 @@ def shoot(page: Page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
-def place_order(server: Server, text: str, name: str) -> None:
-    form = inbound_form(text, name=name)
+def place_order(
+    server: Server, text: str, name: str, sender: str = "whatsapp:+919876543210"
+) -> None:
+    form = inbound_form(text, name=name, sender=sender)
     headers = signed_headers(INBOUND_PATH, form)
     for _ in range(2):  # Twilio's retry: the same delivery again
         answer = httpx.post(server.base_url + INBOUND_PATH, content=encode(form), headers=headers)
@@ -208,3 +220,29 @@ def test_the_console_is_usable_360_px_wide(browser: Browser, server: Server) -> 
     assert width <= 360, f"the page is {width} px wide at 360 px"
     shoot(narrow, "orders-360px")
     context.close()
+
+
+def test_a_payment_exception_is_resolved_once_and_stays_in_the_audit_trail(
+    page: Page, server: Server
+) -> None:
+    place_order(server, "ORDER 1 x SUGAR-1KG", "Ravi Kumar", sender="whatsapp:+919812345678")
+    sign_in(page, server, "asha")
+    number = page.get_by_role("row").filter(has_text="Ravi Kumar").get_by_role("link").inner_text()
+    body = stripe_body(stripe_event(number, 1))  # one paisa: not what the order costs
+    paid = httpx.post(server.base_url + STRIPE_PATH, content=body, headers=stripe_headers(body))
+    assert paid.status_code == 200, paid.text
+    page.goto(f"{server.base_url}/console/payments")
+    row = page.get_by_role("row").filter(has_text=number).filter(has_text="amount_mismatch")
+    assert row.count() == 1
+    no_serious_violations(page)
+    shoot(page, "payments")
+    row.get_by_role("textbox").fill("refunded the one paisa; customer will pay again")
+    row.get_by_role("button").click()
+    page.wait_for_url("**/console/payments")
+    resolved = page.get_by_role("row").filter(has_text="refunded the one paisa")
+    assert resolved.count() == 1
+    assert "asha" in resolved.inner_text()
+    open_rows = page.get_by_role("row").filter(has_text=number).filter(has_text="Resolve")
+    assert open_rows.count() == 0
+    page.goto(f"{server.base_url}/console/audit")
+    assert page.get_by_role("row").filter(has_text="payment_exception.resolve").count() == 1

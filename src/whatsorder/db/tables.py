@@ -229,6 +229,10 @@ payment_exceptions = Table(
     Column("currency", String(3)),
     Column("detail", String(500)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # An operator's resolution: the exception leaves the open list; the audit trail keeps it.
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolved_by", String(64)),
+    Column("resolution", String(500)),
     UniqueConstraint(
         "provider", "provider_event_id", "kind", name="uq_payment_exceptions_event_kind"
     ),

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder import observability
 from whatsorder.db import migrate, reports
+from whatsorder.db.console_money import ConsoleMoney
 from whatsorder.db.console_queries import ConsoleQueries
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import webhook_idempotency
@@ -35,6 +36,7 @@ class Runtime:
     console_queries: ConsoleQueries
     console_sign_ins: SignInLimits
     inbox: DeliveryLog
+    console_money: ConsoleMoney
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -64,6 +66,7 @@ class Runtime:
             ConsoleQueries(database),
             SignInLimits(),
             inbox,
+            ConsoleMoney(database),
         )
 
     def unit_of_work(self, connection: AsyncConnection) -> UnitOfWork:

@@ -65,6 +65,7 @@ async def sign_in(
     matches = password_matches(row["password_hash"] if row else None, password)
     if row is None or not matches or row["disabled_at"] is not None:
         # One answer for a wrong name, a wrong password and a disabled operator alike.
+        await runtime.console_sign_ins.failed(name)
         problem = "That name and password do not match an active operator."
         return render(request, "login.html", {"problem": problem}, status=401)
     sessions.start(request, row["name"])
@@ -139,6 +140,41 @@ async def inbox_page(
         "last_flush": runtime.inbox.last_flush,
     }
     return render(request, "inbox.html", context, operator=operator)
+
+
+@router.get("/payments", response_class=HTMLResponse, name="payments_page")
+async def payments_page(request: Request, operator: SignedIn) -> Response:
+    return await _payments(request, operator, problem=None)
+
+
+async def _payments(
+    request: Request, operator: Operator, *, problem: str | None, status: int = 200
+) -> Response:
+    money = runtime_of(request).console_money
+    context = {
+        "by_day": await money.payments_by_day(),
+        "open": await money.exceptions(resolved=False),
+        "resolved": await money.exceptions(resolved=True),
+        "problem": problem,
+    }
+    return render(request, "payments.html", context, operator=operator, status=status)
+
+
+@router.post("/payments/exceptions/{exception_id}", response_class=HTMLResponse)
+async def resolve_exception(
+    request: Request,
+    exception_id: int,
+    operator: SignedIn,
+    resolution: Annotated[str, Form(min_length=3, max_length=500)],
+) -> Response:
+    await may_change(request, operator)
+    runtime = runtime_of(request)
+    address = client_ip(request, runtime.settings)
+    try:
+        await runtime.console_money.resolve(exception_id, resolution, operator.name, address)
+    except StaleEdit as stale:
+        return await _payments(request, operator, problem=str(stale), status=409)
+    return RedirectResponse(request.url_for("payments_page"), status_code=303)
 
 
 @router.get("/catalogue", response_class=HTMLResponse, name="catalogue_page")

@@ -36,15 +36,20 @@ class Operator:
 
 
 class SignInLimits:
-    """Counts sign-in attempts in this process (a console is run by few people)."""
+    """Counts sign-in attempts in this process (a console is run by few people): every attempt
+    from an address, and the failed ones of an account (a good password does not lock its
+    owner out)."""
 
     def __init__(self) -> None:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     async def allow(self, name: str, address: str) -> bool:
-        account = await self._limiter.hit(PER_ACCOUNT, "console-account", name)
+        account = await self._limiter.test(PER_ACCOUNT, "console-account", name)
         place = await self._limiter.hit(PER_ADDRESS, "console-address", address)
         return account and place
+
+    async def failed(self, name: str) -> None:
+        await self._limiter.hit(PER_ACCOUNT, "console-account", name)
 
 
 def start(request: Request, name: str) -> None:

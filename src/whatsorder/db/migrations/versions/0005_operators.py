@@ -4,6 +4,7 @@
 - ``operator_actions``: every action an operator took (sign-ins too), with before and after.
 - ``inbound_deliveries``: every inbound webhook delivery and its outcome (new, replayed,
   refused, …), written in batches by each worker.
+- ``payment_exceptions.resolved_at/resolved_by/resolution``: an operator's resolution.
 
 Revision ID: 0005
 Revises: 0004
@@ -66,9 +67,17 @@ def upgrade() -> None:
     op.create_index(
         "ix_inbound_deliveries_key", "inbound_deliveries", ["webhook_type", "idempotency_key"]
     )
+    with op.batch_alter_table("payment_exceptions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("resolved_by", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("resolution", sa.String(length=500), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("payment_exceptions", schema=None) as batch_op:
+        batch_op.drop_column("resolution")
+        batch_op.drop_column("resolved_by")
+        batch_op.drop_column("resolved_at")
     op.drop_index("ix_inbound_deliveries_key", table_name="inbound_deliveries")
     op.drop_index("ix_inbound_deliveries_received_at", table_name="inbound_deliveries")
     op.drop_table("inbound_deliveries")
