@@ -120,7 +120,8 @@ class SqlStore:
 
         A replay costs one statement and, on SQLite, never waits for the write lock. Anything
         else gets a transaction on the same connection, so a new key waits for the pool once,
-        and that wait comes out of its lock wait.
+        and that wait comes out of its lock wait. The transaction gains two statements, the
+        claim and the completion: on PostgreSQL its lock_timeout rides on the claim.
         """
         await self._ensure_table()
         asked = time.monotonic()
@@ -136,11 +137,9 @@ class SqlStore:
                 await connection.rollback()
                 await connection.execution_options(**self._transactional(connection, prior))
                 async with connection.begin():
-                    if self.kind == "postgresql":
-                        await connection.exec_driver_sql(
-                            f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
-                        )
-                    yield SqlTransaction(connection, self.table)
+                    yield SqlTransaction(
+                        connection, self.table, lock_timeout_ms=self._lock_wait_left(asked)
+                    )
 
     @asynccontextmanager
     async def _read_on_first_use(
