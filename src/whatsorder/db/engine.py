@@ -1,6 +1,7 @@
 """The application's database engine: one per process, shared by the orders and the
 idempotency records that commit with them, so tuned as the SQL store needs (on SQLite: WAL, a
-busy timeout and transactions that begin IMMEDIATE; on PostgreSQL: pre-ping)."""
+busy timeout and transactions that begin IMMEDIATE; on PostgreSQL: no pre-ping, but pooled
+connections the server has closed, as a restart does, are replaced at checkout)."""
 
 from __future__ import annotations
 

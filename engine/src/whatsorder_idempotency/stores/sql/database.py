@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -34,7 +35,8 @@ def sql_engine(
     max_overflow: int = 10,
     pool_timeout: float = 10.0,
 ) -> AsyncEngine:
-    """An engine fit for claims: WAL, ``busy_timeout`` and ``BEGIN IMMEDIATE`` on SQLite."""
+    """An engine fit for claims: WAL, ``busy_timeout`` and ``BEGIN IMMEDIATE`` on SQLite; on
+    PostgreSQL, pooled connections the driver knows are closed are replaced at checkout."""
     full_url = async_url(url)
     if make_url(full_url).get_backend_name() == "sqlite":
         # The pool's size counts on SQLite too: each aiosqlite connection is a thread, and 15
@@ -44,13 +46,27 @@ def sql_engine(
         )
         _make_sqlite_transactions_immediate(engine, busy_timeout)
         return engine
-    return create_async_engine(
-        full_url,
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_timeout=pool_timeout,
-        pool_pre_ping=True,
+    engine = create_async_engine(
+        full_url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout
     )
+    _replace_closed_connections_at_checkout(engine)
+    return engine
+
+
+def _replace_closed_connections_at_checkout(engine: AsyncEngine) -> None:
+    # No pre-ping: it costs every checkout a round trip (a replay would take two instead of
+    # one). A connection the server ended (a restart, pg_terminate_backend, an idle timeout)
+    # has told the driver so: asyncpg read the FATAL and the close while the connection sat in
+    # the pool, and ``is_closed()`` says so without a round trip. Such a connection is swapped
+    # for a fresh one here, before anything could have been sent on it, which makes that swap
+    # safe for every kind of work, the application's own transactions included: raising
+    # DisconnectionError in the pool's checkout event is SQLAlchemy's way to have the pool
+    # reconnect (it tries again on a new connection). A death the driver has not noticed yet
+    # is found on use; the SQL store then retries what is safe to retry (stores/sql/store.py).
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            raise sa_exc.DisconnectionError("The pooled connection was closed by the server.")
 
 
 def _make_sqlite_transactions_immediate(engine: AsyncEngine, busy_timeout: timedelta) -> None:

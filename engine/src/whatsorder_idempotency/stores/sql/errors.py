@@ -16,6 +16,8 @@ PG_CONNECTION_CLASS = "08"
 # or ended our session. A retry after it is back succeeds; 57014 (a cancelled query) is not it.
 PG_OPERATOR_CLASS = "57"
 PG_QUERY_CANCELED = "57014"
+# The session ended: shut down by an administrator or a crash, database dropped, idle timeout.
+PG_SESSION_ENDED = "57P"
 PG_TOO_MANY_CONNECTIONS = "53300"
 # Races a transaction can lose and win on a second run, because the loser is rolled back whole:
 # a deadlock, a serialization failure, and a unique key that a concurrent transaction committed
@@ -68,6 +70,17 @@ def _classify(error: sa_exc.DBAPIError) -> Exception:
     ):
         return StoreUnavailable("The database cannot be reached.")
     return error
+
+
+def connection_lost(error: sa_exc.DBAPIError) -> bool:
+    """Whether ``error`` says the connection itself died (not the statement): SQLAlchemy saw a
+    disconnect and invalidated it, or the server said the session ended (class 08, 57P0x)."""
+    code = sqlstate(error) or ""
+    return bool(
+        error.connection_invalidated
+        or code.startswith(PG_CONNECTION_CLASS)
+        or code.startswith(PG_SESSION_ENDED)
+    )
 
 
 def sqlstate(error: sa_exc.DBAPIError) -> str | None:

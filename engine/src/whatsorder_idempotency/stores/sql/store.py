@@ -29,7 +29,7 @@ from whatsorder_idempotency.record import (
 )
 from whatsorder_idempotency.stores.base import Claimed
 from whatsorder_idempotency.stores.sql.database import AUTOCOMMIT_OPTION
-from whatsorder_idempotency.stores.sql.errors import store_errors
+from whatsorder_idempotency.stores.sql.errors import connection_lost, store_errors
 from whatsorder_idempotency.stores.sql.schema import is_held
 from whatsorder_idempotency.stores.sql.shared import SharedTransaction
 from whatsorder_idempotency.stores.sql.transaction import SqlTransaction
@@ -118,31 +118,56 @@ class SqlStore:
     ) -> AsyncIterator[IdempotencyRecord | SqlTransaction]:
         """The record if it is completed, read in autocommit; else a transaction. One checkout.
 
-        A replay costs one statement (plus PostgreSQL's pre-ping) and, on SQLite, never waits
-        for the write lock. Anything else gets a transaction on the same connection, so a new
-        key waits for the pool once, and that wait comes out of its lock wait.
+        A replay costs one statement and, on SQLite, never waits for the write lock. Anything
+        else gets a transaction on the same connection, so a new key waits for the pool once,
+        and that wait comes out of its lock wait. The transaction gains two statements, the
+        claim and the completion: on PostgreSQL its lock_timeout rides on the claim.
         """
         await self._ensure_table()
         asked = time.monotonic()
         with store_errors():
-            async with self.engine.connect() as connection:
-                # The level the engine gives its connections, if it sets one: restored below.
-                prior = self.engine.get_execution_options().get("isolation_level")
-                await connection.execution_options(**self._autocommit)
-                found = await SqlTransaction(connection, self.table).load(scope, key)
+            async with self._read_on_first_use(scope, key) as (connection, found):
                 if found is not None and found.status is Status.COMPLETED:
                     yield found
                     return
+                # The level the engine gives its connections, if it sets one: restored below.
+                prior = self.engine.get_execution_options().get("isolation_level")
                 # Ends SQLAlchemy's own block around the read (in autocommit the driver sends
                 # nothing), so that the connection can begin a real transaction.
                 await connection.rollback()
                 await connection.execution_options(**self._transactional(connection, prior))
                 async with connection.begin():
-                    if self.kind == "postgresql":
-                        await connection.exec_driver_sql(
-                            f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
-                        )
-                    yield SqlTransaction(connection, self.table)
+                    yield SqlTransaction(
+                        connection, self.table, lock_timeout_ms=self._lock_wait_left(asked)
+                    )
+
+    @asynccontextmanager
+    async def _read_on_first_use(
+        self, scope: str, key: str
+    ) -> AsyncIterator[tuple[AsyncConnection, IdempotencyRecord | None]]:
+        """A pooled connection and the record as last committed, read on it in autocommit.
+
+        The read is the connection's first use. If the connection turns out dead (the server
+        ended it and the driver had not yet noticed, so the checkout did not replace it), the
+        read is run once more on a fresh one: a read changes nothing, so running it twice is
+        harmless whatever the first attempt reached.
+        """
+        for attempt in (1, 2):
+            try:
+                async with self.engine.connect() as connection:
+                    await connection.execution_options(**self._autocommit)
+                    try:
+                        found = await SqlTransaction(connection, self.table).load(scope, key)
+                    except sa_exc.DBAPIError as error:
+                        if attempt == 1 and connection_lost(error):
+                            await connection.invalidate()  # never handed out again
+                            raise _Retry from error
+                        raise
+                    yield connection, found
+                    return
+            except _Retry:
+                continue
+        raise AssertionError("unreachable")  # the second attempt returned or raised
 
     @property
     def _autocommit(self) -> dict[str, Any]:
@@ -159,9 +184,8 @@ class SqlStore:
     async def _peek(self, scope: str, key: str) -> IdempotencyRecord | None:
         """The record as last committed, read by one statement in autocommit."""
         with store_errors():
-            async with self.engine.connect() as connection:
-                await connection.execution_options(**self._autocommit)
-                return await SqlTransaction(connection, self.table).load(scope, key)
+            async with self._read_on_first_use(scope, key) as (_connection, found):
+                return found
 
     async def renew(self, scope: str, key: str, epoch: int, locked_until: datetime) -> bool:
         # Only ever later: a renewal that lands after a later one (the heartbeat gave up on it)
@@ -208,6 +232,15 @@ class SqlStore:
         their own: no BEGIN, lock_timeout or COMMIT around them (three round trips fewer on
         PostgreSQL). The row a holder updates is its own: only a take-over or a cleanup batch,
         both short, ever lock it, so no lock_timeout is needed.
+
+        Not retried on a dead connection, unlike reads: a pooled connection the driver knows
+        is closed is replaced at checkout, before the statement is sent (``sql_engine``), but
+        one that dies once the statement is sent leaves it unknown whether the statement ran.
+        Running it again could be wrong: a new key's claim that ran, its answer lost, would
+        find its own row on the retry and wait on it as on a duplicate (the row cannot tell
+        whose it is: a duplicate's claim is the same key and fingerprint at epoch 1). So that
+        is ``StoreUnavailable``, a 503 the client retries, as after any crash of the holder: a
+        claim that did run is taken over once its unrenewed lease ends.
         """
         await self._ensure_table()
         with store_errors():
@@ -240,11 +273,36 @@ class SqlStore:
     async def _transaction(self) -> AsyncIterator[SqlTransaction]:
         asked = time.monotonic()
         with store_errors():
-            async with self.engine.connect() as connection, connection.begin():
-                if self.kind == "postgresql":
-                    # Bounds how long a duplicate waits on the first copy's claim
-                    # (docs/architecture.md §3).
-                    await connection.exec_driver_sql(
-                        f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
-                    )
-                yield SqlTransaction(connection, self.table)
+            for attempt in (1, 2):
+                try:
+                    async with self.engine.connect() as connection, connection.begin():
+                        if self.kind == "postgresql":
+                            await self._set_lock_timeout(connection, asked, attempt)
+                        yield SqlTransaction(connection, self.table)
+                        return
+                except _Retry:
+                    continue
+            raise AssertionError("unreachable")  # the second attempt returned or raised
+
+    async def _set_lock_timeout(
+        self, connection: AsyncConnection, asked: float, attempt: int
+    ) -> None:
+        """Bound how long a duplicate waits on the first copy's claim (docs/architecture.md §3).
+
+        The transaction's first statement (asyncpg sends the BEGIN with it): if the connection
+        turns out dead here, nothing was done in the transaction, so it is begun again once on
+        a fresh connection (``_Retry``).
+        """
+        try:
+            await connection.exec_driver_sql(
+                f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
+            )
+        except sa_exc.DBAPIError as error:
+            if attempt == 1 and connection_lost(error):
+                await connection.invalidate()
+                raise _Retry from error
+            raise
+
+
+class _Retry(Exception):
+    """The connection died before any work was done on it: do it again on a fresh one."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Select, Table, func, literal, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -33,10 +34,15 @@ from whatsorder_idempotency.stores.sql.schema import (
 class SqlTransaction:
     """The store's steps on one open connection; the handler gets the connection as context."""
 
-    def __init__(self, connection: AsyncConnection, table: Table) -> None:
+    def __init__(
+        self, connection: AsyncConnection, table: Table, *, lock_timeout_ms: int | None = None
+    ) -> None:
+        """``lock_timeout_ms``: PostgreSQL's lock_timeout for the rest of the transaction, set
+        by the claim INSERT itself (see ``insert_claim``) instead of a ``SET LOCAL`` of its own."""
         self._connection = connection
         self._table = table
         self._dialect = connection.dialect.name
+        self._lock_timeout_ms = lock_timeout_ms if self._dialect == "postgresql" else None
 
     @property
     def context(self) -> AsyncConnection:
@@ -46,11 +52,14 @@ class SqlTransaction:
         self, request: IdempotentRequest, now: datetime, lease: timedelta
     ) -> bool:
         insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        statement = (
-            insert(self._table)
-            .values(**claimed_row(request, now, lease))
-            .on_conflict_do_nothing(index_elements=[SCOPE_COLUMN, KEY_COLUMN])
-        )
+        row = claimed_row(request, now, lease)
+        if self._lock_timeout_ms is None:
+            statement = insert(self._table).values(**row)
+        else:
+            statement = insert(self._table).from_select(
+                list(row), self._row_setting_lock_timeout(row)
+            )
+        statement = statement.on_conflict_do_nothing(index_elements=[SCOPE_COLUMN, KEY_COLUMN])
         try:
             result = await self._connection.execute(statement)
         except sa_exc.DBAPIError as error:
@@ -60,6 +69,23 @@ class SqlTransaction:
                 ) from error
             raise
         return result.rowcount == 1
+
+    def _row_setting_lock_timeout(self, row: Mapping[str, object]) -> Select[Any]:
+        """``SELECT <row> WHERE set_config('lock_timeout', …, true) IS NOT NULL``.
+
+        ``set_config(…, true)`` is ``SET LOCAL`` as a function: folded into the claim, the
+        timeout costs no round trip of its own. The filter is evaluated before the row reaches
+        the INSERT, hence before the INSERT can wait on a duplicate's uncommitted claim, so
+        that wait is bounded as with ``SET LOCAL``; and, being transaction-local, the setting
+        then bounds the handler's statements that follow, as before: in the transaction
+        ``SqlStore.read_then_transaction`` opens, the claim is the first statement
+        (``IdempotencyEngine._run_in``).
+        """
+        values = [
+            literal(value, self._table.c[name].type).label(name) for name, value in row.items()
+        ]
+        timeout = func.set_config("lock_timeout", str(self._lock_timeout_ms), True)
+        return select(*values).where(timeout.is_not(None))
 
     async def load(self, scope: str, key: str) -> IdempotencyRecord | None:
         statement = select(self._table).where(*is_key(self._table, scope, key))
