@@ -28,7 +28,7 @@ from whatsorder_idempotency.cleanup import DEFAULT_BATCH_SIZE, delete_expired
 
 log = logging.getLogger(__name__)
 
-Trigger = Literal["schedule", "cli"]
+Trigger = Literal["schedule", "cli", "console"]
 NextRun = Callable[[datetime], datetime]
 Clock = Callable[[], datetime]
 

@@ -47,7 +47,7 @@ def server(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     shutil.copyfile(sqlite_template, path)
     url = f"sqlite:///{path}"
     env = server_env(url, WHATSORDER_CONSOLE_SECRET=SECRET)
-    for name, role in (("asha", "operator"), ("vik", "viewer")):
+    for name, role in (("asha", "operator"), ("vik", "viewer"), ("ada", "admin")):
         command = whatsorder_command("operator", "add", name, "--role", role)
         command += ["--password", PASSWORD]
         added = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
@@ -246,3 +246,36 @@ def test_a_payment_exception_is_resolved_once_and_stays_in_the_audit_trail(
     assert open_rows.count() == 0
     page.goto(f"{server.base_url}/console/audit")
     assert page.get_by_role("row").filter(has_text="payment_exception.resolve").count() == 1
+
+
+def test_the_health_page_finds_a_key_and_an_admin_counts_then_cleans(
+    page: Page, server: Server
+) -> None:
+    form = inbound_form("ORDER 1 x OIL-1L", name="Meena", sender="whatsapp:+919800011122")
+    headers = signed_headers(INBOUND_PATH, form)
+    sent = httpx.post(server.base_url + INBOUND_PATH, content=encode(form), headers=headers)
+    assert sent.status_code == 200
+    sid = dict(form)["MessageSid"]
+    sign_in(page, server, "asha")
+    page.goto(f"{server.base_url}/console/health")
+    assert page.get_by_role("button", name="Count what a cleanup would delete").count() == 0
+    page.get_by_label("Key").fill(sid)
+    page.get_by_role("button", name="Look up").click()
+    found = page.get_by_role("row").filter(has_text="twilio_inbound").filter(has_text="completed")
+    assert found.count() == 1
+    assert "ORD-" in found.get_by_role("link").inner_text()
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value") or ""
+    forged = page.request.post(
+        f"{server.base_url}/console/health/cleanup", form={"csrf_token": token, "dry_run": "true"}
+    )
+    assert forged.status == 403  # an operator, not an admin
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, server, "ada")
+    page.goto(f"{server.base_url}/console/health")
+    page.get_by_role("button", name="Count what a cleanup would delete").click()
+    assert "A cleanup now would delete 0 expired records" in page.get_by_role("status").inner_text()
+    page.get_by_role("button", name="Delete them now").click()
+    assert "Cleanup completed" in page.get_by_role("status").inner_text()
+    assert page.get_by_role("row").filter(has_text="console").count() >= 1
+    no_serious_violations(page)
+    shoot(page, "health")

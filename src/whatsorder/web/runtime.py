@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder import observability
 from whatsorder.db import migrate, reports
+from whatsorder.db.console_health import ConsoleHealth
 from whatsorder.db.console_money import ConsoleMoney
 from whatsorder.db.console_queries import ConsoleQueries
 from whatsorder.db.engine import open_database
@@ -37,6 +38,7 @@ class Runtime:
     console_sign_ins: SignInLimits
     inbox: DeliveryLog
     console_money: ConsoleMoney
+    console_health: ConsoleHealth
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -67,6 +69,7 @@ class Runtime:
             SignInLimits(),
             inbox,
             ConsoleMoney(database),
+            ConsoleHealth(database),
         )
 
     def unit_of_work(self, connection: AsyncConnection) -> UnitOfWork:
