@@ -279,3 +279,18 @@ def test_the_health_page_finds_a_key_and_an_admin_counts_then_cleans(
     assert page.get_by_role("row").filter(has_text="console").count() >= 1
     no_serious_violations(page)
     shoot(page, "health")
+
+
+def test_an_admin_reveals_a_phone_number_and_the_audit_trail_says_so(
+    page: Page, server: Server
+) -> None:
+    place_order(server, "ORDER 1 x TOOR-1KG", "Farida", sender="whatsapp:+919833344455")
+    sign_in(page, server, "ada")
+    page.get_by_role("row").filter(has_text="Farida").get_by_role("link").click()
+    page.wait_for_url("**/console/orders/ORD-*")
+    assert "9833344455" not in page.content()  # masked: only the last digits show
+    assert "4455" in page.content()
+    page.get_by_role("button", name="Reveal the number").click()
+    assert "+919833344455" in page.content()
+    page.goto(f"{server.base_url}/console/audit")
+    assert page.get_by_role("row").filter(has_text="phone.reveal").count() == 1

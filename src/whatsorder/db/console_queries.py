@@ -42,10 +42,15 @@ class ConsoleQueries:
                 connection, operator=name, action="sign-in", address=address, now=now
             )
 
-    async def note(self, name: str, action: str, address: str) -> None:
+    async def note(self, name: str, action: str, address: str, target: str | None = None) -> None:
         async with self._database.begin() as connection:
             await operator_rows.record_action(
-                connection, operator=name, action=action, address=address, now=utcnow()
+                connection,
+                operator=name,
+                action=action,
+                target=target,
+                address=address,
+                now=utcnow(),
             )
 
     async def orders(

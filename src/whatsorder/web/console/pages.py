@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from whatsorder.operators import StaleEdit, password_matches
 from whatsorder.web.console import sessions
-from whatsorder.web.console.rendering import may_change, render, signed_in
+from whatsorder.web.console.rendering import NotAllowed, may_change, render, signed_in
 from whatsorder.web.console.sessions import Operator
 from whatsorder.web.guards import client_ip
 from whatsorder.web.runtime import runtime_of
@@ -111,11 +111,28 @@ async def orders_page(
 
 @router.get("/orders/{number}", response_class=HTMLResponse, name="order_page")
 async def order_page(request: Request, number: str, operator: SignedIn) -> Response:
+    return await _order(request, number, operator, revealed=False)
+
+
+@router.post("/orders/{number}/reveal", response_class=HTMLResponse)
+async def reveal_phone(request: Request, number: str, operator: SignedIn) -> Response:
+    """An admin sees the retailer's full number on this one page; the audit trail says so."""
+    await may_change(request, operator)
+    if not operator.role.is_admin():
+        raise NotAllowed("Only an admin may reveal a phone number.")
+    runtime = runtime_of(request)
+    await runtime.console_queries.note(
+        operator.name, "phone.reveal", client_ip(request, runtime.settings), target=number
+    )
+    return await _order(request, number, operator, revealed=True)
+
+
+async def _order(request: Request, number: str, operator: Operator, *, revealed: bool) -> Response:
     order = await runtime_of(request).console_queries.order_detail(number)
     if order is None:
         context = {"reason": f"There is no order {number}."}
         return render(request, "refused.html", context, operator=operator, status=404)
-    return render(request, "order.html", {"order": order}, operator=operator)
+    return render(request, "order.html", {"order": order, "revealed": revealed}, operator=operator)
 
 
 @router.get("/inbox", response_class=HTMLResponse, name="inbox_page")
