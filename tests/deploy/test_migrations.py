@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,10 @@ from support import (
 )
 from whatsorder.cli import commands
 from whatsorder.db import migrate, reports
+from whatsorder.db.console_money import ConsoleMoney
 from whatsorder.db.engine import open_database
 from whatsorder.db.migrate import MIGRATIONS
+from whatsorder.db.operators import add_operator
 from whatsorder.db.tables import metadata
 from whatsorder.scheduler import run_cleanup
 
@@ -75,6 +78,14 @@ async def _use_every_table(app: FastAPI, database: AsyncEngine) -> None:
             "/api/v1/admin/idempotency/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
         )
         assert stats.status_code == 200, stats.text
+    runtime = app.state.runtime
+    await runtime.inbox.flush(runtime.database)  # the inbox's rows of these deliveries
+    await runtime.database.dispose()
+    async with database.begin() as connection:  # an operator, and the audit line of its adding
+        await add_operator(connection, "asha", "admin", "argon2-hash", datetime.now(UTC))
+    money = ConsoleMoney(database)  # an operator resolves the payment exception (audited)
+    (exception,) = await money.exceptions(resolved=False)
+    await money.resolve(exception["id"], "asked for the rest", "asha", "127.0.0.1")
     await run_cleanup(database, trigger="cli")  # a row in idempotency_cleanup_runs
 
 
