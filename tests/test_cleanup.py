@@ -7,6 +7,7 @@ Nothing sleeps through real minutes: the scheduler runs on a clock that goes 1,2
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from support import server_env, stop_process_group, whatsorder_command
@@ -403,6 +404,54 @@ async def test_the_cleaners_session_commits_durably_again_once_back_in_the_pool(
             assert await connection.scalar(text("SHOW synchronous_commit")) == "on"
     finally:
         await engine.dispose()
+
+
+async def test_a_stop_during_a_pause_ends_the_run_at_once(db: AsyncEngine) -> None:
+    await insert_records(db, expired(35))
+    stop = asyncio.Event()
+
+    def batch_done(_count: int) -> None:
+        asyncio.get_running_loop().call_later(0.05, stop.set)  # SIGTERM in the pause
+
+    started = time.monotonic()
+    report = await delete_expired(
+        SqlStore(db, webhook_idempotency),
+        now=NOW,
+        batch_size=10,
+        pause=100_000,  # a pause of hours after the first batch
+        stop=stop,
+        on_batch=batch_done,
+    )
+
+    assert (report.outcome, report.batches, report.rows_deleted) == ("stopped", 1, 10)
+    assert time.monotonic() - started < 10
+    assert await count_records(db) == 25
+
+
+async def test_each_batch_is_followed_by_a_pause_as_long_as_it_took(db: AsyncEngine) -> None:
+    await insert_records(db, expired(30))
+    moments: list[float] = []
+
+    def slow_delete(_connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "DELETE" in statement:
+            time.sleep(0.05)  # each batch takes at least 50 ms
+
+    event.listen(db.sync_engine, "before_cursor_execute", slow_delete)
+    try:
+        report = await delete_expired(
+            SqlStore(db, webhook_idempotency),
+            now=NOW,
+            batch_size=10,
+            pause=4,
+            on_batch=lambda _count: moments.append(time.monotonic()),
+        )
+    finally:
+        event.remove(db.sync_engine, "before_cursor_execute", slow_delete)
+
+    assert report.rows_deleted == 30
+    gaps = [later - earlier for earlier, later in itertools.pairwise(moments)]
+    assert len(gaps) == 2
+    assert all(gap >= 4 * 0.05 + 0.05 for gap in gaps)  # 4 times the last batch, then the next
 
 
 # --------------------------------------------------------------------------------------------

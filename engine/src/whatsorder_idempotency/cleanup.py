@@ -6,6 +6,11 @@ batches deleted and the rest untouched. Rows another transaction holds (a reques
 expired record) are skipped, never waited for, and the predicate is checked again on delete, so
 a record that came back to life in the meantime stays.
 
+After each batch the run pauses for as long as the batch took (``pause``): the requests that
+arrive meanwhile get the CPU, the disk and, on SQLite, the write lock, which a run in a tight
+loop would hold almost all the time (SQLite's busy handler sleeps between its tries, so a
+waiting writer seldom hits the moment between two batches).
+
 On PostgreSQL one replica cleans at a time: a session advisory lock, tried once and never waited
 for, on a connection of its own for the whole run, which also runs the batches. Each batch
 starts where the last one ended (``expires_at >= the last one deleted``): a deleted row's index
@@ -17,6 +22,7 @@ writer at a time and needs neither.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -46,6 +52,7 @@ from whatsorder_idempotency.stores.sql.errors import store_errors
 log = logging.getLogger("whatsorder_idempotency")
 
 DEFAULT_BATCH_SIZE = 1000
+DEFAULT_PAUSE = 1.0  # after each batch, a pause of this many times the batch's own duration
 DEFAULT_STALE_AFTER = timedelta(hours=1)
 SKIPPED_DETAIL = "another replica is cleaning"
 
@@ -98,16 +105,20 @@ async def delete_expired(
     dry_run: bool = False,
     stop: asyncio.Event | None = None,
     on_batch: Callable[[int], None] | None = None,
+    pause: float = DEFAULT_PAUSE,
 ) -> CleanupReport:
     """Delete expired records, then stale claims, ``batch_size`` rows per transaction.
 
-    ``stop`` is checked before each batch: once set, the run ends after the batch in progress
-    with outcome ``stopped``. ``on_batch`` hears how many rows
+    After each full batch the run sleeps ``pause`` times as long as the batch took (0: no
+    pause). ``stop`` is checked before each batch and ends a pause at once: once set, the run
+    ends after the batch in progress with outcome ``stopped``. ``on_batch`` hears how many rows
     each batch deleted. A dry run only counts. On PostgreSQL, while another run holds the
     cleanup lock this returns at once with outcome ``skipped``.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if pause < 0:
+        raise ValueError("pause must not be negative")
     started = time.monotonic()
     now = as_utc(now)
     table = store.table
@@ -142,7 +153,7 @@ async def delete_expired(
                 if stop is not None and stop.is_set():
                     stopped = True
                     break
-                count, last = await _delete_batch(
+                count, last, took = await _delete_batch(
                     store, connection, phase, order, batch_size, resume_from
                 )
                 if count:
@@ -158,6 +169,8 @@ async def delete_expired(
                     resume_from = None
                     continue
                 resume_from = last
+                if pause > 0:
+                    await _pause(took * pause, stop)
 
     seconds = time.monotonic() - started
     if stopped:
@@ -169,6 +182,15 @@ async def delete_expired(
         report = CleanupReport(deleted[0], deleted[1], batches, seconds, "completed")
         log.info("Idempotency cleanup completed", extra=_fields(report))
     return report
+
+
+async def _pause(seconds: float, stop: asyncio.Event | None) -> None:
+    """Sleep ``seconds``, or less if a stop is requested meanwhile."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 async def _count(connection: AsyncConnection, table: Table, condition: ColumnElement[bool]) -> int:
@@ -184,8 +206,9 @@ async def _delete_batch(
     order: Column[Any],
     batch_size: int,
     resume_from: Any,
-) -> tuple[int, Any]:
-    """Delete one batch: how many rows went and (PostgreSQL) the last ``order`` value deleted."""
+) -> tuple[int, Any, float]:
+    """Delete one batch: how many rows went, (PostgreSQL) the last ``order`` value deleted, and
+    the seconds it took."""
     table = store.table
     # Rows a request in flight holds are skipped, not waited for (SQLite has no row locks and
     # leaves the clause out). The condition is checked again on each row deleted: a record
@@ -196,12 +219,14 @@ async def _delete_batch(
     batch = batch.order_by(order).limit(batch_size).with_for_update(skip_locked=True)
     if connection is None:
         # SQLite removes a deleted row's index entries at once: every batch can start from the
-        # lowest key without walking over the earlier batches' rows.
+        # lowest key without walking over the earlier batches' rows. The batch's time is the
+        # write lock's, from BEGIN IMMEDIATE's grant (not the wait for it) to the commit.
         async with store.transaction() as transaction:
+            locked = time.monotonic()
             result = await transaction.context.execute(
                 delete(table).where(table.c.id.in_(batch), condition)
             )
-        return int(result.rowcount), None
+        return int(result.rowcount), None, time.monotonic() - locked
     # Chosen once, in a materialized CTE: PostgreSQL may run a LIMIT subquery under IN once per
     # outer row, each run skipping the rows the last one locked, and the "batch" becomes the
     # whole backlog. The rows are found again by their ctid (a TID scan, no primary-key lookup
@@ -218,10 +243,11 @@ async def _delete_batch(
         .returning(order)
         .cte("cleanup_gone")
     )
+    began = time.monotonic()
     with store_errors():
         result = await connection.execute(select(func.count(), func.max(gone.c[order.name])))
     count, last = result.one()
-    return int(count), last
+    return int(count), last, time.monotonic() - began
 
 
 @asynccontextmanager
