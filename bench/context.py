@@ -33,6 +33,7 @@ class Settings:
     growth_seconds: float = 5.0
     cleanup_rows: int = 1_000_000
     cleanup_rate: float = 100.0
+    cleanup_baseline_seconds: float = 10.0  # the same claims first, with no cleanup running
 
     @classmethod
     def smoke(cls) -> Settings:
@@ -49,6 +50,7 @@ class Settings:
             growth_seconds=1.0,
             cleanup_rows=20_000,
             cleanup_rate=50.0,
+            cleanup_baseline_seconds=2.0,
         )
 
 

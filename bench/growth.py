@@ -274,6 +274,7 @@ def _clean(store_url: str | None) -> Any:
 
 
 def _cleanup_under_load(ctx: Context, name: str, db_url: str, store_url: str) -> dict[str, Any]:
+    from whatsorder_idempotency import cleanup as cleanup_module
     from whatsorder_idempotency.cleanup import DEFAULT_BATCH_SIZE
 
     s = ctx.settings
@@ -285,9 +286,25 @@ def _cleanup_under_load(ctx: Context, name: str, db_url: str, store_url: str) ->
             f"in {time.monotonic() - started:.1f} s")  # fmt: skip
     report: dict[str, Any] = {}
 
-    async def claims_during_cleanup(
+    async def claims_without_then_during_cleanup(
         port: int, cleaner: concurrent.futures.ProcessPoolExecutor
-    ) -> load.Figures:
+    ) -> tuple[load.Figures, load.Figures]:
+        # The same claims on the same server and table, first with no cleanup running: the
+        # yardstick for the claims' latency during it (after a warm-up that is not counted).
+        await load.constant_rate(
+            port,
+            rate=s.cleanup_rate,
+            seconds=2 * s.warmup,
+            prefix=f"w{harness.RUN_ID}-",
+            duplicate_share=0.0,
+        )
+        without = await load.constant_rate(
+            port,
+            rate=s.cleanup_rate,
+            seconds=s.cleanup_baseline_seconds,
+            prefix=f"b{harness.RUN_ID}-",
+            duplicate_share=0.0,
+        )
         stop = asyncio.Event()
         claims = asyncio.create_task(
             load.constant_rate(
@@ -302,7 +319,7 @@ def _cleanup_under_load(ctx: Context, name: str, db_url: str, store_url: str) ->
         await asyncio.sleep(0.5)
         report["result"] = await asyncio.wrap_future(cleaner.submit(_clean, store_url))
         stop.set()
-        return await claims
+        return without, await claims
 
     # The cleaner is a process of its own, as a replica's scheduler would be (in a thread here
     # it would share the load generator's GIL), started and warmed before the claims begin.
@@ -312,16 +329,18 @@ def _cleanup_under_load(ctx: Context, name: str, db_url: str, store_url: str) ->
         cleaner.submit(_clean, None).result()
         server = harness.Server(OURS, db_url, store_url, workers=s.workers)
         with server.running(ctx.folder):
-            figures = asyncio.run(claims_during_cleanup(server.port, cleaner))
+            without, figures = asyncio.run(claims_without_then_during_cleanup(server.port, cleaner))
     result = report["result"]
     ctx.log(
         f"{name:8} cleanup: {result.rows_deleted:,} rows in {result.seconds:.1f} s; "
-        f"claims p99 {figures.p99_ms:.1f} ms"
+        f"claims p99 {figures.p99_ms:.1f} ms (without cleanup {without.p99_ms:.1f} ms)"
     )
     return {
         "rows": result.rows_deleted,
         "batches": result.batches,
         "batch_size": DEFAULT_BATCH_SIZE,
+        "pause": getattr(cleanup_module, "DEFAULT_PAUSE", 0.0),
         "seconds": round(result.seconds, 2),
         "claims": figures.as_dict(),
+        "claims_without_cleanup": without.as_dict(),
     }

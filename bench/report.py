@@ -71,13 +71,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             if floor is not None:
                 figure += f"; with no layer at all {floor:.0f} ms"
             add(name, figure, ours["effects"] == 1 and ours["slowest_ms"] <= limit)
-    cleanup = results.get("cleanup", {}).get("postgres")
-    if cleanup:
-        rows = cleanup["rows"]
+    for store, limit in (("postgres", 10), ("sqlite", 20)):
+        cleanup = results.get("cleanup", {}).get(store)
+        if not cleanup:
+            continue
+        rows, p99 = cleanup["rows"], cleanup["claims"]["p99_ms"]
+        without = cleanup.get("claims_without_cleanup", {}).get("p99_ms")
+        if without is None:  # a run from before the claims were measured without cleanup too
+            add(
+                f"{store}: cleanup of {rows:,} rows ≤ {limit} s",
+                f"{cleanup['seconds']:.1f} s, p99 {p99:.1f} ms",
+                cleanup["seconds"] <= limit and rows >= 1_000_000,
+            )
+            continue
         add(
-            f"postgres: cleanup of {rows:,} rows ≤ 10 s, claims' p99 ≤ 20 ms",
-            f"{cleanup['seconds']:.1f} s, p99 {cleanup['claims']['p99_ms']:.1f} ms",
-            cleanup["seconds"] <= 10 and cleanup["claims"]["p99_ms"] <= 20 and rows >= 1_000_000,
+            f"{store}: cleanup of {rows:,} rows ≤ {limit} s, claims' p99 ≤ 2× without cleanup",
+            f"{cleanup['seconds']:.1f} s, p99 {p99:.1f} ms ({p99 / without:.1f}× {without:.1f} ms)",
+            cleanup["seconds"] <= limit and p99 <= 2 * without and rows >= 1_000_000,
         )
     for store, levels in results.get("growth", {}).items():
         sizes = sorted(int(size) for size in levels.get("levels", {}))
@@ -213,21 +223,23 @@ def _cleanup_table(results: dict[str, Any]) -> list[str]:
     out = [
         "### Cleanup under load (whatsorder)",
         "",
-        "`delete_expired` (default batches of 1,000) over expired records while claims "
-        "arrive at a fixed rate; claims' latency from the scheduled send time. Redis needs "
+        "`delete_expired` (its default batches and pause) over expired records while claims "
+        "arrive at a fixed rate; claims' latency from the scheduled send time, first for a "
+        'while with no cleanup running ("without"), then during the cleanup. Redis needs '
         "no cleanup (keys expire natively).",
         "",
         "| store | expired rows | seconds | rows/s | claims | claim p50 ms | claim p99 ms "
-        "| claim max ms |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| claim max ms | p99 without ms |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for store, row in cleanup.items():
         claims = row["claims"]
+        without = row.get("claims_without_cleanup", {}).get("p99_ms")
         out.append(
             f"| {store} | {row['rows']:,} | {row['seconds']:.1f} "
             f"| {row['rows'] / row['seconds']:,.0f} "
             f"| {claims['requests']:,} | {claims['p50_ms']:.1f} | {claims['p99_ms']:.1f} "
-            f"| {claims['max_ms']:.1f} |"
+            f"| {claims['max_ms']:.1f} | {'—' if without is None else f'{without:.1f}'} |"
         )
     return [*out, ""]
 

@@ -7,11 +7,13 @@ Nothing sleeps through real minutes: the scheduler runs on a clock that goes 1,2
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,8 +22,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
-from sqlalchemy import func, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import event, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from support import server_env, stop_process_group, whatsorder_command
 from whatsorder.clock import utcnow
@@ -224,6 +226,232 @@ async def test_cleanup_logs_its_completion(
     assert line.levelno == logging.INFO
     assert getattr(line, "rows_deleted") == 3  # noqa: B009 (an extra field)
     assert getattr(line, "seconds") >= 0  # noqa: B009
+
+
+class Elsewhere:
+    """Another client of the database, acting from inside a cleanup's ``on_batch``.
+
+    ``on_batch`` is called between two batches and cannot await; ``run`` does the work on an
+    event loop of its own, in a thread, and returns when it is done, so the next batch
+    certainly sees it.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.engine = open_database(database_url)
+
+    def run(self, work: Awaitable[Any]) -> Any:
+        async def awaited() -> Any:
+            return await work
+
+        return asyncio.run_coroutine_threadsafe(awaited(), self.loop).result(timeout=30)
+
+    def take_over(self, key: str) -> None:
+        """What a retry does to an expired record: it holds it again, with a higher epoch."""
+
+        async def take_over() -> None:
+            async with self.engine.begin() as connection:
+                await connection.execute(
+                    update(webhook_idempotency)
+                    .where(webhook_idempotency.c.idempotency_key == key)
+                    .values(status="in_progress", epoch=2, locked_until=NOW + timedelta(seconds=30))
+                )
+
+        self.run(take_over())
+
+    def hold(self, key: str) -> AsyncConnection:
+        """A transaction that holds ``key``'s row locked, as a take-over in progress does."""
+
+        async def hold() -> AsyncConnection:
+            connection = await self.engine.connect()
+            await connection.begin()
+            await connection.execute(
+                select(webhook_idempotency.c.id)
+                .where(webhook_idempotency.c.idempotency_key == key)
+                .with_for_update()
+            )
+            return connection
+
+        connection: AsyncConnection = self.run(hold())
+        return connection
+
+    def let_go(self, connection: AsyncConnection) -> None:
+        """The holder rolls back: the row is as it was, still expired."""
+
+        async def let_go() -> None:
+            await connection.rollback()
+            await connection.close()
+
+        self.run(let_go())
+
+    def close(self) -> None:
+        self.run(self.engine.dispose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def elsewhere(database_url: str) -> Iterator[Elsewhere]:
+    other = Elsewhere(database_url)
+    try:
+        yield other
+    finally:
+        other.close()
+
+
+async def test_a_record_taken_over_between_batches_stays(
+    db: AsyncEngine, elsewhere: Elsewhere
+) -> None:
+    rows = expired(35)
+    await insert_records(db, rows)
+    seen: list[int] = []
+
+    def batch_done(count: int) -> None:
+        if not seen:  # after the first batch, a retry takes over a record the next one would take
+            elsewhere.take_over("SM-expired-000015")
+        seen.append(count)
+
+    report = await delete_expired(
+        SqlStore(db, webhook_idempotency), now=NOW, batch_size=10, on_batch=batch_done
+    )
+
+    assert report.rows_deleted == 34
+    assert await keys(db) == {"SM-expired-000015"}
+
+
+async def test_batches_resume_over_rows_that_share_an_expiry(db: AsyncEngine) -> None:
+    # Seven rows a second: batches of ten end in the middle of a second, again and again.
+    rows = [
+        record(f"SM-{n:03d}", expires_at=NOW - timedelta(seconds=10 - n // 7)) for n in range(35)
+    ]
+    await insert_records(db, [*rows, record("live", expires_at=NOW + HOUR)])
+    seen: list[int] = []
+
+    report = await delete_expired(
+        SqlStore(db, webhook_idempotency), now=NOW, batch_size=10, on_batch=seen.append
+    )
+
+    assert seen == [10, 10, 10, 5]
+    assert report.rows_deleted == 35
+    assert await keys(db) == {"live"}
+
+
+@pytest.mark.postgres
+async def test_a_row_a_request_holds_is_skipped_and_deleted_once_let_go(
+    postgres_url: str,
+) -> None:
+    engine = open_database(postgres_url)
+    elsewhere = Elsewhere(postgres_url)
+    try:
+        await insert_records(engine, expired(35))
+        holder = elsewhere.hold("SM-expired-000000")  # the oldest: the first batch's first row
+        seen: list[int] = []
+
+        def batch_done(count: int) -> None:
+            if not seen:  # the take-over gave up: the row is expired as before, and must go
+                elsewhere.let_go(holder)
+            seen.append(count)
+
+        report = await delete_expired(
+            SqlStore(engine, webhook_idempotency), now=NOW, batch_size=10, on_batch=batch_done
+        )
+
+        # The run resumed past the row it had skipped, then looked again from the start.
+        assert seen == [10, 10, 10, 4, 1]
+        assert report.rows_deleted == 35
+        assert await count_records(engine) == 0
+    finally:
+        elsewhere.close()
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_row_held_all_along_is_skipped_never_waited_for(postgres_url: str) -> None:
+    engine = open_database(postgres_url)
+    elsewhere = Elsewhere(postgres_url)
+    try:
+        await insert_records(engine, expired(35))
+        holder = elsewhere.hold("SM-expired-000020")
+        try:
+            report = await asyncio.wait_for(
+                delete_expired(SqlStore(engine, webhook_idempotency), now=NOW, batch_size=10),
+                timeout=20,
+            )
+        finally:
+            elsewhere.let_go(holder)
+        assert (report.outcome, report.rows_deleted) == ("completed", 34)
+        assert await keys(engine) == {"SM-expired-000020"}
+    finally:
+        elsewhere.close()
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_the_cleaners_session_commits_durably_again_once_back_in_the_pool(
+    postgres_url: str,
+) -> None:
+    # The batches commit without waiting for the WAL flush; the claims that use the same pool
+    # afterwards must not.
+    engine = open_database(postgres_url, pool_size=1, max_overflow=0)
+    try:
+        await insert_records(engine, expired(25))
+        report = await delete_expired(SqlStore(engine, webhook_idempotency), now=NOW, batch_size=10)
+        assert report.rows_deleted == 25
+        async with engine.connect() as connection:  # the pool's only session: the cleaner's
+            assert await connection.scalar(text("SHOW synchronous_commit")) == "on"
+    finally:
+        await engine.dispose()
+
+
+async def test_a_stop_during_a_pause_ends_the_run_at_once(db: AsyncEngine) -> None:
+    await insert_records(db, expired(35))
+    stop = asyncio.Event()
+
+    def batch_done(_count: int) -> None:
+        asyncio.get_running_loop().call_later(0.05, stop.set)  # SIGTERM in the pause
+
+    started = time.monotonic()
+    report = await delete_expired(
+        SqlStore(db, webhook_idempotency),
+        now=NOW,
+        batch_size=10,
+        pause=100_000,  # a pause of hours after the first batch
+        stop=stop,
+        on_batch=batch_done,
+    )
+
+    assert (report.outcome, report.batches, report.rows_deleted) == ("stopped", 1, 10)
+    assert time.monotonic() - started < 10
+    assert await count_records(db) == 25
+
+
+async def test_each_batch_is_followed_by_a_pause_as_long_as_it_took(db: AsyncEngine) -> None:
+    await insert_records(db, expired(30))
+    moments: list[float] = []
+
+    def slow_delete(_connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "DELETE" in statement:
+            time.sleep(0.05)  # each batch takes at least 50 ms
+
+    event.listen(db.sync_engine, "before_cursor_execute", slow_delete)
+    try:
+        report = await delete_expired(
+            SqlStore(db, webhook_idempotency),
+            now=NOW,
+            batch_size=10,
+            pause=4,
+            on_batch=lambda _count: moments.append(time.monotonic()),
+        )
+    finally:
+        event.remove(db.sync_engine, "before_cursor_execute", slow_delete)
+
+    assert report.rows_deleted == 30
+    gaps = [later - earlier for earlier, later in itertools.pairwise(moments)]
+    assert len(gaps) == 2
+    assert all(gap >= 4 * 0.05 + 0.05 for gap in gaps)  # 4 times the last batch, then the next
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,13 +6,23 @@ batches deleted and the rest untouched. Rows another transaction holds (a reques
 expired record) are skipped, never waited for, and the predicate is checked again on delete, so
 a record that came back to life in the meantime stays.
 
+After each batch the run pauses for as long as the batch took (``pause``): the requests that
+arrive meanwhile get the CPU, the disk and, on SQLite, the write lock, which a run in a tight
+loop would hold almost all the time (SQLite's busy handler sleeps between its tries, so a
+waiting writer seldom hits the moment between two batches).
+
 On PostgreSQL one replica cleans at a time: a session advisory lock, tried once and never waited
-for, on a connection of its own for the whole run. SQLite has one writer at a time and needs none.
+for, on a connection of its own for the whole run, which also runs the batches. Each batch
+starts where the last one ended (``expires_at >= the last one deleted``): a deleted row's index
+entry stays until VACUUM, and a batch started from the lowest key would walk over every entry
+the run had already deleted, ever more of them. SQLite removes index entries at once, has one
+writer at a time and needs neither.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -22,15 +32,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Table, and_, delete, func, or_, select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Table,
+    and_,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder_idempotency.record import Status, as_utc
 from whatsorder_idempotency.stores.sql import SqlStore
+from whatsorder_idempotency.stores.sql.errors import store_errors
 
 log = logging.getLogger("whatsorder_idempotency")
 
 DEFAULT_BATCH_SIZE = 1000
+DEFAULT_PAUSE = 1.0  # after each batch, a pause of this many times the batch's own duration
 DEFAULT_STALE_AFTER = timedelta(hours=1)
 SKIPPED_DETAIL = "another replica is cleaning"
 
@@ -83,16 +105,20 @@ async def delete_expired(
     dry_run: bool = False,
     stop: asyncio.Event | None = None,
     on_batch: Callable[[int], None] | None = None,
+    pause: float = DEFAULT_PAUSE,
 ) -> CleanupReport:
     """Delete expired records, then stale claims, ``batch_size`` rows per transaction.
 
-    ``stop`` is checked before each batch: once set, the run ends after the batch in progress
-    with outcome ``stopped``. ``on_batch`` hears how many rows each batch deleted. A dry run
-    only counts. On PostgreSQL, while another run holds the cleanup lock this returns at once
-    with outcome ``skipped``.
+    After each full batch the run sleeps ``pause`` times as long as the batch took (0: no
+    pause). ``stop`` is checked before each batch and ends a pause at once: once set, the run
+    ends after the batch in progress with outcome ``stopped``. ``on_batch`` hears how many rows
+    each batch deleted. A dry run only counts. On PostgreSQL, while another run holds the
+    cleanup lock this returns at once with outcome ``skipped``.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if pause < 0:
+        raise ValueError("pause must not be negative")
     started = time.monotonic()
     now = as_utc(now)
     table = store.table
@@ -113,7 +139,7 @@ async def delete_expired(
         log.info("Idempotency cleanup dry run", extra=_fields(report))
         return report
 
-    async with _one_cleaner(store) as acquired:
+    async with _one_cleaner(store) as (acquired, connection):
         if not acquired:
             report = CleanupReport(0, 0, 0, time.monotonic() - started, "skipped", SKIPPED_DETAIL)
             log.info("cleanup skipped: another replica is cleaning", extra=_fields(report))
@@ -122,18 +148,29 @@ async def delete_expired(
         batches = 0
         stopped = False
         for index, (phase, order) in enumerate(phases):
+            resume_from: Any = None
             while not stopped:
                 if stop is not None and stop.is_set():
                     stopped = True
                     break
-                count = await _delete_batch(store, phase, order, batch_size)
+                count, last, took = await _delete_batch(
+                    store, connection, phase, order, batch_size, resume_from
+                )
                 if count:
                     batches += 1
                     deleted[index] += count
                     if on_batch is not None:
                         on_batch(count)
                 if count < batch_size:  # nothing more matches (or only rows held elsewhere)
-                    break
+                    if resume_from is None:
+                        break
+                    # One more look from the start: a row skipped while a request held it
+                    # (and let go of it unchanged) lies before the resumption point.
+                    resume_from = None
+                    continue
+                resume_from = last
+                if pause > 0:
+                    await _pause(took * pause, stop)
 
     seconds = time.monotonic() - started
     if stopped:
@@ -147,6 +184,15 @@ async def delete_expired(
     return report
 
 
+async def _pause(seconds: float, stop: asyncio.Event | None) -> None:
+    """Sleep ``seconds``, or less if a stop is requested meanwhile."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 async def _count(connection: AsyncConnection, table: Table, condition: ColumnElement[bool]) -> int:
     return int(
         await connection.scalar(select(func.count()).select_from(table).where(condition)) or 0
@@ -154,54 +200,91 @@ async def _count(connection: AsyncConnection, table: Table, condition: ColumnEle
 
 
 async def _delete_batch(
-    store: SqlStore, condition: ColumnElement[bool], order: ColumnElement[Any], batch_size: int
-) -> int:
+    store: SqlStore,
+    connection: AsyncConnection | None,
+    condition: ColumnElement[bool],
+    order: Column[Any],
+    batch_size: int,
+    resume_from: Any,
+) -> tuple[int, Any, float]:
+    """Delete one batch: how many rows went, (PostgreSQL) the last ``order`` value deleted, and
+    the seconds it took."""
     table = store.table
     # Rows a request in flight holds are skipped, not waited for (SQLite has no row locks and
     # leaves the clause out). The condition is checked again on each row deleted: a record
     # taken over by a retry since the batch was chosen stays.
-    batch = (
-        select(table.c.id)
-        .where(condition)
-        .order_by(order)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
+    batch = select(table.c.id).where(condition)
+    if resume_from is not None:
+        batch = batch.where(order >= resume_from)
+    batch = batch.order_by(order).limit(batch_size).with_for_update(skip_locked=True)
+    if connection is None:
+        # SQLite removes a deleted row's index entries at once: every batch can start from the
+        # lowest key without walking over the earlier batches' rows. The batch's time is the
+        # write lock's, from BEGIN IMMEDIATE's grant (not the wait for it) to the commit.
+        async with store.transaction() as transaction:
+            locked = time.monotonic()
+            result = await transaction.context.execute(
+                delete(table).where(table.c.id.in_(batch), condition)
+            )
+        return int(result.rowcount), None, time.monotonic() - locked
+    # Chosen once, in a materialized CTE: PostgreSQL may run a LIMIT subquery under IN once per
+    # outer row, each run skipping the rows the last one locked, and the "batch" becomes the
+    # whole backlog. The rows are found again by their ctid (a TID scan, no primary-key lookup
+    # per row): a row locked by the batch cannot move meanwhile; one updated before the lock
+    # was taken has a new version that the DELETE's snapshot does not see, and that row stays.
+    # The batch and its deletion are one statement, in autocommit.
+    ctid: ColumnElement[Any] = literal_column("ctid")
+    chosen = (
+        batch.with_only_columns(ctid.label("ctid")).cte("cleanup_batch").prefix_with("MATERIALIZED")
     )
-    if store.kind == "postgresql":
-        # Chosen once, in a materialized CTE: PostgreSQL may run a LIMIT subquery under IN
-        # once per outer row, each run skipping the rows the last one locked, and the
-        # "batch" becomes the whole backlog. (SQLite runs it once, and reports no row count
-        # for a statement that starts WITH.)
-        chosen = batch.cte("cleanup_batch").prefix_with("MATERIALIZED")
-        batch = select(chosen.c.id)
-    async with store.transaction() as transaction:
-        result = await transaction.context.execute(
-            delete(table).where(table.c.id.in_(batch), condition)
-        )
-    return int(result.rowcount)
+    gone = (
+        delete(table)
+        .where(ctid == func.any(func.array(select(chosen.c.ctid).scalar_subquery())), condition)
+        .returning(order)
+        .cte("cleanup_gone")
+    )
+    began = time.monotonic()
+    with store_errors():
+        result = await connection.execute(select(func.count(), func.max(gone.c[order.name])))
+    count, last = result.one()
+    return int(count), last, time.monotonic() - began
 
 
 @asynccontextmanager
-async def _one_cleaner(store: SqlStore) -> AsyncIterator[bool]:
-    """Whether this run may clean: on PostgreSQL, whether it got the cleanup lock."""
+async def _one_cleaner(store: SqlStore) -> AsyncIterator[tuple[bool, AsyncConnection | None]]:
+    """Whether this run may clean, and (PostgreSQL) the connection that holds the cleanup lock.
+
+    On PostgreSQL the batches run on that connection, each one statement in autocommit: no
+    pool checkout, pre-ping, BEGIN or COMMIT round trips per batch.
+    """
     if store.kind != "postgresql":
-        yield True
+        yield True, None
         return
     key = cleanup_lock_key(store.table.fullname)
     async with store.engine.connect() as connection:
         acquired = bool(await connection.scalar(select(func.pg_try_advisory_lock(key))))
         await connection.commit()  # the lock is the session's: no transaction stays open
         try:
-            yield acquired
+            if acquired:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                # Safe to lose: a batch whose commit had not reached the disk when the server
+                # crashed is undone by recovery, its rows still there and still expired, and
+                # the next run deletes them again; nothing treats a deletion as a promise. So
+                # no batch waits for its WAL to be flushed. The setting is this session's and
+                # is reset (or the session closed) before the connection goes back to the pool.
+                await connection.exec_driver_sql("SET synchronous_commit = off")
+            yield acquired, connection
         finally:
             if acquired:
                 await _unlock(connection, key)
 
 
 async def _unlock(connection: AsyncConnection, key: int) -> None:
-    # Ending the session releases the lock too: a session that may still hold it must never
-    # go back to the pool, where it would keep every other replica skipping.
+    # Ending the session releases the lock too: a session that may still hold it (or that still
+    # commits without waiting for the disk) must never go back to the pool, where it would keep
+    # every other replica skipping (or serve claims).
     try:
+        await connection.exec_driver_sql("RESET synchronous_commit")
         await connection.execute(select(func.pg_advisory_unlock(key)))
         await connection.commit()
     except Exception:
