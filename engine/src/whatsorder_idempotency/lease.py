@@ -1,7 +1,8 @@
 """Lease mode: the claim is a lease with a fencing epoch, renewed while the handler runs.
 
 For a store apart from the application's data (Redis, or a SQL table of its own). Duplicates in
-flight are waited for, a process's copies sharing one look at the store (``Waits``); completion
+flight are waited for, a process's copies sharing one look at the store (``Waits``), woken by
+holders in other processes where the store announces completions (``wakeups.py``); completion
 and release are compare-and-set on the epoch, so a holder that was taken over is fenced out.
 """
 
@@ -28,6 +29,7 @@ from whatsorder_idempotency.record import (
 )
 from whatsorder_idempotency.stores.base import Claimed, LeaseStore
 from whatsorder_idempotency.waits import Waits
+from whatsorder_idempotency.wakeups import wakeups_of
 
 log = logging.getLogger("whatsorder_idempotency")
 LeasedHandler = Callable[[], Awaitable[HandlerResult]]
@@ -42,7 +44,8 @@ class LeaseRunner:
         self._store = store
         self._config = config
         self._clock = clock
-        self._waits = Waits(config, clock)
+        # Holders in other processes wake this one's waits where the store announces them.
+        self._waits = Waits(config, clock, wakeups_of(store))
 
     async def run(self, request: IdempotentRequest, handler: LeasedHandler, watch: Watch) -> Result:
         claim = await self._claim(request)

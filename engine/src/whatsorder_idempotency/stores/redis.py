@@ -8,6 +8,8 @@ times are kept as integer microseconds since the Unix epoch, the resolution of `
 
 Redis also forgets records by itself (native expiry, on its own clock): an in-progress record
 ``lease + ttl`` after its lease was last set, a completed one ``ttl`` after completion.
+Complete and release PUBLISH a hash of the key on ``prefix + "changed"`` from inside their
+script, waking duplicates that wait in other processes (``redis_wakeups.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from whatsorder_idempotency.record import (
     as_utc,
 )
 from whatsorder_idempotency.stores.base import Claimed
+from whatsorder_idempotency.stores.redis_wakeups import RedisChannel
+from whatsorder_idempotency.wakeups import Wakeups, token
 
 DEFAULT_PREFIX = "idempotency:"
 POOL_EXHAUSTED = "No connection available."  # redis-py's BlockingConnectionPool, on timeout
@@ -97,7 +101,8 @@ return 1
 """
 )
 
-# ARGV: epoch, now, expires_at, expire_ms, response status, body, headers (JSON).
+# ARGV: epoch, now, expires_at, expire_ms, response status, body, headers (JSON), channel,
+# the key's token.
 COMPLETE = (
     HOLDER_ONLY
     + """
@@ -106,16 +111,18 @@ redis.call('HSET', KEYS[1], 'status', 'completed', 'completed_at_us', ARGV[2],
     'expires_at_us', ARGV[3], 'response_status', ARGV[5], 'response_body', ARGV[6],
     'response_headers', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[8], ARGV[9])
 return 1
 """
 )
 
-# ARGV: epoch. The lease ends now but the record stays, so the next claim takes it over with
-# a higher epoch and the released holder stays fenced out.
+# ARGV: epoch, channel, the key's token. The lease ends now but the record stays, so the next
+# claim takes it over with a higher epoch and the released holder stays fenced out.
 RELEASE = (
     HOLDER_ONLY
     + """
 redis.call('HDEL', KEYS[1], 'locked_until_us')
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
 )
@@ -135,6 +142,10 @@ class RedisStore:
             raise ValueError("RedisStore needs a client with decode_responses=False")
         self.client = client
         self.prefix = prefix
+        self.channel = f"{prefix}changed"
+        self.wakeups = Wakeups(
+            lambda: RedisChannel(client, self.channel), f"Redis channel {self.channel}"
+        )
         self._claim = client.register_script(CLAIM)
         self._renew = client.register_script(RENEW)
         self._complete = client.register_script(COMPLETE)
@@ -213,13 +224,17 @@ class RedisStore:
             response.status,
             response.body,
             json.dumps([list(pair) for pair in response.headers]),
+            self.channel,
+            token(request.scope, request.key),
         ]
         return await self._run_as_holder(self._complete, request.scope, request.key, args)
 
     async def release(self, scope: str, key: str, epoch: int) -> bool:
-        return await self._run_as_holder(self._release, scope, key, [epoch])
+        args: list[Argument] = [epoch, self.channel, token(scope, key)]
+        return await self._run_as_holder(self._release, scope, key, args)
 
     async def close(self) -> None:
+        await self.wakeups.close()
         await self.client.aclose()
 
     async def _run_as_holder(

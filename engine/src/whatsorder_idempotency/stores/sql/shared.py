@@ -18,22 +18,32 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from whatsorder_idempotency.record import IdempotentRequest, StoredResponse
 from whatsorder_idempotency.stores.sql.errors import store_errors
 from whatsorder_idempotency.stores.sql.transaction import SqlTransaction
+from whatsorder_idempotency.stores.sql.wakeups import Announcement, Announcer
 
 
 class SharedTransaction:
     """One open transaction on a pooled connection; ``connection`` is the handler's."""
 
-    def __init__(self, connection: AsyncConnection, transaction: AsyncTransaction, table: Table):
+    def __init__(
+        self,
+        connection: AsyncConnection,
+        transaction: AsyncTransaction,
+        table: Table,
+        announcer: Announcer | None = None,
+    ):
         self.connection = connection
         self._transaction = transaction
         self._table = table
+        self._announcer = announcer
         # SQLite's transactions begin IMMEDIATE: while this one is open nobody else writes, so
         # nobody can take the key over either, and renewing the lease from another connection
         # would only wait on this transaction's own lock.
         self.excludes_other_writers = connection.dialect.name == "sqlite"
 
     @classmethod
-    async def begin(cls, engine: AsyncEngine, table: Table) -> SharedTransaction:
+    async def begin(
+        cls, engine: AsyncEngine, table: Table, announcer: Announcer | None = None
+    ) -> SharedTransaction:
         with store_errors():
             connection = await engine.connect()
             try:
@@ -41,7 +51,7 @@ class SharedTransaction:
             except BaseException:
                 await connection.close()
                 raise
-        return cls(connection, transaction, table)
+        return cls(connection, transaction, table, announcer)
 
     async def complete_and_commit(
         self,
@@ -65,8 +75,10 @@ class SharedTransaction:
                     "handler's writes together with its stored answer."
                 )
             with store_errors():
+                # Announced at the commit: duplicates in other processes look at once.
+                said = _announcement(self._announcer, request)
                 completed = await SqlTransaction(self.connection, self._table).complete(
-                    request, epoch, response, {}, now, ttl
+                    request, epoch, response, {}, now, ttl, announce=said
                 )
                 if completed:
                     await self._transaction.commit()
@@ -86,3 +98,7 @@ class SharedTransaction:
                     await self._transaction.rollback()
         finally:
             await self.connection.close()
+
+
+def _announcement(announcer: Announcer | None, request: IdempotentRequest) -> Announcement | None:
+    return None if announcer is None else announcer.of(request.scope, request.key)

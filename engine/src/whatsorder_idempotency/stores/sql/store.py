@@ -33,6 +33,8 @@ from whatsorder_idempotency.stores.sql.errors import connection_lost, store_erro
 from whatsorder_idempotency.stores.sql.schema import is_held
 from whatsorder_idempotency.stores.sql.shared import SharedTransaction
 from whatsorder_idempotency.stores.sql.transaction import SqlTransaction
+from whatsorder_idempotency.stores.sql.wakeups import Announcer, changed
+from whatsorder_idempotency.wakeups import Wakeups
 
 # What a request that spent its whole wait on the pool still gets for row locks (ms).
 MIN_LOCK_WAIT_MS = 500
@@ -60,6 +62,14 @@ class SqlStore:
         self._lock_timeout_ms = max(1, int(in_flight_wait.total_seconds() * 1000))
         self._table_ready = not create_table
         self._table_lock = asyncio.Lock()
+        # Lease mode on PostgreSQL (asyncpg): complete and release wake the waits of other
+        # processes. SQLite has no NOTIFY; one machine's waits poll (docs/idempotency.md).
+        self._announcer = (
+            Announcer(engine, table)
+            if self.kind == "postgresql" and engine.dialect.driver == "asyncpg"
+            else None
+        )
+        self.wakeups: Wakeups | None = None if self._announcer is None else self._announcer.wakeups
 
     async def _ensure_table(self) -> None:
         if self._table_ready:
@@ -207,21 +217,23 @@ class SqlStore:
         now: datetime,
         ttl: timedelta,
     ) -> bool:
+        said = None if self._announcer is None else self._announcer.of(request.scope, request.key)
         async with self._lone_statement() as connection:
             return await SqlTransaction(connection, self.table).complete(
-                request, epoch, response, {}, now, ttl
+                request, epoch, response, {}, now, ttl, announce=said
             )
 
     async def release(self, scope: str, key: str, epoch: int) -> bool:
         # The lease ends now but the row stays: the next claim takes it over with a higher
-        # epoch, so the released holder stays fenced out.
+        # epoch, so the released holder stays fenced out. Waiters elsewhere are woken to claim.
+        statement = (
+            update(self.table)
+            .where(*is_held(self.table, scope, key, epoch))
+            .values(locked_until=None)
+        )
+        said = None if self._announcer is None else self._announcer.of(scope, key)
         async with self._lone_statement() as connection:
-            result = await connection.execute(
-                update(self.table)
-                .where(*is_held(self.table, scope, key, epoch))
-                .values(locked_until=None)
-            )
-        return result.rowcount == 1
+            return await changed(connection, statement, self.table, said)
 
     @asynccontextmanager
     async def _lone_statement(self) -> AsyncIterator[AsyncConnection]:
@@ -251,9 +263,11 @@ class SqlStore:
     async def share_transaction(self) -> SharedTransaction:
         """A transaction for a lease holder's handler: its writes commit with the answer."""
         await self._ensure_table()
-        return await SharedTransaction.begin(self.engine, self.table)
+        return await SharedTransaction.begin(self.engine, self.table, self._announcer)
 
     async def close(self) -> None:
+        if self.wakeups is not None:
+            await self.wakeups.close()
         await self.engine.dispose()
 
     def _lock_wait_left(self, asked: float) -> int:

@@ -29,6 +29,7 @@ from whatsorder_idempotency.stores.sql.schema import (
     is_key,
     record_of,
 )
+from whatsorder_idempotency.stores.sql.wakeups import Announcement, changed
 
 
 class SqlTransaction:
@@ -132,7 +133,11 @@ class SqlTransaction:
         annotations: Mapping[str, object],
         now: datetime,
         ttl: timedelta,
+        *,
+        announce: Announcement | None = None,
     ) -> bool:
+        """Store the answer for the holder of ``epoch``; with ``announce`` (lease mode on
+        PostgreSQL), the same statement wakes the processes waiting for the key."""
         table = self._table
         extra = {name: value for name, value in annotations.items() if name in table.c}
         statement = (
@@ -140,5 +145,4 @@ class SqlTransaction:
             .where(*is_held(table, request.scope, request.key, epoch))
             .values(**completed_values(response, now, ttl), **extra)
         )
-        result = await self._connection.execute(statement)
-        return result.rowcount == 1
+        return await changed(self._connection, statement, table, announce)
