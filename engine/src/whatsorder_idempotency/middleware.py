@@ -21,15 +21,19 @@ from whatsorder_idempotency.config import (
 from whatsorder_idempotency.engine import IdempotencyEngine
 from whatsorder_idempotency.errors import IdempotencyError, StoreUnavailable
 from whatsorder_idempotency.fingerprint import fingerprint as default_fingerprint
-from whatsorder_idempotency.held import held_key
 from whatsorder_idempotency.keys import InvalidKey, key_from_headers
 from whatsorder_idempotency.outcomes import Outcome, Result
-from whatsorder_idempotency.problems import problem_body, problem_for
 from whatsorder_idempotency.record import (
-    STORED_HEADER,
     HandlerResult,
     IdempotentRequest,
-    StoredResponse,
+)
+from whatsorder_idempotency.responses import (
+    ResponseCapture,
+    send_problem,
+    send_raw,
+    send_stored,
+    shares_a_transaction,
+    too_large,
 )
 from whatsorder_idempotency.stores import open_store
 from whatsorder_idempotency.stores.base import LeaseStore
@@ -42,7 +46,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ScopeFunction = Callable[[Scope], str]
 FingerprintFunction = Callable[[str, str, bytes, "str | None"], str]
 
-REPLAYED_HEADER = b"idempotent-replayed"
 log = logging.getLogger("whatsorder_idempotency")
 
 
@@ -111,7 +114,7 @@ class IdempotencyMiddleware:
             if key is None and self.required:
                 raise InvalidKey("missing", "This request needs an Idempotency-Key header.")
         except InvalidKey as error:
-            await _send_problem(send, error)
+            await send_problem(send, error)
             return
         if key is None:
             await self.app(scope, receive, send)
@@ -119,7 +122,7 @@ class IdempotencyMiddleware:
 
         body = await _read_body(receive, self.max_request_bytes)
         if body is None:
-            await _send_raw(send, 413, *_too_large(self.max_request_bytes))
+            await send_raw(send, 413, *too_large(self.max_request_bytes))
             return
         client = scope.get("client")
         request = IdempotentRequest(
@@ -131,7 +134,9 @@ class IdempotencyMiddleware:
             source_ip=client[0] if client else None,
         )
         replay_receive = _replaying(body, receive)
-        capture = _ResponseCapture(send, self.engine.config.max_stored_body_bytes, _shares)
+        capture = ResponseCapture(
+            send, self.engine.config.max_stored_body_bytes, shares_a_transaction
+        )
 
         async def handler() -> HandlerResult:
             await self.app(scope, replay_receive, capture.send)
@@ -141,19 +146,19 @@ class IdempotencyMiddleware:
             result = await self.engine.execute_leased(request, handler)
         except StoreUnavailable as error:
             if not self.fail_open or capture.started:
-                await _send_problem(send, error)
+                await send_problem(send, error)
                 return
             log.warning("idempotency store unavailable; failing open: %s", error)
             await self.app(scope, _replaying(body, receive), send)
             return
         except IdempotencyError as error:
-            await _send_problem(send, error)
+            await send_problem(send, error)
             return
         await self._respond(result, capture, send)
 
-    async def _respond(self, result: Result, capture: _ResponseCapture, send: Send) -> None:
+    async def _respond(self, result: Result, capture: ResponseCapture, send: Send) -> None:
         if result.outcome is Outcome.REPLAYED:
-            await _send_stored(send, result.response, replayed=True)
+            await send_stored(send, result.response, replayed=True)
         elif not capture.passed_through:
             await capture.flush()
         # else: the response already streamed to the client as it was made
@@ -209,101 +214,3 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
-
-
-def _shares() -> bool:
-    """Whether the running handler's writes share the answer's transaction (not yet committed)."""
-    held = held_key.get()
-    return held is not None and held.shared is not None
-
-
-class _ResponseCapture:
-    """Holds the app's response until it is stored; past ``limit`` bytes it streams it instead.
-
-    Never while ``must_hold()``: an answer about writes not yet committed waits for the commit.
-    """
-
-    def __init__(self, send: Send, limit: int, must_hold: Callable[[], bool]) -> None:
-        self._send = send
-        self._limit = limit
-        self._must_hold = must_hold
-        self._start: Message | None = None
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.passed_through = False
-        self.started = False
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self._start = message
-            self.started = True
-            return
-        if message["type"] != "http.response.body":
-            await self._send(message)
-            return
-        if self.passed_through:
-            await self._send(message)
-            return
-        chunk = message.get("body", b"")
-        self._size += len(chunk)
-        self._chunks.append(chunk)
-        if self._size > self._limit and not self._must_hold():
-            await self._pass_through(more_body=message.get("more_body", False))
-
-    async def _pass_through(self, *, more_body: bool) -> None:
-        assert self._start is not None
-        self.passed_through = True
-        start = dict(self._start)
-        start["headers"] = [*start.get("headers", []), (STORED_HEADER.encode(), b"false")]
-        await self._send(start)
-        await self._send(
-            {"type": "http.response.body", "body": b"".join(self._chunks), "more_body": more_body}
-        )
-        self._chunks = []
-
-    def stored(self) -> StoredResponse:
-        """What is kept for replay: everything, or without the body when it was too large."""
-        if self._start is None:
-            raise RuntimeError("the application sent no response")
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in self._start.get("headers", [])
-        }
-        body = b"" if self.passed_through else b"".join(self._chunks)
-        response = StoredResponse.build(self._start["status"], body, headers)
-        return response.without_body() if self.passed_through else response
-
-    async def flush(self) -> None:
-        assert self._start is not None
-        await self._send(self._start)
-        await self._send({"type": "http.response.body", "body": b"".join(self._chunks)})
-
-
-async def _send_stored(send: Send, response: StoredResponse, *, replayed: bool) -> None:
-    headers = [
-        (name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers
-    ]
-    if replayed:
-        headers.append((REPLAYED_HEADER, b"true"))
-    headers.append((b"content-length", str(len(response.body)).encode()))
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body})
-
-
-async def _send_problem(send: Send, error: IdempotencyError | InvalidKey) -> None:
-    status, body, headers = problem_for(error)
-    await _send_raw(send, status, body, headers)
-
-
-def _too_large(limit: int) -> tuple[bytes, dict[str, str]]:
-    body = problem_body(
-        "body-too-large", "Request body too large", 413, f"The limit is {limit} bytes."
-    )
-    return body, {"content-type": "application/problem+json"}
-
-
-async def _send_raw(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
-    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-    raw.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 # SQLite: skip BEGIN IMMEDIATE for a lone statement (a read, or a claim or compare-and-set
 # that is atomic on its own): SQLite runs it as a transaction of its own.
@@ -92,3 +93,29 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine, busy_timeout: timed
         if options.get(AUTOCOMMIT_OPTION):
             return  # a lone statement: SQLite runs it as a transaction of its own
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# What a request that spent its whole wait on the pool still gets for row locks (ms).
+MIN_LOCK_WAIT_MS = 500
+
+
+def autocommit_options(kind: str) -> dict[str, Any]:
+    """Execution options for a lone statement: no BEGIN around it."""
+    if kind == "postgresql":
+        return {"isolation_level": "AUTOCOMMIT"}
+    return {AUTOCOMMIT_OPTION: True}
+
+
+def transactional_options(connection: AsyncConnection, prior: str | None) -> dict[str, Any]:
+    """Execution options that give ``connection`` back its transactions (``prior`` level)."""
+    if connection.dialect.name == "postgresql":
+        default = connection.sync_connection.default_isolation_level  # type: ignore[union-attr]
+        return {"isolation_level": prior or default}
+    return {AUTOCOMMIT_OPTION: False}
+
+
+def lock_wait_left(asked: float, timeout_ms: int) -> int:
+    """The wait (ms) not yet spent getting a pooled connection since ``asked`` (monotonic): in
+    a storm the two waits would otherwise add up past the provider's timeout."""
+    spent = int((time.monotonic() - asked) * 1000)
+    return max(min(MIN_LOCK_WAIT_MS, timeout_ms), timeout_ms - spent)

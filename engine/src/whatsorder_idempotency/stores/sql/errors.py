@@ -91,3 +91,7 @@ def sqlstate(error: sa_exc.DBAPIError) -> str | None:
         if code:
             return str(code)
     return None
+
+
+class RetryOnFreshConnection(Exception):
+    """The connection died before any work was done on it: do it again on a fresh one."""

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Table, case, update
 from sqlalchemy import exc as sa_exc
@@ -28,16 +27,21 @@ from whatsorder_idempotency.record import (
     StoredResponse,
 )
 from whatsorder_idempotency.stores.base import Claimed
-from whatsorder_idempotency.stores.sql.database import AUTOCOMMIT_OPTION
-from whatsorder_idempotency.stores.sql.errors import connection_lost, store_errors
+from whatsorder_idempotency.stores.sql.database import (
+    autocommit_options,
+    lock_wait_left,
+    transactional_options,
+)
+from whatsorder_idempotency.stores.sql.errors import (
+    RetryOnFreshConnection,
+    connection_lost,
+    store_errors,
+)
 from whatsorder_idempotency.stores.sql.schema import is_held
 from whatsorder_idempotency.stores.sql.shared import SharedTransaction
 from whatsorder_idempotency.stores.sql.transaction import SqlTransaction
 from whatsorder_idempotency.stores.sql.wakeups import Announcer, changed
 from whatsorder_idempotency.wakeups import Wakeups
-
-# What a request that spent its whole wait on the pool still gets for row locks (ms).
-MIN_LOCK_WAIT_MS = 500
 
 
 class SqlStore:
@@ -145,10 +149,12 @@ class SqlStore:
                 # Ends SQLAlchemy's own block around the read (in autocommit the driver sends
                 # nothing), so that the connection can begin a real transaction.
                 await connection.rollback()
-                await connection.execution_options(**self._transactional(connection, prior))
+                await connection.execution_options(**transactional_options(connection, prior))
                 async with connection.begin():
                     yield SqlTransaction(
-                        connection, self.table, lock_timeout_ms=self._lock_wait_left(asked)
+                        connection,
+                        self.table,
+                        lock_timeout_ms=lock_wait_left(asked, self._lock_timeout_ms),
                     )
 
     @asynccontextmanager
@@ -165,31 +171,19 @@ class SqlStore:
         for attempt in (1, 2):
             try:
                 async with self.engine.connect() as connection:
-                    await connection.execution_options(**self._autocommit)
+                    await connection.execution_options(**autocommit_options(self.kind))
                     try:
                         found = await SqlTransaction(connection, self.table).load(scope, key)
                     except sa_exc.DBAPIError as error:
                         if attempt == 1 and connection_lost(error):
                             await connection.invalidate()  # never handed out again
-                            raise _Retry from error
+                            raise RetryOnFreshConnection from error
                         raise
                     yield connection, found
                     return
-            except _Retry:
+            except RetryOnFreshConnection:
                 continue
         raise AssertionError("unreachable")  # the second attempt returned or raised
-
-    @property
-    def _autocommit(self) -> dict[str, Any]:
-        if self.kind == "postgresql":
-            return {"isolation_level": "AUTOCOMMIT"}
-        return {AUTOCOMMIT_OPTION: True}
-
-    def _transactional(self, connection: AsyncConnection, prior: str | None) -> dict[str, Any]:
-        if self.kind == "postgresql":
-            default = connection.sync_connection.default_isolation_level  # type: ignore[union-attr]
-            return {"isolation_level": prior or default}
-        return {AUTOCOMMIT_OPTION: False}
 
     async def _peek(self, scope: str, key: str) -> IdempotencyRecord | None:
         """The record as last committed, read by one statement in autocommit."""
@@ -239,25 +233,17 @@ class SqlStore:
     async def _lone_statement(self) -> AsyncIterator[AsyncConnection]:
         """A connection for one statement, committed by itself (autocommit).
 
-        A new key's claim (``INSERT … ON CONFLICT DO NOTHING``) and the holder's steps (renew,
-        complete, release: compare-and-set UPDATEs whose WHERE is the fence) are each atomic on
-        their own: no BEGIN, lock_timeout or COMMIT around them (three round trips fewer on
-        PostgreSQL). The row a holder updates is its own: only a take-over or a cleanup batch,
-        both short, ever lock it, so no lock_timeout is needed.
-
-        Not retried on a dead connection, unlike reads: a pooled connection the driver knows
-        is closed is replaced at checkout, before the statement is sent (``sql_engine``), but
-        one that dies once the statement is sent leaves it unknown whether the statement ran.
-        Running it again could be wrong: a new key's claim that ran, its answer lost, would
-        find its own row on the retry and wait on it as on a duplicate (the row cannot tell
-        whose it is: a duplicate's claim is the same key and fingerprint at epoch 1). So that
-        is ``StoreUnavailable``, a 503 the client retries, as after any crash of the holder: a
-        claim that did run is taken over once its unrenewed lease ends.
+        A new key's claim and the holder's steps (renew, complete, release: compare-and-set
+        UPDATEs whose WHERE is the fence) are atomic alone: no BEGIN, lock_timeout or COMMIT.
+        Not retried on a dead connection, unlike reads: once sent, whether it ran is unknown,
+        and a claim that ran would find its own row on a retry and wait on it as on a
+        duplicate's. So that is ``StoreUnavailable`` (503); a claim that did run is taken over
+        once its unrenewed lease ends. (Dead pooled connections are replaced at checkout.)
         """
         await self._ensure_table()
         with store_errors():
             async with self.engine.connect() as connection:
-                await connection.execution_options(**self._autocommit)
+                await connection.execution_options(**autocommit_options(self.kind))
                 yield connection
 
     async def share_transaction(self) -> SharedTransaction:
@@ -269,13 +255,6 @@ class SqlStore:
         if self.wakeups is not None:
             await self.wakeups.close()
         await self.engine.dispose()
-
-    def _lock_wait_left(self, asked: float) -> int:
-        """The wait (ms) not yet spent getting a pooled connection: in a storm the two waits
-        would otherwise add up past the provider's timeout."""
-        spent = int((time.monotonic() - asked) * 1000)
-        floor = min(MIN_LOCK_WAIT_MS, self._lock_timeout_ms)
-        return max(floor, self._lock_timeout_ms - spent)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
@@ -294,7 +273,7 @@ class SqlStore:
                             await self._set_lock_timeout(connection, asked, attempt)
                         yield SqlTransaction(connection, self.table)
                         return
-                except _Retry:
+                except RetryOnFreshConnection:
                     continue
             raise AssertionError("unreachable")  # the second attempt returned or raised
 
@@ -305,18 +284,14 @@ class SqlStore:
 
         The transaction's first statement (asyncpg sends the BEGIN with it): if the connection
         turns out dead here, nothing was done in the transaction, so it is begun again once on
-        a fresh connection (``_Retry``).
+        a fresh connection (``RetryOnFreshConnection``).
         """
         try:
             await connection.exec_driver_sql(
-                f"SET LOCAL lock_timeout = {self._lock_wait_left(asked)}"
+                f"SET LOCAL lock_timeout = {lock_wait_left(asked, self._lock_timeout_ms)}"
             )
         except sa_exc.DBAPIError as error:
             if attempt == 1 and connection_lost(error):
                 await connection.invalidate()
-                raise _Retry from error
+                raise RetryOnFreshConnection from error
             raise
-
-
-class _Retry(Exception):
-    """The connection died before any work was done on it: do it again on a fresh one."""
