@@ -44,9 +44,12 @@ async def one_cleaner(store: SqlStore) -> AsyncIterator[tuple[bool, AsyncConnect
                 await connection.execution_options(isolation_level="AUTOCOMMIT")
                 # Safe to lose: a batch whose commit had not reached the disk when the server
                 # crashed is undone by recovery, its rows still there and still expired, and
-                # the next run deletes them again; nothing treats a deletion as a promise. So
-                # no batch waits for its WAL to be flushed. The setting is this session's and
-                # is reset (or the session closed) before the connection goes back to the pool.
+                # the next run deletes them again; nothing treats a deletion as a promise. A
+                # later durable commit that follows it (a new claim of a deleted key) flushes
+                # the WAL up to itself, the deletion's records included, so no crash keeps the
+                # claim and loses the deletion. So no batch waits for its WAL to be flushed.
+                # The setting is this session's and is reset (or the session closed) before
+                # the connection goes back to the pool.
                 await connection.exec_driver_sql("SET synchronous_commit = off")
             yield acquired, connection
         finally:
