@@ -38,14 +38,6 @@ def two_servers(env: dict[str, str], folder: Path) -> Iterator[tuple[ServedApp, 
         yield first, second
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/shop.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def orders_of(url: str, key: str) -> list[tuple[int, int]]:
     async def read() -> list[tuple[int, int]]:
         engine = create_async_engine(async_url(url))
@@ -93,9 +85,9 @@ def retry_until_answered(base: str, key: str, patience: float) -> httpx.Response
 
 
 def test_a_kill_after_the_write_leaves_no_order_and_the_retry_makes_exactly_one(
-    database_url: str, tmp_path: Path, record_property: pytest.RecordProperty
+    sql_url: str, tmp_path: Path, record_property: pytest.RecordProperty
 ) -> None:
-    env = {"CRASH_STORE_URL": database_url, "CRASH_MARKS": str(tmp_path)}
+    env = {"CRASH_STORE_URL": sql_url, "CRASH_MARKS": str(tmp_path)}
     key = "order-after-write"
     with two_servers(env, tmp_path) as (first, second):
         sending = send_in_background(first.url, key, "after-write")
@@ -110,15 +102,15 @@ def test_a_kill_after_the_write_leaves_no_order_and_the_retry_makes_exactly_one(
         replay = retry_until_answered(second.url, key, patience=5)
     assert answer.status_code == 201, answer.text
     assert "idempotent-replayed" not in answer.headers  # it ran: nothing had been committed
-    assert orders_of(database_url, key) == [(answer.json()["id"], second.process.pid)]
+    assert orders_of(sql_url, key) == [(answer.json()["id"], second.process.pid)]
     assert replay.json() == answer.json()
     assert replay.headers["idempotent-replayed"] == "true"
     record_property("kill after the write: retry answered (s)", round(taken_over_after, 2))
     assert taken_over_after <= PROMISE, f"the retry was answered {taken_over_after:.2f} s late"
 
 
-def test_a_kill_after_the_commit_replays_the_one_order(database_url: str, tmp_path: Path) -> None:
-    env = {"CRASH_STORE_URL": database_url, "CRASH_MARKS": str(tmp_path)}
+def test_a_kill_after_the_commit_replays_the_one_order(sql_url: str, tmp_path: Path) -> None:
+    env = {"CRASH_STORE_URL": sql_url, "CRASH_MARKS": str(tmp_path)}
     key = "order-after-commit"
     with two_servers(env, tmp_path) as (first, second):
         send_in_background(first.url, key, "after-commit").join(timeout=30)
@@ -126,4 +118,4 @@ def test_a_kill_after_the_commit_replays_the_one_order(database_url: str, tmp_pa
         answer = retry_until_answered(second.url, key, patience=10)
     assert answer.status_code == 201, answer.text
     assert answer.headers["idempotent-replayed"] == "true"
-    assert orders_of(database_url, key) == [(answer.json()["id"], first.process.pid)]
+    assert orders_of(sql_url, key) == [(answer.json()["id"], first.process.pid)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -69,17 +68,9 @@ def fastapi_orders(gate: Gate) -> FastAPI:
     return app
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def shop_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/shop.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
-async def store(shop_url: str) -> AsyncIterator[SqlStore]:
-    opened = open_store(shop_url)
+async def store(sql_url: str) -> AsyncIterator[SqlStore]:
+    opened = open_store(sql_url)
     assert isinstance(opened, SqlStore)
     async with opened.engine.begin() as connection:
         await connection.run_sync(metadata.create_all)

@@ -28,7 +28,9 @@ from whatsorder_idempotency.record import (
     IdempotentRequest,
 )
 from whatsorder_idempotency.responses import (
+    Message,
     ResponseCapture,
+    Send,
     send_problem,
     send_raw,
     send_stored,
@@ -39,9 +41,7 @@ from whatsorder_idempotency.stores import open_store
 from whatsorder_idempotency.stores.base import LeaseStore
 
 Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ScopeFunction = Callable[[Scope], str]
 FingerprintFunction = Callable[[str, str, bytes, "str | None"], str]
