@@ -34,7 +34,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func, insert
 
-POOL = {"pool_size": 3, "max_overflow": 2}  # PostgreSQL's connections are shared: keep pools small
+# As limit_app.py: 5 connections per process, and no overflow connections opened and closed
+# under load (PostgreSQL forks a backend for each: that churn, not idempotency, cost the most).
+POOL = {"pool_size": 5, "max_overflow": 0}
 metadata = MetaData()
 orders = Table(
     "bench_orders",

@@ -1,9 +1,14 @@
 """Store round trips per request, counted where they really happen.
 
-SQL stores: SQLAlchemy's engine events see every statement the driver is given
-(``before_cursor_execute``), every BEGIN/COMMIT/ROLLBACK, and we count the pool's pre-ping
-(``do_ping``), each of which is a round trip to PostgreSQL. Redis: the server's own MONITOR
-stream, filtered to the store's connection between two ECHO markers.
+PostgreSQL: on the wire. The store connects through a relay on 127.0.0.1
+(``engine/tests/pg_wire.py``, the engine's own tests use it too) that counts each time the
+client waits for the server: a Sync of the extended protocol or a simple Query. That sees
+every statement however it is sent (the replay's read goes to asyncpg directly, which
+SQLAlchemy's events never see), BEGIN and COMMIT included; the pool's pre-ping is counted too.
+SQLite, where nothing travels: statements, counted by SQLAlchemy's engine events
+(``before_cursor_execute``, COMMIT) and by sqlite3's trace callback on the store's reading
+connections. Redis: the server's own MONITOR stream, filtered to the store's connection
+between two ECHO markers.
 
 The middleware runs in process (httpx's ASGI transport) in front of the same endpoint shape the
 HTTP scenarios use, so the counts are the middleware's and nothing else's.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +30,10 @@ from bench import harness
 from bench.contenders import GROUPS, OURS_TX
 from bench.context import Context
 from whatsorder_idempotency.stores.sql import AUTOCOMMIT_OPTION as AUTOCOMMIT
+
+# The engine's tests own the relay (they run where only the engine is installed).
+sys.path.insert(0, str(harness.ROOT / "engine" / "tests"))
+from pg_wire import Wire, counting_relay
 
 
 def measure(ctx: Context, stores: list[str]) -> None:
@@ -52,19 +62,39 @@ def _app(store: Any) -> Any:
     return app
 
 
-async def _count(store_url: str) -> dict[str, Any]:
+def _sql_store(url: str) -> Any:
     from whatsorder_idempotency import SqlStore, idempotency_table, sql_engine
+
+    return SqlStore(
+        sql_engine(url, pool_size=1, max_overflow=0),
+        idempotency_table(MetaData(), "idempotency_records"),
+        create_table=True,
+    )
+
+
+@contextlib.contextmanager
+def _through_relay(store_url: str) -> Iterator[tuple[str, Wire | None]]:
+    """The store's URL, through the counting relay for PostgreSQL."""
+    if not store_url.startswith("postgresql"):
+        yield store_url, None
+        return
+    with counting_relay(store_url) as wire:
+        yield wire.url, wire
+
+
+async def _count(store_url: str) -> dict[str, Any]:
+    with _through_relay(store_url) as (url, wire):
+        return await _count_middleware(url, wire)
+
+
+async def _count_middleware(store_url: str, wire: Wire | None) -> dict[str, Any]:
     from whatsorder_idempotency.stores.redis import RedisStore
 
     store: Any
     if store_url.startswith("redis"):
         store = RedisStore.from_url(store_url, prefix=harness.REDIS_PREFIX + "trips:")
     else:
-        store = SqlStore(
-            sql_engine(store_url, pool_size=1, max_overflow=0),
-            idempotency_table(MetaData(), "idempotency_records"),
-            create_table=True,
-        )
+        store = _sql_store(store_url)
     transport = httpx.ASGITransport(app=_app(store))
     counts: dict[str, Any] = {}
     try:
@@ -81,7 +111,7 @@ async def _count(store_url: str) -> dict[str, Any]:
                 if isinstance(store, RedisStore):
                     counts[kind] = await _redis_commands(store, lambda k=key: post(k))
                 else:
-                    with _sql_counter(store) as seen:
+                    with _sql_counter(store, wire) as seen:
                         response = await post(key)
                     assert response.status_code == 201, response.text
                     counts[kind] = seen
@@ -91,22 +121,20 @@ async def _count(store_url: str) -> dict[str, Any]:
 
 
 async def _count_transactional(store_url: str) -> dict[str, Any]:
+    with _through_relay(store_url) as (url, wire):
+        return await _count_one_transaction(url, wire)
+
+
+async def _count_one_transaction(store_url: str, wire: Wire | None) -> dict[str, Any]:
     """The engine's transactional mode (whatsorder-tx), its handler writing nothing itself."""
     from whatsorder_idempotency import (
         HandlerResult,
         IdempotencyEngine,
         IdempotentRequest,
-        SqlStore,
         StoredResponse,
-        idempotency_table,
-        sql_engine,
     )
 
-    store = SqlStore(
-        sql_engine(store_url, pool_size=1, max_overflow=0),
-        idempotency_table(MetaData(), "idempotency_records"),
-        create_table=True,
-    )
+    store = _sql_store(store_url)
     engine = IdempotencyEngine(store)
 
     async def handle(_connection: Any) -> HandlerResult:
@@ -120,7 +148,7 @@ async def _count_transactional(store_url: str) -> dict[str, Any]:
         await execute("warm-up")
         await execute("warm-up")
         for kind, key in (("first", "trips-tx-1"), ("replay", "trips-tx-1")):
-            with _sql_counter(store) as seen:
+            with _sql_counter(store, wire) as seen:
                 await execute(key)
             counts[kind] = seen
     finally:
@@ -129,12 +157,19 @@ async def _count_transactional(store_url: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _sql_counter(store: Any) -> Iterator[dict[str, Any]]:
+def _sql_counter(store: Any, wire: Wire | None) -> Iterator[dict[str, Any]]:
+    """Round trips on PostgreSQL's wire; on SQLite, statements run, wherever they run."""
     engine = store.engine.sync_engine
     seen: dict[str, Any] = {"statements": [], "begin": 0, "commit": 0, "rollback": 0, "ping": 0}
+    if wire is not None:
+        wire.clear()
+
+    def note(statement: str) -> None:
+        seen["statements"].append(" ".join(statement.split())[:80])
 
     def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen["statements"].append(" ".join(statement.split())[:80])
+        if wire is None:
+            note(statement)
 
     def counter(name: str) -> Any:
         def count(*_: Any) -> None:
@@ -156,6 +191,10 @@ def _sql_counter(store: Any) -> Iterator[dict[str, Any]]:
     ]
     for name, listener in listeners:
         event.listen(engine, name, listener)
+    # The reads of a SQLite file run on sqlite3 connections of the store's own (bench only).
+    file_reads = store._reads.file_reads
+    if file_reads is not None:
+        file_reads.trace = note
     dialect = engine.dialect
     original_ping = dialect.do_ping
 
@@ -170,14 +209,14 @@ def _sql_counter(store: Any) -> Iterator[dict[str, Any]]:
         dialect.do_ping = original_ping  # type: ignore[method-assign]
         for name, listener in listeners:
             event.remove(engine, name, listener)
-        # Round trips to the server: statements (BEGIN IMMEDIATE on SQLite is one of them),
-        # plus PostgreSQL's BEGIN, COMMIT/ROLLBACK and pre-ping, which are not cursor executes.
-        statements = len(seen["statements"])
-        if store.kind == "postgresql":
-            seen["round_trips"] = statements + seen["begin"] + seen["commit"] + seen["ping"]
-        else:
-            seen["round_trips"] = statements + seen["commit"]
-        seen["statement_count"] = statements
+        if file_reads is not None:
+            file_reads.trace = None
+        if wire is not None:  # every wait for the server: statements, BEGIN, COMMIT, pings
+            seen["statements"] = [" ".join(trip)[:80] for trip in wire.trips]
+            seen["round_trips"] = len(wire.trips)
+        else:  # SQLite: each statement (BEGIN IMMEDIATE is one), and each COMMIT
+            seen["round_trips"] = len(seen["statements"]) + seen["commit"]
+        seen["statement_count"] = len(seen["statements"])
 
 
 async def _redis_commands(store: Any, send: Any) -> dict[str, Any]:

@@ -14,15 +14,17 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy import MetaData, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pg_wire import Wire, counting_relay
 from whatsorder_idempotency import (
     HandlerResult,
     IdempotencyEngine,
@@ -62,23 +64,34 @@ WAITING = {
 
 @dataclass
 class Seen:
-    """What the store's engine did: statements sent, transactions, pings, new connections."""
+    """What the store did: round trips on the wire, transactions, pings, new connections."""
 
-    statements: list[str] = field(default_factory=list)
+    wire: Wire
     begins: int = 0
     commits: int = 0
     pings: int = 0
     connects: int = 0
     disconnects: int = 0  # statements that failed because their connection was dead
 
+    @property
+    def statements(self) -> list[str]:
+        """The SQL of each round trip that ran a statement, as the relay saw it pass."""
+        return self.wire.statements
+
     def clear(self) -> None:
-        self.statements.clear()
+        self.wire.clear()
         self.begins = self.commits = self.pings = self.connects = self.disconnects = 0
 
 
 @pytest.fixture
-async def store(postgres_url: str) -> AsyncIterator[SqlStore]:
-    database = sql_engine(postgres_url, pool_size=3, max_overflow=0)
+def wire(postgres_url: str) -> Iterator[Wire]:
+    with counting_relay(postgres_url) as wire:
+        yield wire
+
+
+@pytest.fixture
+async def store(wire: Wire) -> AsyncIterator[SqlStore]:
+    database = sql_engine(wire.url, pool_size=3, max_overflow=0)
     store = SqlStore(database, idempotency_table(MetaData()), create_table=True)
     await store.get("warm", "up")  # the table
     yield store
@@ -86,13 +99,11 @@ async def store(postgres_url: str) -> AsyncIterator[SqlStore]:
 
 
 @pytest.fixture
-def seen(store: SqlStore) -> Iterator[Seen]:
-    """Counts on the store's engine; the dialect's ``do_ping`` wrapped as ``bench/`` does."""
+def seen(store: SqlStore, wire: Wire) -> Iterator[Seen]:
+    """Round trips from the relay; transactions, connections and the pool's dead connections
+    from the store's engine; the dialect's ``do_ping`` wrapped as ``bench/`` does."""
     engine = store.engine.sync_engine
-    seen = Seen()
-
-    def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.statements.append(" ".join(statement.split()))
+    seen = Seen(wire)
 
     def on_begin(connection: Any) -> None:
         if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
@@ -104,16 +115,17 @@ def seen(store: SqlStore) -> Iterator[Seen]:
     def on_connect(_dbapi_connection: Any, _record: Any) -> None:
         seen.connects += 1
 
-    def on_error(context: Any) -> None:
-        if context.is_disconnect:
+    def on_invalidate(_dbapi_connection: Any, _record: Any, error: BaseException | None) -> None:
+        # A connection found dead on use (a checkout that replaces a closed one says so with
+        # DisconnectionError: no statement was sent on it).
+        if not isinstance(error, sa_exc.DisconnectionError):
             seen.disconnects += 1
 
     listeners = [
-        ("before_cursor_execute", on_statement),
         ("begin", on_begin),
         ("commit", on_commit),
         ("connect", on_connect),
-        ("handle_error", on_error),
+        ("invalidate", on_invalidate),
     ]
     for name, listener in listeners:
         event.listen(engine, name, listener)
@@ -207,33 +219,42 @@ async def complete_a_key(store: SqlStore, key: str) -> None:
 # --- round trips on a healthy pool ---------------------------------------------------------
 
 
-async def test_a_replay_is_one_statement_and_the_pool_never_pings(
+async def test_a_replay_is_one_round_trip_and_the_pool_never_pings(
     store: SqlStore, seen: Seen
 ) -> None:
+    """Counted on the wire. A connection's first replay also prepares the statement (asyncpg
+    keeps it per connection): once per pooled connection, then one round trip each time."""
     await complete_a_key(store, "k-replay")
     engine = IdempotencyEngine[AsyncConnection](store)
     await engine.execute(request("k-tx"), answer)
     await fill_pool(store)
 
+    for _ in range(3):  # the pool hands its 3 connections out in turn: each has prepared
+        await store.get("orders", "k-replay")
+
     seen.clear()
     record = await store.claim(request("k-replay"), utcnow(), LEASE, TTL)  # lease mode
     assert status_of(record) is Status.COMPLETED
-    assert (len(seen.statements), seen.begins, seen.commits, seen.pings) == (1, 0, 0, 0)
+    assert len(seen.wire.trips) == 1, seen.wire.trips
     assert seen.statements[0].startswith("SELECT")
+    assert (seen.begins, seen.commits, seen.pings) == (0, 0, 0)
 
     seen.clear()
     replayed = await engine.execute(request("k-tx"), answer)  # transactional mode
     assert replayed.outcome is Outcome.REPLAYED
-    assert (len(seen.statements), seen.begins, seen.commits, seen.pings) == (1, 0, 0, 0)
+    assert len(seen.wire.trips) == 1, seen.wire.trips
+    assert (seen.begins, seen.commits, seen.pings) == (0, 0, 0)
 
 
 async def test_a_first_request_in_one_transaction_adds_the_claim_and_the_answer_only(
     store: SqlStore, seen: Seen
 ) -> None:
-    """Transactional mode: one read before, then the handler's own transaction gains the claim
-    INSERT (which also sets lock_timeout) and the completion UPDATE, nothing else."""
+    """Transactional mode: one read before, then the handler's own transaction (BEGIN, its
+    statements, COMMIT: asyncpg sends BEGIN as a round trip of its own) gains the claim INSERT
+    (which also sets lock_timeout) and the completion UPDATE, nothing else."""
     engine = IdempotencyEngine[AsyncConnection](store)
-    await engine.execute(request("k-warm"), answer)  # prepared statements, types loaded
+    for warm in range(3):  # every pooled connection has prepared the statements
+        await engine.execute(request(f"k-warm-{warm}"), answer)
     handled: list[str] = []
 
     async def handler(connection: AsyncConnection) -> HandlerResult:
@@ -244,10 +265,11 @@ async def test_a_first_request_in_one_transaction_adds_the_claim_and_the_answer_
     seen.clear()
     result = await engine.execute(request("k-first"), handler)
     assert result.outcome is Outcome.NEW
-    kinds = [statement.split()[0] for statement in seen.statements]
-    assert kinds == ["SELECT", "INSERT", "SELECT", "UPDATE"], seen.statements
+    kinds = [statement.split()[0].rstrip(";") for statement in seen.statements]
+    assert kinds == ["SELECT", "BEGIN", "INSERT", "SELECT", "UPDATE", "COMMIT"], seen.statements
+    assert "prepare" not in [text for trip in seen.wire.trips for text in trip][:3]
     assert (seen.begins, seen.commits, seen.pings) == (1, 1, 0)
-    assert "set_config" in seen.statements[1]
+    assert "set_config" in seen.statements[2]
     # The handler's statements are bounded as before: lock_timeout is the transaction's.
     assert 0 < int(handled[0]) <= 5000  # ms
 

@@ -1,11 +1,14 @@
 """Idempotency-Key header parsing (RFC 9651 Items, legacy bare keys) and key validation."""
 
+import re
+
 import http_sf
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
+from whatsorder_idempotency import keys as keys_module
 from whatsorder_idempotency.keys import (
     MAX_KEY_LENGTH,
     InvalidKey,
@@ -271,3 +274,31 @@ def test_any_text_gives_a_valid_key_or_invalid_key_with_a_printable_message(raw:
     else:
         assert 1 <= len(outcome) <= MAX_KEY_LENGTH
         assert all(" " <= char <= "~" for char in outcome)
+
+
+def _the_long_way(raw: str) -> str:
+    """``parse_key_header`` with its shortcut for plain keys switched off: the full rules."""
+    saved = keys_module._PLAIN_KEY
+    keys_module._PLAIN_KEY = re.compile(r"(?!)")  # matches nothing
+    try:
+        return parse_key_header(raw)
+    except InvalidKey as error:
+        return f"refused: {error.rule}"
+    finally:
+        keys_module._PLAIN_KEY = saved
+
+
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,254}", fullmatch=True))
+@example("8e03978e-40d5-43e8-bc93-6894a57f9324")  # a UUID: no sf-Item, a legacy bare key
+@example("007")  # an sf-Integer, kept as written
+@example("1.5")  # an sf-Decimal
+@example("12345678901234567")  # too long for an sf-Integer
+@example("a:b/c")  # a Token with ":" and "/"
+@example("01HZX3J5Q8D2K4M6N8P0R2T4V6")  # a ULID
+def test_a_plain_key_taken_without_parsing_is_what_the_full_rules_give(raw: str) -> None:
+    assert parse_key_header(raw) == _the_long_way(raw) == raw
+
+
+@pytest.mark.parametrize("raw", [":aGk=:", "?1", "@1700000000", '"a b"', "-5", "*x", "a;b"])
+def test_values_that_are_not_plain_keys_still_take_the_full_rules(raw: str) -> None:
+    assert keys_module._PLAIN_KEY.fullmatch(raw) is None

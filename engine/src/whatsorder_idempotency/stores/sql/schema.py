@@ -7,7 +7,7 @@ service's schema keeps (docs/architecture.md §4). Nothing else of the package n
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,6 @@ from sqlalchemy import (
     and_,
     or_,
 )
-from sqlalchemy.engine import RowMapping
 
 from whatsorder_idempotency.record import (
     IdempotencyRecord,
@@ -125,7 +124,7 @@ def completed_values(response: StoredResponse, now: datetime, ttl: timedelta) ->
     }
 
 
-def record_of(row: RowMapping) -> IdempotencyRecord:
+def record_of(row: Mapping[Any, Any]) -> IdempotencyRecord:
     """The engine's record of one row."""
     response = None
     if row["response_status"] is not None:

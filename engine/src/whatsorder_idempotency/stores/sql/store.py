@@ -37,6 +37,7 @@ from whatsorder_idempotency.stores.sql.errors import (
     connection_lost,
     store_errors,
 )
+from whatsorder_idempotency.stores.sql.reads import RecordReads
 from whatsorder_idempotency.stores.sql.schema import is_held
 from whatsorder_idempotency.stores.sql.shared import SharedTransaction
 from whatsorder_idempotency.stores.sql.transaction import SqlTransaction
@@ -74,6 +75,8 @@ class SqlStore:
             else None
         )
         self.wakeups: Wakeups | None = None if self._announcer is None else self._announcer.wakeups
+        # Replays are read by the driver itself (reads.py): on a SQLite file, apart from the pool.
+        self._reads = RecordReads(engine, table, busy_timeout_ms=self._lock_timeout_ms)
 
     async def _ensure_table(self) -> None:
         if self._table_ready:
@@ -138,9 +141,17 @@ class SqlStore:
         claim and the completion: on PostgreSQL its lock_timeout rides on the claim.
         """
         await self._ensure_table()
+        if self._reads.apart_from_the_pool:  # a SQLite file: no pooled connection to share
+            found = await self._peek(scope, key)
+            if found is not None and found.status is Status.COMPLETED:
+                yield found
+            else:
+                async with self._transaction() as transaction:
+                    yield transaction
+            return
         asked = time.monotonic()
         with store_errors():
-            async with self._read_on_first_use(scope, key) as (connection, found):
+            async with self._reads.on_first_use(scope, key) as (connection, found):
                 if found is not None and found.status is Status.COMPLETED:
                     yield found
                     return
@@ -157,39 +168,10 @@ class SqlStore:
                         lock_timeout_ms=lock_wait_left(asked, self._lock_timeout_ms),
                     )
 
-    @asynccontextmanager
-    async def _read_on_first_use(
-        self, scope: str, key: str
-    ) -> AsyncIterator[tuple[AsyncConnection, IdempotencyRecord | None]]:
-        """A pooled connection and the record as last committed, read on it in autocommit.
-
-        The read is the connection's first use. If the connection turns out dead (the server
-        ended it and the driver had not yet noticed, so the checkout did not replace it), the
-        read is run once more on a fresh one: a read changes nothing, so running it twice is
-        harmless whatever the first attempt reached.
-        """
-        for attempt in (1, 2):
-            try:
-                async with self.engine.connect() as connection:
-                    await connection.execution_options(**autocommit_options(self.kind))
-                    try:
-                        found = await SqlTransaction(connection, self.table).load(scope, key)
-                    except sa_exc.DBAPIError as error:
-                        if attempt == 1 and connection_lost(error):
-                            await connection.invalidate()  # never handed out again
-                            raise RetryOnFreshConnection from error
-                        raise
-                    yield connection, found
-                    return
-            except RetryOnFreshConnection:
-                continue
-        raise AssertionError("unreachable")  # the second attempt returned or raised
-
     async def _peek(self, scope: str, key: str) -> IdempotencyRecord | None:
         """The record as last committed, read by one statement in autocommit."""
         with store_errors():
-            async with self._read_on_first_use(scope, key) as (_connection, found):
-                return found
+            return await self._reads.peek(scope, key)
 
     async def renew(self, scope: str, key: str, epoch: int, locked_until: datetime) -> bool:
         # Only ever later: a renewal that lands after a later one (the heartbeat gave up on it)
@@ -254,6 +236,7 @@ class SqlStore:
     async def close(self) -> None:
         if self.wakeups is not None:
             await self.wakeups.close()
+        await self._reads.close()
         await self.engine.dispose()
 
     @asynccontextmanager

@@ -1,0 +1,243 @@
+"""Reading a record as last committed, by the driver itself: a replay's one statement.
+
+A replay is the engine's hot path. Profiled (docs/benchmarks.md, "Where the time goes"), a read
+through SQLAlchemy Core spent more time building the statement, looking it up in the
+compilation cache and wrapping the result than the driver spent running it, and on SQLite each
+statement cost several hops to aiosqlite's thread (cursor, execute, fetch, close, and the
+pool's rollback on return). So a read skips both, with SQL written once per store:
+
+- PostgreSQL: the pooled connection's own asyncpg connection runs it (asyncpg prepares it once
+  per connection and keeps it). Outside any transaction, so nothing else is sent; the pool
+  gets the connection back with nothing to reset.
+- A SQLite file: sqlite3 connections of our own, one per thread of a small pool, read it in WAL
+  mode beside the writers: one hop to a thread per read. (An in-memory database is private to
+  its connection, so there the read goes through the engine's pool like everything else.)
+
+SQLAlchemy stays the way everything else is written: claims, completions and take-overs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from whatsorder_idempotency.record import IdempotencyRecord
+from whatsorder_idempotency.stores.sql.database import autocommit_options
+from whatsorder_idempotency.stores.sql.errors import RetryOnFreshConnection, connection_lost
+from whatsorder_idempotency.stores.sql.schema import KEY_COLUMN, SCOPE_COLUMN, record_of
+from whatsorder_idempotency.stores.sql.transaction import SqlTransaction
+
+# What a decision needs of a record; the request's body, address and creation time stay put.
+READ_COLUMNS = (
+    SCOPE_COLUMN,
+    KEY_COLUMN,
+    "fingerprint",
+    "status",
+    "epoch",
+    "locked_until",
+    "expires_at",
+    "response_status",
+    "response_body",
+    "response_headers",
+)
+SQLITE_READ_THREADS = 5  # as many as the engine's default pool has connections
+_SQLITE_TIMES = ("locked_until", "expires_at")
+
+
+def select_sql(table: Table, dialect: Dialect) -> str:
+    """``SELECT <READ_COLUMNS> FROM <table> WHERE scope = … AND key = …`` as ``dialect`` writes
+    it, compiled once: its two parameters are the scope, then the key."""
+    statement = select(*(table.c[name] for name in READ_COLUMNS)).where(
+        table.c[SCOPE_COLUMN] == bindparam("scope"), table.c[KEY_COLUMN] == bindparam("key")
+    )
+    compiled = statement.compile(dialect=dialect)
+    if list(compiled.positiontup or ()) != ["scope", "key"]:
+        raise AssertionError(f"{dialect.name}: parameters out of order in {compiled}")
+    return str(compiled)
+
+
+class PooledReads:
+    """Reads on a pooled connection: asyncpg's own on PostgreSQL, else SQLAlchemy Core."""
+
+    def __init__(self, engine: AsyncEngine, table: Table) -> None:
+        self._table = table
+        self._raw = engine.dialect.driver == "asyncpg"
+        self._sql = select_sql(table, engine.dialect)
+        self._lost: tuple[type[BaseException], ...] = ()
+        if self._raw:
+            import asyncpg  # type: ignore[import-untyped]
+
+            self._lost = (asyncpg.InterfaceError, OSError)
+
+    async def read_on(
+        self, connection: AsyncConnection, scope: str, key: str
+    ) -> IdempotencyRecord | None:
+        """The record as last committed, read on ``connection`` outside any transaction."""
+        if not self._raw:
+            await connection.execution_options(**autocommit_options(connection.dialect.name))
+            return await SqlTransaction(connection, self._table).load(scope, key)
+        raw = await connection.get_raw_connection()
+        try:
+            row = await raw.driver_connection.fetchrow(self._sql, scope, key)  # type: ignore[union-attr]
+        except Exception as error:
+            raise _as_dbapi_error(error, self._sql, self._lost) from error
+        return None if row is None else record_of(row)
+
+
+def _as_dbapi_error(error: Exception, sql: str, lost: tuple[type[BaseException], ...]) -> Exception:
+    """asyncpg's error as SQLAlchemy's, which the store's error handling knows: its SQLSTATE
+    kept (``sqlstate`` reads it), and a connection that died marked as invalidated."""
+    code = str(getattr(error, "sqlstate", "") or "")
+    died = isinstance(error, lost) or code.startswith(("08", "57P"))
+    if not died and not code:
+        return error  # not the database's failure (a bug of ours): stays itself
+    return sa_exc.DBAPIError(sql, None, error, connection_invalidated=died)
+
+
+class SqliteFileReads:
+    """Reads of a SQLite file on sqlite3 connections of our own, one per thread."""
+
+    def __init__(self, path: str, table: Table, dialect: Dialect, busy_timeout_ms: int) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._sql = select_sql(table, dialect)
+        self._local = threading.local()
+        self._threads = ThreadPoolExecutor(SQLITE_READ_THREADS, "idempotency-reads")
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._trace: Callable[[str], object] | None = None
+
+    async def read(self, scope: str, key: str) -> IdempotencyRecord | None:
+        """The record as last committed: one hop to a reading thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            row = await loop.run_in_executor(self._threads, self._select, scope, key)
+        except sqlite3.Error as error:
+            raise sa_exc.OperationalError(self._sql, None, error) from error
+        return None if row is None else record_of(row)
+
+    def _select(self, scope: str, key: str) -> Mapping[str, Any] | None:
+        connection = getattr(self._local, "connection", None) or self._connect()
+        row = connection.execute(self._sql, (scope, key)).fetchone()
+        if row is None:
+            return None
+        found = dict(zip(READ_COLUMNS, row, strict=True))
+        for name in _SQLITE_TIMES:  # stored as text by SQLAlchemy's DateTime on SQLite
+            if found[name] is not None:
+                found[name] = datetime.fromisoformat(found[name])
+        return found
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        connection.execute("PRAGMA query_only=ON")  # it reads; writers go through the engine
+        connection.set_trace_callback(self._trace)
+        self._local.connection = connection
+        with self._lock:
+            self._connections.append(connection)
+        return connection
+
+    @property
+    def trace(self) -> Callable[[str], object] | None:
+        """sqlite3's trace callback on every reading connection: how bench/ counts the
+        statements a request costs, where they run."""
+        return self._trace
+
+    @trace.setter
+    def trace(self, callback: Callable[[str], object] | None) -> None:
+        with self._lock:
+            self._trace = callback
+            for connection in self._connections:
+                connection.set_trace_callback(callback)
+
+    def close(self) -> None:
+        """Stop the threads and close their connections."""
+        self._threads.shutdown(wait=True)
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+
+
+def sqlite_file_of(engine: AsyncEngine) -> str | None:
+    """The file of a SQLite engine, or None (another database, in memory, or a URI)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.query:
+        return None
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return database
+
+
+class RecordReads:
+    """How a store reads committed records: on a SQLite file apart from the pool, else on a
+    pooled connection, which a transaction may then go on using (``on_first_use``)."""
+
+    def __init__(self, engine: AsyncEngine, table: Table, *, busy_timeout_ms: int) -> None:
+        self._engine = engine
+        self._pooled = PooledReads(engine, table)
+        path = sqlite_file_of(engine)
+        self._file = (
+            None if path is None else SqliteFileReads(path, table, engine.dialect, busy_timeout_ms)
+        )
+
+    @property
+    def file_reads(self) -> SqliteFileReads | None:
+        """The reads of a SQLite file, when reads are apart from the pool."""
+        return self._file
+
+    @property
+    def apart_from_the_pool(self) -> bool:
+        """Whether reads use connections of their own (a SQLite file)."""
+        return self._file is not None
+
+    async def peek(self, scope: str, key: str) -> IdempotencyRecord | None:
+        """The record as last committed, read by one statement in autocommit."""
+        if self._file is not None:
+            return await self._file.read(scope, key)
+        async with self.on_first_use(scope, key) as (_connection, found):
+            return found
+
+    @asynccontextmanager
+    async def on_first_use(
+        self, scope: str, key: str
+    ) -> AsyncIterator[tuple[AsyncConnection, IdempotencyRecord | None]]:
+        """A pooled connection and the record as last committed, read on it in autocommit.
+
+        The read is the connection's first use. If the connection turns out dead (the server
+        ended it and the driver had not yet noticed, so the checkout did not replace it), the
+        read is run once more on a fresh one: a read changes nothing, so running it twice is
+        harmless whatever the first attempt reached.
+        """
+        for attempt in (1, 2):
+            try:
+                async with self._engine.connect() as connection:
+                    try:
+                        found = await self._pooled.read_on(connection, scope, key)
+                    except sa_exc.DBAPIError as error:
+                        if attempt == 1 and connection_lost(error):
+                            await connection.invalidate(error)  # never handed out again
+                            raise RetryOnFreshConnection from error
+                        raise
+                    yield connection, found
+                    return
+            except RetryOnFreshConnection:
+                continue
+        raise AssertionError("unreachable")  # the second attempt returned or raised
+
+    async def close(self) -> None:
+        """Close the reading threads' connections, if any."""
+        if self._file is not None:
+            await asyncio.to_thread(self._file.close)
