@@ -62,8 +62,8 @@ run: $(STAMP)
 ## Debian's packages when missing, and chromium for the console's browser tests); then both wheels are
 ## built and the engine's own tests run in a virtualenv that holds only the engine.
 test: $(DEV_STAMP) system-packages
-	$(BIN)/ruff check src tests examples engine
-	$(BIN)/ruff format --check src tests examples engine
+	$(BIN)/ruff check src tests examples engine deploy
+	$(BIN)/ruff format --check src tests examples engine deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest
