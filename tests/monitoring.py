@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +41,37 @@ def tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+DASHBOARD_FILES = tuple(sorted((DEPLOY / "grafana" / "dashboards").glob("*.json")))
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    dashboard: str
+    panel: str
+    expr: str
+
+    def promql(self, rate_interval: str) -> str:
+        """The query as Prometheus takes it: Grafana's ``$__rate_interval`` given a value."""
+        return self.expr.replace("$__rate_interval", rate_interval)
+
+
+def panel_queries() -> list[PanelQuery]:
+    """Every query of every panel of the shipped dashboards."""
+    return [
+        PanelQuery(dashboard["title"], panel["title"], target["expr"])
+        for path in DASHBOARD_FILES
+        for dashboard in [json.loads(path.read_text())]
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def series_names(expr: str) -> set[str]:
+    """The whatsorder series (and recorded series, ``whatsorder:…``) an expression reads."""
+    return set(re.findall(r"\bwhatsorder[a-z0-9_:]*", expr))
+
+
+def recorded_names() -> set[str]:
+    return {rule["record"] for rule in rules() if "record" in rule}
