@@ -9,24 +9,47 @@ quiet.
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from fake_graph import FakeGraph, serving
 from monitoring import Prometheus, panel_queries, running_prometheus, series_names
 from support import (
     ADMIN_TOKEN,
     INBOUND_PATH,
+    META_APP_SECRET,
+    META_PATH,
+    META_SENDER,
     encode,
     inbound_form,
+    meta_delivery,
+    meta_headers,
+    meta_text_message,
     new_sid,
     running_server,
     signed_headers,
 )
 
 pytestmark = pytest.mark.slow
+RENDER = Path(__file__).parent.parent / "deploy" / "grafana" / "render.py"
+# Set to a directory, the test also draws the dashboards there after a few minutes of traffic
+# (docs/monitoring/*.png; needs matplotlib): WHATSORDER_DASHBOARD_PICTURES=docs/monitoring
+PICTURES = os.environ.get("WHATSORDER_DASHBOARD_PICTURES")
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# For the pictures, keys expire after a minute and cleanup runs every minute: its panels get data.
+PICTURE_SETTINGS = (
+    {"WHATSORDER_IDEMPOTENCY_TTL_SECONDS": "60", "WHATSORDER_CLEANUP_SCHEDULE": "* * * * *"}
+    if PICTURES
+    else {}
+)
 
 
 def post(http: httpx.Client, pairs: list[tuple[str, str]], *, forged: bool = False) -> int:
@@ -34,6 +57,11 @@ def post(http: httpx.Client, pairs: list[tuple[str, str]], *, forged: bool = Fal
     if forged:
         headers["X-Twilio-Signature"] = "forged"
     return http.post(INBOUND_PATH, content=encode(pairs), headers=headers).status_code
+
+
+def post_meta(http: httpx.Client, text: str, sender: str = META_SENDER) -> int:
+    body = meta_delivery([meta_text_message(text, sender=sender)])
+    return http.post(META_PATH, content=body, headers=meta_headers(body)).status_code
 
 
 def total(prometheus: Prometheus, selector: str) -> float | None:
@@ -46,12 +74,19 @@ def test_prometheus_counts_real_webhooks_and_raises_the_signature_alert(
 ) -> None:
     database = tmp_path / "whatsorder.db"
     shutil.copyfile(sqlite_template, database)
+    graph = FakeGraph()  # Meta's Graph API, for the replies the outbox sends
     with (
+        serving(graph.app) as graph_url,
         running_server(
             f"sqlite:///{database}",
             tmp_path / "server.log",
             workers=2,
             WHATSORDER_RATE_LIMIT_PER_SENDER="5/minute",
+            WHATSORDER_META_APP_SECRET=META_APP_SECRET,
+            WHATSORDER_META_ACCESS_TOKEN="graph-access-token",
+            WHATSORDER_META_PHONE_NUMBER_ID="106540352242922",
+            WHATSORDER_META_GRAPH_URL=f"{graph_url}/v21.0",
+            **PICTURE_SETTINGS,
         ) as server,
         httpx.Client(base_url=server.base_url, timeout=10) as http,
         running_prometheus(tmp_path, server.base_url.removeprefix("http://")) as prometheus,
@@ -77,24 +112,25 @@ def test_prometheus_counts_real_webhooks_and_raises_the_signature_alert(
         chatty = "whatsapp:+919800000001"  # six messages: the sixth politely refused, no effect
         sent += [post(http, inbound_form("MENU", sender=chatty)) for _ in range(6)]
         assert sent == [200, 200, 200, 200, 422] + [200] * 6
+        assert post_meta(http, "MENU") == 200  # its reply goes out through the outbox
         # An operator's look at the statistics publishes the table's counts (keys in flight).
-        stats = http.get(
-            "/api/v1/admin/idempotency/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        )
+        stats = http.get("/api/v1/admin/idempotency/stats", headers=ADMIN)
         assert stats.status_code == 200
 
-        outcomes = "whatsorder_idempotency_outcomes_total"
+        outcomes = 'whatsorder_idempotency_outcomes_total{webhook_type="twilio_inbound", outcome='
+        twilio = 'whatsorder_webhook_requests_total{provider="twilio", status='
         expected = {
-            f'{outcomes}{{outcome="new"}}': 9,
-            f'{outcomes}{{outcome="replayed"}}': 2,
-            f'{outcomes}{{outcome="mismatch"}}': 1,
-            'whatsorder_webhook_requests_total{status="200"}': 11,
-            'whatsorder_webhook_requests_total{status="422"}': 1,
-            'whatsorder_webhook_requests_total{status="403"}': 1,
+            f'{outcomes}"new"}}': 9,
+            f'{outcomes}"replayed"}}': 2,
+            f'{outcomes}"mismatch"}}': 1,
+            f'{twilio}"200"}}': 11,
+            f'{twilio}"422"}}': 1,
+            f'{twilio}"403"}}': 1,
+            'whatsorder_webhook_requests_total{provider="meta", status="200"}': 1,
             'whatsorder_signature_failures_total{provider="twilio", reason="invalid"}': 1,
             'whatsorder_orders_created_total{source="twilio"}': 1,
             'whatsorder_rate_limited_total{kind="sender"}': 1,
-            'whatsorder_idempotency_records{status="completed"}': 9,
+            'whatsorder_outbox_sends_total{outcome="sent"}': 1,  # the reply to Meta's MENU
         }
 
         def counted() -> bool:
@@ -119,7 +155,8 @@ def test_prometheus_counts_real_webhooks_and_raises_the_signature_alert(
         # Signed webhooks and no 5xx: the ratios are 0, not "no data" (the 403 is left out).
         assert prometheus.value("whatsorder:webhook_errors:ratio_rate5m") == 0
         assert prometheus.value("whatsorder:webhook_slow:ratio_rate5m") == 0
-        p99 = prometheus.value(next(q for q in queries if "p99" in q.legend).promql("1m"))
+        [p99_query] = [q for q in queries if q.panel.startswith("Latency") and q.legend == "p99"]
+        p99 = prometheus.value(p99_query.promql("1m"))
         assert p99 is not None
         assert 0 < p99 < 1
 
@@ -137,3 +174,43 @@ def test_prometheus_counts_real_webhooks_and_raises_the_signature_alert(
         prometheus.eventually("the signature alert pending", spike_pending)
         active = {alert["labels"]["alertname"] for alert in prometheus.alerts()}
         assert active == {"WhatsorderSignatureFailureSpike"}, "an alert without cause"
+
+        if PICTURES:
+            traffic_for_pictures(http, graph, seconds=240)
+            options = ["--out", PICTURES, "--minutes", "4", "--rate-interval", "15s"]
+            subprocess.run(
+                [sys.executable, str(RENDER), "--prometheus", prometheus.base_url, *options],
+                check=True,
+                timeout=120,
+            )
+
+
+def traffic_for_pictures(http: httpx.Client, graph: FakeGraph, seconds: float) -> None:
+    """A few webhooks a second from many senders: new messages and orders, replays, now and
+    then a mismatch and a forged request, Meta messages whose replies the Graph API now and
+    then refuses; the statistics read every ten seconds or so."""
+    deadline = time.monotonic() + seconds
+    orders: list[list[tuple[str, str]]] = []
+    for n in itertools.count():
+        if time.monotonic() > deadline:
+            return
+        sender = f"whatsapp:+9198{n % 300:08d}"
+        if n % 7 == 0:
+            orders.append(inbound_form("ORDER 1 x TOOR-1KG", sender=sender))
+            post(http, orders[-1])
+        else:
+            post(http, inbound_form("MENU", sender=sender))
+        if orders and n % 3 == 0:
+            post(http, orders[n % len(orders)])  # a provider's retry
+        if orders and n % 41 == 0:
+            sid = dict(orders[-1])["MessageSid"]
+            post(http, inbound_form("ORDER 2 x TOOR-1KG", sid=sid, sender=sender))  # mismatch
+        if n % 23 == 0:
+            post(http, inbound_form("MENU"), forged=True)
+        if n % 5 == 0:
+            post_meta(http, "MENU", sender=f"9197{n % 300:08d}")
+        if n % 120 == 60:
+            graph.failures += [503, 503, 400]  # two sends retried, one reply given up
+        if n % 40 == 0:
+            http.get("/api/v1/admin/idempotency/stats", headers=ADMIN)
+        time.sleep(0.15)

@@ -228,7 +228,48 @@ IDEMPOTENCY = Dashboard(
     ),
 )
 
-DASHBOARDS: Final = (OVERVIEW, IDEMPOTENCY)
+DELIVERY = Dashboard(
+    uid="whatsorder-delivery",
+    title="whatsorder / delivery",
+    description="Replies to Meta customers sent from the outbox through the Graph API.",
+    panels=(
+        Panel(
+            "Replies sent, by outcome",
+            "sent: the Graph API took it. retry: it failed and is sent again later, with the same "
+            "Idempotency-Key. failed: refused for good or out of attempts; the customer got no "
+            "reply (the row and its last error stay in outbox_messages).",
+            (Query(rate("whatsorder_outbox_sends_total", "outcome"), "{{outcome}}"),),
+            unit="ops",
+        ),
+        Panel(
+            "Share of sends that failed",
+            "Failed attempts (retried or final) among all attempts.",
+            (
+                Query(
+                    'sum(rate(whatsorder_outbox_sends_total{outcome=~"retry|failed"}['
+                    + RATE
+                    + "]))"
+                    " / sum(rate(whatsorder_outbox_sends_total[" + RATE + "]))",
+                    "failed attempts",
+                ),
+            ),
+            unit="percentunit",
+        ),
+        Panel(
+            "Replies given up in the last hour",
+            "Replies no retry will send: a customer is waiting for an answer.",
+            (
+                Query(
+                    'sum(increase(whatsorder_outbox_sends_total{outcome="failed"}[1h]))', "given up"
+                ),
+            ),
+            kind="stat",
+            width=6,
+        ),
+    ),
+)
+
+DASHBOARDS: Final = (OVERVIEW, IDEMPOTENCY, DELIVERY)
 
 
 def rendered() -> dict[Path, str]:
