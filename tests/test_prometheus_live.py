@@ -210,7 +210,7 @@ def traffic_for_pictures(http: httpx.Client, graph: FakeGraph, seconds: float) -
         if n % 5 == 0:
             post_meta(http, "MENU", sender=f"9197{n % 300:08d}")
         if n % 120 == 60:
-            graph.failures += [503, 503, 400]  # two sends retried, one reply given up
+            graph.failures += [503, 503, 400]  # two attempts to retry, one reply given up
         if n % 40 == 0:
             http.get("/api/v1/admin/idempotency/stats", headers=ADMIN)
         time.sleep(0.15)
