@@ -18,8 +18,44 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from support import free_port, stop_process_group
+
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+
+def parse(exposition: str) -> dict[Sample, float]:
+    """Every sample of a scrape, keyed by name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
+def key(name: str, **labels: str) -> Sample:
+    return name, frozenset(labels.items())
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[Sample, float]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+def changes(
+    before: dict[Sample, float], after: dict[Sample, float], prefix: str
+) -> dict[Sample, float]:
+    """What moved between two scrapes among samples named ``prefix…``: the registry is shared
+    by every test in this process, so only differences tell what one test did."""
+    return {
+        sample: value - before.get(sample, 0.0)
+        for sample, value in after.items()
+        if sample[0].startswith(prefix) and value != before.get(sample, 0.0)
+    }
+
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 RULE_FILES = (DEPLOY / "prometheus" / "alerts.yml", DEPLOY / "prometheus" / "slo.yml")

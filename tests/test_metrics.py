@@ -13,12 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fake_graph import FakeGraph
-from monitoring import rules
+from monitoring import changes, key, parse, rules, scrape
 from support import (
     INBOUND_PATH,
     app_client,
@@ -29,46 +27,9 @@ from support import (
 )
 from whatsorder import observability
 from whatsorder.clock import utcnow
-from whatsorder.db.outbox import OutboxRepository
 from whatsorder.db.tables import webhook_idempotency
-from whatsorder.outbox import OutboxSender
-from whatsorder.providers import meta
 
 INBOUND = "twilio_inbound"
-
-Sample = tuple[str, frozenset[tuple[str, str]]]
-
-
-def parse(exposition: str) -> dict[Sample, float]:
-    """Every sample of a scrape, keyed by name and labels."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(exposition)
-        for sample in family.samples
-    }
-
-
-def key(name: str, **labels: str) -> Sample:
-    return name, frozenset(labels.items())
-
-
-async def scrape(client: httpx.AsyncClient) -> dict[Sample, float]:
-    response = await client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return parse(response.text)
-
-
-def changes(
-    before: dict[Sample, float], after: dict[Sample, float], prefix: str
-) -> dict[Sample, float]:
-    """What moved between two scrapes among samples named ``prefix…``: the registry is shared
-    by every test in this process, so only differences tell what one test did."""
-    return {
-        sample: value - before.get(sample, 0.0)
-        for sample, value in after.items()
-        if sample[0].startswith(prefix) and value != before.get(sample, 0.0)
-    }
 
 
 async def post(
@@ -155,34 +116,6 @@ async def test_metrics_is_prometheus_text_and_listed_in_openapi(client: httpx.As
     assert response.status_code == 200
     assert "# TYPE whatsorder_idempotency_outcomes_total counter" in response.text
     assert "/metrics" in (await client.get("/openapi.json")).json()["paths"]
-
-
-async def test_outbox_sends_are_counted_by_outcome(
-    client: httpx.AsyncClient, db: AsyncEngine
-) -> None:
-    fake = FakeGraph()
-    now = utcnow()
-    async with db.begin() as connection:
-        for n in range(2):
-            await OutboxRepository(connection).enqueue(
-                meta.SOURCE, "919876543210", f"reply {n}", f"reply:metrics-{n}", now
-            )
-    before = await scrape(client)
-    transport = httpx.ASGITransport(app=fake.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://graph.test") as graph:
-        sender = OutboxSender(db, "http://graph.test/v21.0", "token", "1065", client=graph)
-        fake.failures = [500]  # the first reply: retried later; the second: sent
-        assert await sender.send_due(now) == 1
-        fake.failures = [400]  # the first again: refused for good
-        assert await sender.send_due(now + timedelta(hours=1)) == 0
-    after = await scrape(client)
-
-    sends = "whatsorder_outbox_sends_total"
-    assert changes(before, after, sends) == {
-        key(sends, outcome="sent"): 1,
-        key(sends, outcome="retry"): 1,
-        key(sends, outcome="failed"): 1,
-    }
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,14 +29,20 @@ from support import (
     META_APP_SECRET,
     META_PATH,
     META_SENDER,
+    STRIPE_PATH,
+    STRIPE_SECRET,
     encode,
     inbound_form,
     meta_delivery,
     meta_headers,
     meta_text_message,
     new_sid,
+    reply_text,
     running_server,
     signed_headers,
+    stripe_body,
+    stripe_event,
+    stripe_headers,
 )
 
 pytestmark = pytest.mark.slow
@@ -44,6 +51,7 @@ RENDER = Path(__file__).parent.parent / "deploy" / "grafana" / "render.py"
 # (docs/monitoring/*.png; needs matplotlib): WHATSORDER_DASHBOARD_PICTURES=docs/monitoring
 PICTURES = os.environ.get("WHATSORDER_DASHBOARD_PICTURES")
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+SKU, PRICE = "SUGAR-1KG", 4_800  # from the demo catalogue; PRICE in paise
 # For the pictures, keys expire after a minute and cleanup runs every minute: its panels get data.
 PICTURE_SETTINGS = (
     {"WHATSORDER_IDEMPOTENCY_TTL_SECONDS": "60", "WHATSORDER_CLEANUP_SCHEDULE": "* * * * *"}
@@ -62,6 +70,12 @@ def post(http: httpx.Client, pairs: list[tuple[str, str]], *, forged: bool = Fal
 def post_meta(http: httpx.Client, text: str, sender: str = META_SENDER) -> int:
     body = meta_delivery([meta_text_message(text, sender=sender)])
     return http.post(META_PATH, content=body, headers=meta_headers(body)).status_code
+
+
+def pay(http: httpx.Client, number: str) -> int:
+    """Stripe's word that the order ``number`` (one of SKU) is paid."""
+    body = stripe_body(stripe_event(number, PRICE))
+    return http.post(STRIPE_PATH, content=body, headers=stripe_headers(body)).status_code
 
 
 def total(prometheus: Prometheus, selector: str) -> float | None:
@@ -86,6 +100,7 @@ def test_prometheus_counts_real_webhooks_and_raises_the_signature_alert(
             WHATSORDER_META_ACCESS_TOKEN="graph-access-token",
             WHATSORDER_META_PHONE_NUMBER_ID="106540352242922",
             WHATSORDER_META_GRAPH_URL=f"{graph_url}/v21.0",
+            WHATSORDER_STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,
             **PICTURE_SETTINGS,
         ) as server,
         httpx.Client(base_url=server.base_url, timeout=10) as http,
@@ -101,18 +116,20 @@ def test_prometheus_counts_real_webhooks_and_raises_the_signature_alert(
             lambda: total(prometheus, "whatsorder_webhook_requests_total") == 2,
         )
         order_sid = new_sid()
-        order = inbound_form("ORDER 1 x TOOR-1KG", sid=order_sid)
+        order = inbound_form(f"ORDER 1 x {SKU}", sid=order_sid)
         sent = [
             post(http, order),  # new: an order
             post(http, inbound_form("MENU")),  # new
             post(http, order),  # replayed
             post(http, order),  # replayed
-            post(http, inbound_form("ORDER 5 x TOOR-1KG", sid=order_sid)),  # mismatch
+            post(http, inbound_form(f"ORDER 5 x {SKU}", sid=order_sid)),  # mismatch
         ]
         chatty = "whatsapp:+919800000001"  # six messages: the sixth politely refused, no effect
         sent += [post(http, inbound_form("MENU", sender=chatty)) for _ in range(6)]
         assert sent == [200, 200, 200, 200, 422] + [200] * 6
         assert post_meta(http, "MENU") == 200  # its reply goes out through the outbox
+        [placed] = http.get("/api/v1/admin/orders", headers=ADMIN).json()["orders"]
+        assert pay(http, placed["number"]) == 200
         # An operator's look at the statistics publishes the table's counts (keys in flight).
         stats = http.get("/api/v1/admin/idempotency/stats", headers=ADMIN)
         assert stats.status_code == 200
@@ -131,6 +148,7 @@ def test_prometheus_counts_real_webhooks_and_raises_the_signature_alert(
             'whatsorder_orders_created_total{source="twilio"}': 1,
             'whatsorder_rate_limited_total{kind="sender"}': 1,
             'whatsorder_outbox_sends_total{outcome="sent"}': 1,  # the reply to Meta's MENU
+            'whatsorder_payment_events_total{provider="stripe", result="credited"}': 1,
         }
 
         def counted() -> bool:
@@ -186,9 +204,9 @@ def test_prometheus_counts_real_webhooks_and_raises_the_signature_alert(
 
 
 def traffic_for_pictures(http: httpx.Client, graph: FakeGraph, seconds: float) -> None:
-    """A few webhooks a second from many senders: new messages and orders, replays, now and
-    then a mismatch and a forged request, Meta messages whose replies the Graph API now and
-    then refuses; the statistics read every ten seconds or so."""
+    """A few webhooks a second from many senders: new messages and orders (half of them
+    paid), replays, now and then a mismatch and a forged request, Meta messages whose replies
+    the Graph API now and then refuses; the statistics read every ten seconds or so."""
     deadline = time.monotonic() + seconds
     orders: list[list[tuple[str, str]]] = []
     for n in itertools.count():
@@ -196,15 +214,20 @@ def traffic_for_pictures(http: httpx.Client, graph: FakeGraph, seconds: float) -
             return
         sender = f"whatsapp:+9198{n % 300:08d}"
         if n % 7 == 0:
-            orders.append(inbound_form("ORDER 1 x TOOR-1KG", sender=sender))
-            post(http, orders[-1])
+            pairs = inbound_form(f"ORDER 1 x {SKU}", sender=sender)
+            orders.append(pairs)
+            headers = signed_headers(INBOUND_PATH, pairs)
+            answer = http.post(INBOUND_PATH, content=encode(pairs), headers=headers)
+            placed = re.search(r"ORD-\d+", reply_text(answer))
+            if placed and n % 14 == 0:  # every other order is paid
+                pay(http, placed.group())
         else:
             post(http, inbound_form("MENU", sender=sender))
         if orders and n % 3 == 0:
             post(http, orders[n % len(orders)])  # a provider's retry
         if orders and n % 41 == 0:
             sid = dict(orders[-1])["MessageSid"]
-            post(http, inbound_form("ORDER 2 x TOOR-1KG", sid=sid, sender=sender))  # mismatch
+            post(http, inbound_form(f"ORDER 2 x {SKU}", sid=sid, sender=sender))  # mismatch
         if n % 23 == 0:
             post(http, inbound_form("MENU"), forged=True)
         if n % 5 == 0:

@@ -16,25 +16,10 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from grafana_json import Dashboard, Panel, Query, dashboard_json
+from grafana_json import RATE, Dashboard, Panel, Query, dashboard_json, quantile, rate
 
 HERE: Final = Path(__file__).parent
 DASHBOARD_DIR: Final = HERE / "dashboards"
-# Grafana's own interval: at least four scrapes, whatever the scrape interval is.
-RATE: Final = "$__rate_interval"
-
-
-def rate(selector: str, by: str) -> str:
-    return f"sum by ({by}) (rate({selector}[{RATE}]))"
-
-
-def quantile(q: float, histogram: str, by: str = "", selector: str = "") -> str:
-    groups = f"le, {by}" if by else "le"
-    return (
-        f"histogram_quantile({q}, sum by ({groups}) (rate({histogram}_bucket{selector}[{RATE}])))"
-    )
-
-
 OVERVIEW = Dashboard(
     uid="whatsorder-overview",
     title="whatsorder / overview",
@@ -128,6 +113,18 @@ OVERVIEW = Dashboard(
             "Orders created",
             "Orders placed, by the channel they came in on; a replay never counts twice.",
             (Query(rate("whatsorder_orders_created_total", "source"), "{{source}}"),),
+            unit="ops",
+        ),
+        Panel(
+            "Payment events applied",
+            "What each payment event did: credited (a payment recorded), reversed, mismatch "
+            "(amount or currency), unknown_order, …; a provider's retry is replayed, not counted.",
+            (
+                Query(
+                    rate("whatsorder_payment_events_total", "provider, result"),
+                    "{{provider}} {{result}}",
+                ),
+            ),
             unit="ops",
         ),
     ),

@@ -1,4 +1,5 @@
-"""Grafana's JSON model for the few shapes whatsorder's dashboards use: graphs and numbers.
+"""Grafana's JSON model for the few shapes whatsorder's dashboards use (graphs and numbers),
+and the two PromQL shapes most of their queries take.
 
 Every panel reads the data source chosen in the dashboard's ``datasource`` variable, so no
 data-source UID is written down: a dashboard works against whatever Prometheus a site names.
@@ -36,6 +37,23 @@ class Dashboard:
     title: str
     description: str
     panels: tuple[Panel, ...] = field(default_factory=tuple)
+
+
+# Grafana's own interval: at least four scrapes, whatever the scrape interval is.
+RATE: Final = "$__rate_interval"
+
+
+def rate(selector: str, by: str) -> str:
+    """Per-second rate of a counter, summed over workers and replicas by ``by``."""
+    return f"sum by ({by}) (rate({selector}[{RATE}]))"
+
+
+def quantile(q: float, histogram: str, by: str = "", selector: str = "") -> str:
+    """The ``q`` quantile of a histogram, over every worker and replica, per ``by``."""
+    groups = f"le, {by}" if by else "le"
+    return (
+        f"histogram_quantile({q}, sum by ({groups}) (rate({histogram}_bucket{selector}[{RATE}])))"
+    )
 
 
 def panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:

@@ -66,6 +66,12 @@ ORDERS_CREATED = Counter(
     "Orders created, by the channel they came in on.",
     ["source"],
 )
+PAYMENT_EVENTS = Counter(
+    "whatsorder_payment_events",
+    "Payment events applied, by provider and what applying one did (credited, reversed, "
+    "mismatch, unknown_order, …); a replay or a duplicate event applies nothing and counts not.",
+    ["provider", "result"],
+)
 OUTBOX_SENDS = Counter(
     "whatsorder_outbox_sends",
     "Replies POSTed to the Graph API, by outcome: sent; retry (failed, to be sent again later);"
@@ -179,6 +185,10 @@ def record_rate_limited(kind: str, sender: str | None = None) -> None:
 def record_order_created(source: str, order_id: int) -> None:
     ORDERS_CREATED.labels(source).inc()
     log.info("Order created", extra={"source": source, "order_id": order_id})
+
+
+def record_payment_event(provider: str, result: str) -> None:
+    PAYMENT_EVENTS.labels(provider, result).inc()
 
 
 def record_outbox_send(outcome: str) -> None:
