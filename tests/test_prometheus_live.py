@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def post_meta(http: httpx.Client, text: str, sender: str = META_SENDER) -> int:
 
 def pay(http: httpx.Client, number: str) -> int:
     """Stripe's word that the order ``number`` (one of SKU) is paid."""
-    body = stripe_body(stripe_event(number, PRICE))
+    body = stripe_body(stripe_event(number, PRICE, payment_id=f"pi_{secrets.token_hex(12)}"))
     return http.post(STRIPE_PATH, content=body, headers=stripe_headers(body)).status_code
 
 
