@@ -58,12 +58,13 @@ run: $(STAMP)
 	$(BIN)/whatsorder serve --host 127.0.0.1 --port 8000
 
 ## make test: lint, format check, type check, the import rules and the whole test suite (the quick mode of the fault suite
-## included; nginx, for the replica tests, and prometheus, whose promtool checks the alert rules, are installed from
+## included; nginx, for the replica tests, and prometheus, which checks and unit-tests the rules and scrapes a real
+## whatsorder in tests/test_prometheus_live.py, are installed from
 ## Debian's packages when missing, and chromium for the console's browser tests); then both wheels are
 ## built and the engine's own tests run in a virtualenv that holds only the engine.
 test: $(DEV_STAMP) system-packages
-	$(BIN)/ruff check src tests examples engine
-	$(BIN)/ruff format --check src tests examples engine
+	$(BIN)/ruff check src tests examples engine deploy
+	$(BIN)/ruff format --check src tests examples engine deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest

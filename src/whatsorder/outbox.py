@@ -34,6 +34,7 @@ from types import TracebackType
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from whatsorder import observability
 from whatsorder.clock import utcnow
 from whatsorder.db.outbox import OutboxMessage, OutboxRepository
 from whatsorder.providers import meta
@@ -159,6 +160,7 @@ class OutboxSender:
             return 0
         async with self._database.begin() as connection:
             await OutboxRepository(connection).mark_sent(message, provider_message_id, clock.now())
+        observability.record_outbox_send("sent")
         return 1
 
     async def _post(self, message: OutboxMessage) -> str | None:
@@ -192,6 +194,7 @@ class OutboxSender:
         retry_at = None if final else now + self.retry.delay(message.attempts)
         async with self._database.begin() as connection:
             await OutboxRepository(connection).mark_failed_attempt(message, str(failure), retry_at)
+        observability.record_outbox_send("failed" if final else "retry")
         log.warning(
             "Outbox send failed",
             extra={

@@ -22,6 +22,8 @@ from whatsorder.observability.metrics import on_idempotency_event as on_idempote
 from whatsorder.observability.metrics import record_cleanup as record_cleanup
 from whatsorder.observability.metrics import record_invalid_key as record_invalid_key
 from whatsorder.observability.metrics import record_order_created as record_order_created
+from whatsorder.observability.metrics import record_outbox_send as record_outbox_send
+from whatsorder.observability.metrics import record_payment_event as record_payment_event
 from whatsorder.observability.metrics import record_rate_limited as record_rate_limited
 from whatsorder.observability.metrics import record_signature_failure as record_signature_failure
 from whatsorder.observability.metrics import record_webhook_request as record_webhook_request

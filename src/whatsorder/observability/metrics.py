@@ -66,6 +66,19 @@ ORDERS_CREATED = Counter(
     "Orders created, by the channel they came in on.",
     ["source"],
 )
+PAYMENT_EVENTS = Counter(
+    "whatsorder_payment_events",
+    "Payment events applied, by provider and what applying one did (credited, reversed, "
+    "mismatch, unknown_order, …); a replay or a duplicate event applies nothing and counts not.",
+    ["provider", "result"],
+)
+OUTBOX_SENDS = Counter(
+    "whatsorder_outbox_sends",
+    "Replies POSTed to the Graph API, by outcome: sent; retry (failed, to be sent again later);"
+    " failed (refused for good, or out of attempts).",
+    ["outcome"],
+)
+OUTBOX_OUTCOMES: Final = ("sent", "retry", "failed")
 CLEANUP_RUNS = Counter(
     "whatsorder_cleanup_runs", "Idempotency cleanup runs by outcome.", ["outcome"]
 )
@@ -107,6 +120,8 @@ for _outcome in CLEANUP_OUTCOMES:  # present from the start, so rate() and alert
     CLEANUP_RUNS.labels(_outcome)
 for _kind in ("expired", "stale"):
     CLEANUP_ROWS_DELETED.labels(_kind)
+for _outcome in OUTBOX_OUTCOMES:
+    OUTBOX_SENDS.labels(_outcome)
 
 
 class CleanupReport(Protocol):
@@ -170,6 +185,15 @@ def record_rate_limited(kind: str, sender: str | None = None) -> None:
 def record_order_created(source: str, order_id: int) -> None:
     ORDERS_CREATED.labels(source).inc()
     log.info("Order created", extra={"source": source, "order_id": order_id})
+
+
+def record_payment_event(provider: str, result: str) -> None:
+    PAYMENT_EVENTS.labels(provider, result).inc()
+
+
+def record_outbox_send(outcome: str) -> None:
+    """``outcome``: one of OUTBOX_OUTCOMES (the sender logs failures itself, with the reason)."""
+    OUTBOX_SENDS.labels(outcome).inc()
 
 
 def record_invalid_key(webhook_type: str) -> None:

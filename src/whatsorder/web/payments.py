@@ -77,7 +77,8 @@ async def _apply(_runtime: Runtime, payment: _Payment, uow: UnitOfWork) -> Handl
             "exceptions": [kind.value for kind in outcome.exceptions],
         }
     )
-    return Handled(HandlerResult(answer, {"order_id": outcome.order_id}))
+    notes = {"order_id": outcome.order_id}
+    return Handled(HandlerResult(answer, notes), payment_result=outcome.result.value)
 
 
 def _verify_stripe(incoming: Incoming) -> None:

@@ -95,11 +95,12 @@ class Provider:
 
 @dataclass(frozen=True, slots=True)
 class Handled:
-    """What a handler did: the answer to keep, and the order it created (counted once the
-    transaction committed)."""
+    """What a handler did: the answer to keep, the order it created and what a payment event
+    did (both counted once the transaction committed)."""
 
     result: HandlerResult
     created_order: int | None = None
+    payment_result: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,16 +151,17 @@ async def run(request: Request, webhook: Webhook[Event]) -> Response:
         incoming.source_ip,
         lambda: webhook.record(event),
     )
-    created: int | None = None
+    handled: Handled | None = None
 
     async def handle(connection: AsyncConnection) -> HandlerResult:
-        nonlocal created
+        nonlocal handled
         handled = await webhook.handle(runtime, event, runtime.unit_of_work(connection))
-        created = handled.created_order
         return handled.result
 
     result = await runtime.idempotency.execute(idempotent, handle)
-    count_created_order(webhook.provider.source, created, result)
+    if handled is not None:
+        count_created_order(webhook.provider.source, handled.created_order, result)
+        count_payment_event(webhook.provider.source, handled.payment_result, result)
     return to_response(result)
 
 
@@ -254,3 +256,9 @@ def count_created_order(source: str, order_id: int | None, result: Result) -> No
     race, a replay or a duplicate under another key finds the order and creates nothing."""
     if order_id is not None and result.outcome in (Outcome.NEW, Outcome.TAKEOVER):
         observability.record_order_created(source, order_id)
+
+
+def count_payment_event(provider: str, payment_result: str | None, result: Result) -> None:
+    """Count what a payment event did, where its transaction committed (as orders above)."""
+    if payment_result is not None and result.outcome in (Outcome.NEW, Outcome.TAKEOVER):
+        observability.record_payment_event(provider, payment_result)
