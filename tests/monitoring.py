@@ -87,6 +87,18 @@ def tool(name: str) -> str:
     return path
 
 
+def assert_promtool_passes(*arguments: str, timeout: float = 60) -> None:
+    """Run ``promtool`` with ``arguments``; its own output is the message when it fails."""
+    done = subprocess.run(
+        [tool("promtool"), *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 DASHBOARD_FILES = tuple(sorted((DEPLOY / "grafana" / "dashboards").glob("*.json")))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -12,7 +11,14 @@ from types import ModuleType
 import yaml
 from prometheus_client import REGISTRY
 
-from monitoring import DASHBOARD_FILES, DEPLOY, panel_queries, recorded_names, series_names, tool
+from monitoring import (
+    DASHBOARD_FILES,
+    DEPLOY,
+    assert_promtool_passes,
+    panel_queries,
+    recorded_names,
+    series_names,
+)
 from whatsorder.observability import metrics
 
 GRAFANA = DEPLOY / "grafana"
@@ -84,14 +90,7 @@ def test_prometheus_parses_every_query(tmp_path: Path) -> None:
     ]
     path = tmp_path / "queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    checked = subprocess.run(
-        [tool("promtool"), "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert_promtool_passes("check", "rules", str(path))
 
 
 def test_the_provisioning_names_the_dashboards_and_a_prometheus() -> None:

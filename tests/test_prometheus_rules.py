@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
 import yaml
 
-from monitoring import RULE_FILES, RULE_TESTS, rules, tool
+from monitoring import RULE_FILES, RULE_TESTS, assert_promtool_passes, rules
 
 
 def test_promtool_checks_every_rule_file() -> None:
-    checked = subprocess.run(
-        [tool("promtool"), "check", "rules", *map(str, RULE_FILES)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert_promtool_passes("check", "rules", *map(str, RULE_FILES))
 
 
 def test_every_alert_fires_and_stays_quiet_as_its_unit_tests_say() -> None:
-    tested = subprocess.run(
-        [tool("promtool"), "test", "rules", *map(str, RULE_TESTS)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert_promtool_passes("test", "rules", *map(str, RULE_TESTS), timeout=120)
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
