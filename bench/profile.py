@@ -132,7 +132,7 @@ def _layer_shares(raw: Path) -> dict[str, float]:
     layer (the leaf decides: a sample spent inside asyncpg counts for asyncpg, even when our
     code called it)."""
     counts: Counter[str] = Counter()
-    for line in raw.read_text().splitlines():
+    for line in raw.read_text().split("\n"):  # not splitlines(): a frame may hold \x1c or \u2028
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
@@ -144,7 +144,7 @@ def _layer_shares(raw: Path) -> dict[str, float]:
 def _hottest_frames(raw: Path, count: int = 12) -> list[tuple[str, float]]:
     """The functions most samples were in (innermost frame), with their share, %."""
     counts: Counter[str] = Counter()
-    for line in raw.read_text().splitlines():
+    for line in raw.read_text().split("\n"):  # not splitlines(): a frame may hold \x1c or \u2028
         stack, _, samples = line.rpartition(" ")
         if stack:
             counts[stack.split(";")[-1]] += int(samples)

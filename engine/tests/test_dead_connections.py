@@ -246,6 +246,29 @@ async def test_a_replay_is_one_round_trip_and_the_pool_never_pings(
     assert (seen.begins, seen.commits, seen.pings) == (0, 0, 0)
 
 
+async def test_a_first_request_in_lease_mode_is_three_statements_each_one_round_trip(
+    store: SqlStore, seen: Seen
+) -> None:
+    """Lease mode (the middleware): the read, the claim and the completion, each alone in
+    autocommit and run by asyncpg itself (lone.py): no BEGIN, COMMIT or reset of any kind."""
+    for warm in range(3):  # every pooled connection has prepared the three statements
+        await complete_a_key(store, f"k-warm-{warm}")
+    await fill_pool(store)
+
+    seen.clear()
+    assert epoch_of(await store.claim(request("k-lease"), utcnow(), LEASE, TTL)) == 1
+    assert await store.complete(request("k-lease"), 1, response(), utcnow(), TTL)
+    kinds = [statement.split()[0] for statement in seen.statements]
+    assert kinds == ["SELECT", "INSERT", "WITH"], seen.statements  # WITH: the UPDATE + NOTIFY
+    assert len(seen.wire.trips) == 3, seen.wire.trips
+    assert (seen.begins, seen.commits, seen.pings) == (0, 0, 0)
+    stored = await store.get("orders", "k-lease")
+    assert status_of(stored) is Status.COMPLETED
+    assert stored is not None and stored.response == response()
+    # The fence holds on the driver's path too: a stale epoch changes nothing.
+    assert not await store.complete(request("k-lease"), 1, response(), utcnow(), TTL)
+
+
 async def test_a_first_request_in_one_transaction_adds_the_claim_and_the_answer_only(
     store: SqlStore, seen: Seen
 ) -> None:

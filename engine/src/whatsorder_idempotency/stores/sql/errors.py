@@ -93,5 +93,22 @@ def sqlstate(error: sa_exc.DBAPIError) -> str | None:
     return None
 
 
+def driver_error(error: Exception, sql: str) -> Exception:
+    """An error asyncpg raised, run by us past SQLAlchemy, as SQLAlchemy's: its SQLSTATE kept
+    (``sqlstate`` reads it), and a connection that died marked as invalidated, so that
+    ``store_errors`` and ``connection_lost`` know it as they know SQLAlchemy's own."""
+    code = str(getattr(error, "sqlstate", "") or "")
+    died = isinstance(error, _asyncpg_connection_errors()) or code.startswith(("08", "57P"))
+    if not died and not code:
+        return error  # not the database's failure (a bug of ours): stays itself
+    return sa_exc.DBAPIError(sql, None, error, connection_invalidated=died)
+
+
+def _asyncpg_connection_errors() -> tuple[type[BaseException], ...]:
+    import asyncpg  # type: ignore[import-untyped]  # only ever called where asyncpg runs
+
+    return (asyncpg.InterfaceError, OSError)
+
+
 class RetryOnFreshConnection(Exception):
     """The connection died before any work was done on it: do it again on a fresh one."""

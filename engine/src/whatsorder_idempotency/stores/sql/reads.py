@@ -34,7 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder_idempotency.record import IdempotencyRecord
 from whatsorder_idempotency.stores.sql.database import autocommit_options
-from whatsorder_idempotency.stores.sql.errors import RetryOnFreshConnection, connection_lost
+from whatsorder_idempotency.stores.sql.errors import (
+    RetryOnFreshConnection,
+    connection_lost,
+    driver_error,
+)
 from whatsorder_idempotency.stores.sql.schema import KEY_COLUMN, SCOPE_COLUMN, record_of
 from whatsorder_idempotency.stores.sql.transaction import SqlTransaction
 
@@ -74,11 +78,6 @@ class PooledReads:
         self._table = table
         self._raw = engine.dialect.driver == "asyncpg"
         self._sql = select_sql(table, engine.dialect)
-        self._lost: tuple[type[BaseException], ...] = ()
-        if self._raw:
-            import asyncpg  # type: ignore[import-untyped]
-
-            self._lost = (asyncpg.InterfaceError, OSError)
 
     async def read_on(
         self, connection: AsyncConnection, scope: str, key: str
@@ -91,18 +90,8 @@ class PooledReads:
         try:
             row = await raw.driver_connection.fetchrow(self._sql, scope, key)  # type: ignore[union-attr]
         except Exception as error:
-            raise _as_dbapi_error(error, self._sql, self._lost) from error
+            raise driver_error(error, self._sql) from error
         return None if row is None else record_of(row)
-
-
-def _as_dbapi_error(error: Exception, sql: str, lost: tuple[type[BaseException], ...]) -> Exception:
-    """asyncpg's error as SQLAlchemy's, which the store's error handling knows: its SQLSTATE
-    kept (``sqlstate`` reads it), and a connection that died marked as invalidated."""
-    code = str(getattr(error, "sqlstate", "") or "")
-    died = isinstance(error, lost) or code.startswith(("08", "57P"))
-    if not died and not code:
-        return error  # not the database's failure (a bug of ours): stays itself
-    return sa_exc.DBAPIError(sql, None, error, connection_invalidated=died)
 
 
 class SqliteFileReads:

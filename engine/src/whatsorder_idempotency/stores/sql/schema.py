@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -27,6 +27,7 @@ from sqlalchemy import (
     and_,
     or_,
 )
+from sqlalchemy.sql.elements import BindParameter
 
 from whatsorder_idempotency.record import (
     IdempotencyRecord,
@@ -38,6 +39,10 @@ from whatsorder_idempotency.record import (
 DEFAULT_TABLE_NAME = "webhook_idempotency"
 SCOPE_COLUMN = "webhook_type"
 KEY_COLUMN = "idempotency_key"
+
+_T = TypeVar("_T")
+# A value in a WHERE clause: given, or a parameter of a statement compiled once (lone.py).
+Value: TypeAlias = _T | BindParameter[_T]
 
 
 def idempotency_table(
@@ -68,12 +73,14 @@ def idempotency_table(
     )
 
 
-def is_key(table: Table, scope: str, key: str) -> tuple[ColumnElement[bool], ...]:
-    """The WHERE clause of one record."""
+def is_key(table: Table, scope: Value[str], key: Value[str]) -> tuple[ColumnElement[bool], ...]:
+    """The WHERE clause of one record (values, or parameters of a statement compiled once)."""
     return (table.c[SCOPE_COLUMN] == scope, table.c[KEY_COLUMN] == key)
 
 
-def is_held(table: Table, scope: str, key: str, epoch: int) -> tuple[ColumnElement[bool], ...]:
+def is_held(
+    table: Table, scope: Value[str], key: Value[str], epoch: Value[int]
+) -> tuple[ColumnElement[bool], ...]:
     """The WHERE clause of a record still held, unreleased, by ``epoch`` (the fence)."""
     return (
         *is_key(table, scope, key),

@@ -37,6 +37,7 @@ from whatsorder_idempotency.stores.sql.errors import (
     connection_lost,
     store_errors,
 )
+from whatsorder_idempotency.stores.sql.lone import LoneStatements
 from whatsorder_idempotency.stores.sql.reads import RecordReads
 from whatsorder_idempotency.stores.sql.schema import is_held
 from whatsorder_idempotency.stores.sql.shared import SharedTransaction
@@ -77,6 +78,8 @@ class SqlStore:
         self.wakeups: Wakeups | None = None if self._announcer is None else self._announcer.wakeups
         # Replays are read by the driver itself (reads.py): on a SQLite file, apart from the pool.
         self._reads = RecordReads(engine, table, busy_timeout_ms=self._lock_timeout_ms)
+        # …and so are a new key's claim and its completion, on PostgreSQL (lone.py).
+        self._lone = LoneStatements(table, engine.dialect)
 
     async def _ensure_table(self) -> None:
         if self._table_ready:
@@ -108,8 +111,8 @@ class SqlStore:
             # A new key: the INSERT … ON CONFLICT DO NOTHING is atomic on its own. It can only
             # wait on another lease claim's insert, itself one statement, so it needs no
             # lock_timeout; a conflict (a duplicate won the race) goes on to the transaction.
-            async with self._lone_statement() as connection:
-                if await SqlTransaction(connection, self.table).insert_claim(request, now, lease):
+            async with self._lone_statement(driver_runs_it=self._lone.by_the_driver) as connection:
+                if await self._lone.insert_claim(connection, request, now, lease):
                     return Claimed(epoch=1, takeover=False)
         for _ in range(3):
             async with self.transaction() as transaction:
@@ -194,10 +197,8 @@ class SqlStore:
         ttl: timedelta,
     ) -> bool:
         said = None if self._announcer is None else self._announcer.of(request.scope, request.key)
-        async with self._lone_statement() as connection:
-            return await SqlTransaction(connection, self.table).complete(
-                request, epoch, response, {}, now, ttl, announce=said
-            )
+        async with self._lone_statement(driver_runs_it=self._lone.by_the_driver) as connection:
+            return await self._lone.complete(connection, request, epoch, response, now, ttl, said)
 
     async def release(self, scope: str, key: str, epoch: int) -> bool:
         # The lease ends now but the row stays: the next claim takes it over with a higher
@@ -212,7 +213,9 @@ class SqlStore:
             return await changed(connection, statement, self.table, said)
 
     @asynccontextmanager
-    async def _lone_statement(self) -> AsyncIterator[AsyncConnection]:
+    async def _lone_statement(
+        self, *, driver_runs_it: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
         """A connection for one statement, committed by itself (autocommit).
 
         A new key's claim and the holder's steps (renew, complete, release: compare-and-set
@@ -225,7 +228,8 @@ class SqlStore:
         await self._ensure_table()
         with store_errors():
             async with self.engine.connect() as connection:
-                await connection.execution_options(**autocommit_options(self.kind))
+                if not driver_runs_it:  # asyncpg outside a transaction is autocommit already
+                    await connection.execution_options(**autocommit_options(self.kind))
                 yield connection
 
     async def share_transaction(self) -> SharedTransaction:
