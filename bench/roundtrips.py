@@ -6,8 +6,8 @@ client waits for the server: a Sync of the extended protocol or a simple Query. 
 every statement however it is sent (the replay's read goes to asyncpg directly, which
 SQLAlchemy's events never see), BEGIN and COMMIT included; the pool's pre-ping is counted too.
 SQLite, where nothing travels: statements, counted by SQLAlchemy's engine events
-(``before_cursor_execute``, COMMIT) and by sqlite3's trace callback on the store's reading
-connections. Redis: the server's own MONITOR stream, filtered to the store's connection
+(``before_cursor_execute``, COMMIT) and by sqlite3's trace callback on the store's own
+connections (reads, a lease's claim and completion). Redis: the server's own MONITOR stream, filtered to the store's connection
 between two ECHO markers.
 
 The middleware runs in process (httpx's ASGI transport) in front of the same endpoint shape the
@@ -191,10 +191,12 @@ def _sql_counter(store: Any, wire: Wire | None) -> Iterator[dict[str, Any]]:
     ]
     for name, listener in listeners:
         event.listen(engine, name, listener)
-    # The reads of a SQLite file run on sqlite3 connections of the store's own (bench only).
-    file_reads = store._reads.file_reads
-    if file_reads is not None:
-        file_reads.trace = note
+    # On a SQLite file the reads, claims and completions run on sqlite3 connections of the
+    # store's own (sqlite_file.py; bench only).
+    reads = store._reads.file_reads
+    files = [f for f in (None if reads is None else reads.file, store._lone.file) if f is not None]
+    for file in files:
+        file.trace = note
     dialect = engine.dialect
     original_ping = dialect.do_ping
 
@@ -209,8 +211,8 @@ def _sql_counter(store: Any, wire: Wire | None) -> Iterator[dict[str, Any]]:
         dialect.do_ping = original_ping  # type: ignore[method-assign]
         for name, listener in listeners:
             event.remove(engine, name, listener)
-        if file_reads is not None:
-            file_reads.trace = None
+        for file in files:
+            file.trace = None
         if wire is not None:  # every wait for the server: statements, BEGIN, COMMIT, pings
             seen["statements"] = [" ".join(trip)[:80] for trip in wire.trips]
             seen["round_trips"] = len(wire.trips)

@@ -13,19 +13,16 @@ pool's rollback on return). So a read skips both, with SQL written once per stor
   mode beside the writers: one hop to a thread per read. (An in-memory database is private to
   its connection, so there the read goes through the engine's pool like everything else.)
 
-SQLAlchemy stays the way everything else is written: claims, completions and take-overs.
+A lease's claim and completion go the same way (lone.py); take-overs, renewals, releases and
+everything in a transaction are written with SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import threading
-from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy import exc as sa_exc
@@ -40,6 +37,7 @@ from whatsorder_idempotency.stores.sql.errors import (
     driver_error,
 )
 from whatsorder_idempotency.stores.sql.schema import KEY_COLUMN, SCOPE_COLUMN, record_of
+from whatsorder_idempotency.stores.sql.sqlite_file import SqliteFile
 from whatsorder_idempotency.stores.sql.transaction import SqlTransaction
 
 # What a decision needs of a record; the request's body, address and creation time stay put.
@@ -55,7 +53,6 @@ READ_COLUMNS = (
     "response_body",
     "response_headers",
 )
-SQLITE_READ_THREADS = 5  # as many as the engine's default pool has connections
 _SQLITE_TIMES = ("locked_until", "expires_at")
 
 
@@ -95,68 +92,22 @@ class PooledReads:
 
 
 class SqliteFileReads:
-    """Reads of a SQLite file on sqlite3 connections of our own, one per thread."""
+    """Reads of a SQLite file on sqlite3 connections of our own (sqlite_file.py)."""
 
     def __init__(self, path: str, table: Table, dialect: Dialect, busy_timeout_ms: int) -> None:
-        self._path = path
-        self._busy_timeout_ms = busy_timeout_ms
         self._sql = select_sql(table, dialect)
-        self._local = threading.local()
-        self._threads = ThreadPoolExecutor(SQLITE_READ_THREADS, "idempotency-reads")
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._trace: Callable[[str], object] | None = None
+        self.file = SqliteFile(path, busy_timeout_ms, name="idempotency-reads", read_only=True)
 
     async def read(self, scope: str, key: str) -> IdempotencyRecord | None:
         """The record as last committed: one hop to a reading thread."""
-        loop = asyncio.get_running_loop()
-        try:
-            row = await loop.run_in_executor(self._threads, self._select, scope, key)
-        except sqlite3.Error as error:
-            raise sa_exc.OperationalError(self._sql, None, error) from error
-        return None if row is None else record_of(row)
-
-    def _select(self, scope: str, key: str) -> Mapping[str, Any] | None:
-        connection = getattr(self._local, "connection", None) or self._connect()
-        row = connection.execute(self._sql, (scope, key)).fetchone()
+        row = await self.file.fetch_one(self._sql, (scope, key))
         if row is None:
             return None
         found = dict(zip(READ_COLUMNS, row, strict=True))
         for name in _SQLITE_TIMES:  # stored as text by SQLAlchemy's DateTime on SQLite
             if found[name] is not None:
                 found[name] = datetime.fromisoformat(found[name])
-        return found
-
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
-        connection.execute("PRAGMA query_only=ON")  # it reads; writers go through the engine
-        connection.set_trace_callback(self._trace)
-        self._local.connection = connection
-        with self._lock:
-            self._connections.append(connection)
-        return connection
-
-    @property
-    def trace(self) -> Callable[[str], object] | None:
-        """sqlite3's trace callback on every reading connection: how bench/ counts the
-        statements a request costs, where they run."""
-        return self._trace
-
-    @trace.setter
-    def trace(self, callback: Callable[[str], object] | None) -> None:
-        with self._lock:
-            self._trace = callback
-            for connection in self._connections:
-                connection.set_trace_callback(callback)
-
-    def close(self) -> None:
-        """Stop the threads and close their connections."""
-        self._threads.shutdown(wait=True)
-        with self._lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
+        return record_of(found)
 
 
 def sqlite_file_of(engine: AsyncEngine) -> str | None:
@@ -229,4 +180,4 @@ class RecordReads:
     async def close(self) -> None:
         """Close the reading threads' connections, if any."""
         if self._file is not None:
-            await asyncio.to_thread(self._file.close)
+            await asyncio.to_thread(self._file.file.close)

@@ -78,8 +78,8 @@ class SqlStore:
         self.wakeups: Wakeups | None = None if self._announcer is None else self._announcer.wakeups
         # Replays are read by the driver itself (reads.py): on a SQLite file, apart from the pool.
         self._reads = RecordReads(engine, table, busy_timeout_ms=self._lock_timeout_ms)
-        # …and so are a new key's claim and its completion, on PostgreSQL (lone.py).
-        self._lone = LoneStatements(table, engine.dialect)
+        # …and so are a new key's claim and its completion (lone.py).
+        self._lone = LoneStatements(engine, table, self._lone_statement, self._lock_timeout_ms)
 
     async def _ensure_table(self) -> None:
         if self._table_ready:
@@ -111,8 +111,8 @@ class SqlStore:
             # A new key: the INSERT … ON CONFLICT DO NOTHING is atomic on its own. It can only
             # wait on another lease claim's insert, itself one statement, so it needs no
             # lock_timeout; a conflict (a duplicate won the race) goes on to the transaction.
-            async with self._lone_statement(driver_runs_it=self._lone.by_the_driver) as connection:
-                if await self._lone.insert_claim(connection, request, now, lease):
+            with store_errors():
+                if await self._lone.insert_claim(request, now, lease):
                     return Claimed(epoch=1, takeover=False)
         for _ in range(3):
             async with self.transaction() as transaction:
@@ -197,8 +197,9 @@ class SqlStore:
         ttl: timedelta,
     ) -> bool:
         said = None if self._announcer is None else self._announcer.of(request.scope, request.key)
-        async with self._lone_statement(driver_runs_it=self._lone.by_the_driver) as connection:
-            return await self._lone.complete(connection, request, epoch, response, now, ttl, said)
+        await self._ensure_table()
+        with store_errors():
+            return await self._lone.complete(request, epoch, response, now, ttl, said)
 
     async def release(self, scope: str, key: str, epoch: int) -> bool:
         # The lease ends now but the row stays: the next claim takes it over with a higher
@@ -241,6 +242,7 @@ class SqlStore:
         if self.wakeups is not None:
             await self.wakeups.close()
         await self._reads.close()
+        await asyncio.to_thread(self._lone.close)
         await self.engine.dispose()
 
     @asynccontextmanager
