@@ -16,7 +16,7 @@ _LAYER_PATHS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SQLAlchemy", ("sqlalchemy/",)),
     ("asyncpg", ("asyncpg/",)),
     ("aiosqlite + sqlite3", ("aiosqlite/", "/sqlite3/")),
-    ("redis-py", ("/redis/",)),
+    ("redis-py", ("redis/", "hiredis")),
     ("FastAPI, Starlette, pydantic", ("fastapi/", "starlette/", "pydantic", "anyio/")),
     ("uvicorn + httptools", ("uvicorn/", "httptools", "h11/")),
     ("event loop (asyncio)", ("asyncio/", "selectors.py", "uvloop", "socket.py", "threading.py")),

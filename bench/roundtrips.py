@@ -7,8 +7,8 @@ every statement however it is sent (the replay's read goes to asyncpg directly, 
 SQLAlchemy's events never see), BEGIN and COMMIT included; the pool's pre-ping is counted too.
 SQLite, where nothing travels: statements, counted by SQLAlchemy's engine events
 (``before_cursor_execute``, COMMIT) and by sqlite3's trace callback on the store's own
-connections (reads, a lease's claim and completion). Redis: the server's own MONITOR stream, filtered to the store's connection
-between two ECHO markers.
+connections (reads, a lease's claim and completion). Redis: the server's own MONITOR stream,
+filtered to the store's connection between two ECHO markers.
 
 The middleware runs in process (httpx's ASGI transport) in front of the same endpoint shape the
 HTTP scenarios use, so the counts are the middleware's and nothing else's.
