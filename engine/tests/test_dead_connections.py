@@ -264,7 +264,8 @@ async def test_a_first_request_in_lease_mode_is_three_statements_each_one_round_
     assert (seen.begins, seen.commits, seen.pings) == (0, 0, 0)
     stored = await store.get("orders", "k-lease")
     assert status_of(stored) is Status.COMPLETED
-    assert stored is not None and stored.response == response()
+    assert stored is not None
+    assert stored.response == response()
     # The fence holds on the driver's path too: a stale epoch changes nothing.
     assert not await store.complete(request("k-lease"), 1, response(), utcnow(), TTL)
 

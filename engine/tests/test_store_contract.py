@@ -32,6 +32,7 @@ from whatsorder_idempotency import (
     StoredResponse,
     open_store,
 )
+from whatsorder_idempotency.errors import StoreUnavailable
 from whatsorder_idempotency.record import as_utc
 from whatsorder_idempotency.stores.base import Claimed, LeaseStore
 from whatsorder_idempotency.stores.redis import RedisStore
@@ -503,10 +504,96 @@ async def test_duplicates_waiting_in_one_process_share_one_look_and_wake_when_th
     assert calls == [1]
     assert {copy.outcome for copy in copies} == {Outcome.REPLAYED}
     assert {copy.response for copy in copies} == {TWIML}
-    # One claim each (which found the key in flight), then one shared look for all fifty.
-    assert counted.claims == 51, f"{counted.claims} claims for the holder and 50 copies"
+    # The holder's claim only: copies arriving while it holds the key here ask no store
+    # (shared_claims.py), and share one look once it ends.
+    assert counted.claims == 1, f"{counted.claims} claims for the holder and 50 copies"
     assert counted.looks <= 2, f"{counted.looks} looks for 50 waiting copies"
     assert took < 1.5, f"the copies were answered {took:.2f} s after the holder began"
+
+
+class SlowClaims(CountedLooks):
+    """Each claim takes ``pause`` before the store sees it; the first ``failures`` fail."""
+
+    def __init__(self, inner: LeaseStore, pause: float, failures: int = 0) -> None:
+        super().__init__(inner)
+        self.pause = pause
+        self.failures = failures
+
+    async def claim(
+        self, request: IdempotentRequest, now: datetime, lease: timedelta, ttl: timedelta
+    ) -> Claimed | IdempotencyRecord:
+        self.claims += 1
+        await asyncio.sleep(self.pause)
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("The store cannot be reached.")
+        return await self.inner.claim(request, now, lease, ttl)
+
+
+async def test_copies_arriving_together_share_one_claim_and_run_the_handler_once(
+    store: LeaseStore,
+) -> None:
+    counted = SlowClaims(store, pause=0.05)
+    engine = leased(counted, IdempotencyConfig(in_flight_wait=timedelta(seconds=5)))
+    calls: list[int] = []
+
+    copies = await asyncio.gather(
+        *(
+            engine.execute_leased(incoming(), answering(TWIML, delay=0.1, calls=calls))
+            for _ in range(30)
+        )
+    )
+
+    assert calls == [1]
+    assert sorted(copy.outcome for copy in copies) == sorted(
+        [Outcome.NEW] + [Outcome.REPLAYED] * 29
+    )
+    assert counted.claims == 1, f"{counted.claims} claims for 30 copies arriving together"
+
+
+async def test_a_shared_claim_that_fails_fails_the_copies_waiting_on_it_and_the_next_claims(
+    store: LeaseStore,
+) -> None:
+    counted = SlowClaims(store, pause=0.05, failures=1)
+    engine = leased(counted, IdempotencyConfig(in_flight_wait=timedelta(seconds=5)))
+    calls: list[int] = []
+
+    copies = await asyncio.gather(
+        *(
+            engine.execute_leased(incoming(), answering(TWIML, delay=0.1, calls=calls))
+            for _ in range(10)
+        ),
+        return_exceptions=True,
+    )
+
+    # One claim, and its failure for all ten: none waited out a timeout of its own.
+    assert all(isinstance(copy, StoreUnavailable) for copy in copies), copies
+    assert counted.claims == 1
+    assert calls == []
+    # Nothing of it is kept: the retry claims afresh and runs.
+    retried = await engine.execute_leased(incoming(), answering(TWIML, calls=calls))
+    assert retried.outcome is Outcome.NEW
+    assert calls == [1]
+
+
+async def test_a_cancelled_first_copy_leaves_the_key_to_the_others(store: LeaseStore) -> None:
+    counted = SlowClaims(store, pause=0.2)
+    engine = leased(counted, IdempotencyConfig(in_flight_wait=timedelta(seconds=5)))
+    calls: list[int] = []
+    handler = answering(TWIML, delay=0.05, calls=calls)
+
+    first = asyncio.ensure_future(engine.execute_leased(incoming(), handler))
+    await asyncio.sleep(0.05)  # its claim is on its way
+    others = [asyncio.ensure_future(engine.execute_leased(incoming(), handler)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    first.cancel()  # before its claim reached the store
+    answers = await asyncio.gather(*others)
+
+    assert first.cancelled()
+    assert calls == [1]
+    assert sorted(answer.outcome for answer in answers) == sorted(
+        [Outcome.NEW] + [Outcome.REPLAYED] * 4
+    )
 
 
 async def test_twenty_concurrent_duplicates_run_the_handler_once(store: LeaseStore) -> None:

@@ -1,6 +1,7 @@
 """Lease mode: the claim is a lease with a fencing epoch, renewed while the handler runs.
 
-For a store apart from the application's data (Redis, or a SQL table of its own). Duplicates in
+For a store apart from the application's data (Redis, or a SQL table of its own). Copies of a
+key arriving together in one process share one claim (``shared_claims.py``); duplicates in
 flight are waited for, a process's copies sharing one look at the store (``Waits``), woken by
 holders in other processes where the store announces completions (``wakeups.py``); completion
 and release are compare-and-set on the epoch, so a holder that was taken over is fenced out.
@@ -14,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 from whatsorder_idempotency.config import IdempotencyConfig
 from whatsorder_idempotency.decision import Replay, decide
@@ -27,6 +29,7 @@ from whatsorder_idempotency.record import (
     Status,
     StoredResponse,
 )
+from whatsorder_idempotency.shared_claims import HeldHere, SharedClaims
 from whatsorder_idempotency.stores.base import Claimed, LeaseStore
 from whatsorder_idempotency.waits import Waits
 from whatsorder_idempotency.wakeups import wakeups_of
@@ -46,6 +49,7 @@ class LeaseRunner:
         self._clock = clock
         # Holders in other processes wake this one's waits where the store announces them.
         self._waits = Waits(config, clock, wakeups_of(store))
+        self._shared = SharedClaims()
 
     async def run(self, request: IdempotentRequest, handler: LeasedHandler, watch: Watch) -> Result:
         claim = await self._claim(request)
@@ -53,7 +57,8 @@ class LeaseRunner:
         if isinstance(claim, Replay):
             return Result(claim.response, Outcome.REPLAYED)
         try:
-            return await self._hold(request, handler, claim)
+            with self._shared.holding(request):
+                return await self._hold(request, handler, claim)
         finally:
             # Duplicates waiting in this process look at once instead of at their next poll.
             self._waits.wake(request.scope, request.key)
@@ -62,12 +67,14 @@ class LeaseRunner:
         deadline = time.monotonic() + self._config.in_flight_wait.total_seconds()
         while True:
             now = self._clock()
-            found = await self._store.claim(request, now, self._config.lease, self._config.ttl)
+            claim = partial(self._store.claim, request, now, self._config.lease, self._config.ttl)
+            found = await self._shared.claim(request, claim)
             if isinstance(found, Claimed):
                 return found
-            decision = decide(found, request, now)
-            if isinstance(decision, Replay):
-                return decision
+            if not isinstance(found, HeldHere):
+                decision = decide(found, request, now)
+                if isinstance(decision, Replay):
+                    return decision
             # In flight (a dead lease or an expired record would have been taken over).
             remaining = deadline - time.monotonic()
             if remaining <= 0:
