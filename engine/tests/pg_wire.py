@@ -31,6 +31,7 @@ class Wire:
 
     trips: list[list[str]] = field(default_factory=list)
     url: str = ""
+    latency: float = 0.0  # seconds the server's answers are held: a slow database, not a dead one
 
     def clear(self) -> None:
         self.trips.clear()
@@ -64,7 +65,7 @@ def counting_relay(postgres_url: str) -> Iterator[Wire]:
             client_out.close()
             return
         upstream = asyncio.create_task(_client_to_server(client_in, server_out, wire))
-        downstream = asyncio.create_task(_pipe(server_in, client_out))
+        downstream = asyncio.create_task(_pipe(server_in, client_out, wire))
         await asyncio.wait([upstream, downstream], return_when=asyncio.FIRST_COMPLETED)
         for task in (upstream, downstream):
             task.cancel()
@@ -92,9 +93,11 @@ def counting_relay(postgres_url: str) -> Iterator[Wire]:
         thread.join(timeout=10)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire) -> None:
     with contextlib.suppress(OSError, asyncio.IncompleteReadError):
         while chunk := await reader.read(65536):
+            if wire.latency:
+                await asyncio.sleep(wire.latency)
             writer.write(chunk)
             await writer.drain()
 

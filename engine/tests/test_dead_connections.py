@@ -518,6 +518,39 @@ async def test_a_completion_whose_connection_dies_mid_statement_is_a_clean_503(
     assert await store.complete(request("k-c"), 1, response(), utcnow(), TTL)  # its retry
 
 
+@pytest.mark.parametrize("step", ["read", "claim", "completion"])
+async def test_a_statement_cancelled_on_its_way_leaves_no_busy_connection_in_the_pool(
+    wire: Wire, step: str
+) -> None:
+    """The request is cancelled while the database is slow to answer: the driver's connection
+    is still busy with the statement, so it must not be handed out again as it is (the next
+    statement on it would fail: "another operation is in progress")."""
+    database = sql_engine(wire.url, pool_size=1, max_overflow=0)
+    store = SqlStore(database, idempotency_table(MetaData()), create_table=True)
+    try:
+        await complete_a_key(store, "k-done")
+        assert epoch_of(await store.claim(request("k-held"), utcnow(), LEASE, TTL)) == 1
+        slow = {
+            "read": lambda: store.get("orders", "k-done"),
+            "claim": lambda: store.claim(request("k-new"), utcnow(), LEASE, TTL),
+            "completion": lambda: store.complete(request("k-held"), 1, response(), utcnow(), TTL),
+        }[step]
+        wire.latency = 0.5
+        on_its_way = asyncio.ensure_future(slow())
+        await asyncio.sleep(0.2)  # sent; the answer is held by the relay
+        on_its_way.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await on_its_way
+        wire.latency = 0.0
+
+        # The pool's one connection, or its replacement: every step works.
+        assert status_of(await store.get("orders", "k-done")) is Status.COMPLETED
+        assert epoch_of(await store.claim(request("k-next"), utcnow(), LEASE, TTL)) == 1
+        assert await store.complete(request("k-next"), 1, response(), utcnow(), TTL)
+    finally:
+        await store.close()
+
+
 async def test_a_transaction_whose_connection_dies_in_the_handler_is_a_clean_503(
     store: SqlStore, postgres_url: str
 ) -> None:

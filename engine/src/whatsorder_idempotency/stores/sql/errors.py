@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder_idempotency.errors import StoreBusy, StoreUnavailable, TransactionConflict
 
@@ -93,6 +94,18 @@ def sqlstate(error: sa_exc.DBAPIError) -> str | None:
     return None
 
 
+async def on_the_driver(connection: AsyncConnection, method: str, sql: str, *arguments: Any) -> Any:
+    """``method`` of asyncpg's own connection under ``connection`` (``fetchrow``, ``execute``…),
+    run past SQLAlchemy; its errors as SQLAlchemy's (``driver_error``). A statement cancelled
+    on its way is asyncpg's to clean up: it cancels it at the server before the connection is
+    used again (engine/tests/test_dead_connections.py checks the pool after such a cancel)."""
+    raw: Any = (await connection.get_raw_connection()).driver_connection
+    try:
+        return await getattr(raw, method)(sql, *arguments)
+    except Exception as error:
+        raise driver_error(error, sql) from error
+
+
 def driver_error(error: Exception, sql: str) -> Exception:
     """An error asyncpg raised, run by us past SQLAlchemy, as SQLAlchemy's: its SQLSTATE kept
     (``sqlstate`` reads it), and a connection that died marked as invalidated, so that
@@ -107,7 +120,9 @@ def driver_error(error: Exception, sql: str) -> Exception:
 def _asyncpg_connection_errors() -> tuple[type[BaseException], ...]:
     import asyncpg  # type: ignore[import-untyped]  # only ever called where asyncpg runs
 
-    return (asyncpg.InterfaceError, OSError)
+    # InternalClientError: the connection is in a state it cannot go on from (asyncpg says
+    # "cannot switch to state …; another operation is in progress").
+    return (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 class RetryOnFreshConnection(Exception):

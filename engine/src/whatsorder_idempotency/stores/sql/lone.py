@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import BindParameter
 
 from whatsorder_idempotency.record import IdempotentRequest, StoredResponse
-from whatsorder_idempotency.stores.sql.errors import driver_error
+from whatsorder_idempotency.stores.sql.errors import on_the_driver
 from whatsorder_idempotency.stores.sql.reads import sqlite_file_of
 from whatsorder_idempotency.stores.sql.schema import (
     KEY_COLUMN,
@@ -176,14 +176,12 @@ async def _run(
 
     Not retried on a dead connection: once sent, whether it ran is unknown (store.py).
     """
-    raw = (await connection.get_raw_connection()).driver_connection
     try:
-        return await getattr(raw, method)(statement.sql, *statement.arguments(values))
-    except Exception as error:
-        wrapped = driver_error(error, statement.sql)
-        if isinstance(wrapped, sa_exc.DBAPIError) and wrapped.connection_invalidated:
+        return await on_the_driver(connection, method, statement.sql, *statement.arguments(values))
+    except sa_exc.DBAPIError as error:
+        if error.connection_invalidated:
             await connection.invalidate(error)  # never handed out again
-        raise wrapped from error
+        raise
 
 
 # The columns each statement writes, as the functions that give their values name them.

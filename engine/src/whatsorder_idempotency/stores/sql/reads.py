@@ -34,7 +34,7 @@ from whatsorder_idempotency.stores.sql.database import autocommit_options
 from whatsorder_idempotency.stores.sql.errors import (
     RetryOnFreshConnection,
     connection_lost,
-    driver_error,
+    on_the_driver,
 )
 from whatsorder_idempotency.stores.sql.schema import KEY_COLUMN, SCOPE_COLUMN, record_of
 from whatsorder_idempotency.stores.sql.sqlite_file import SqliteFile
@@ -83,11 +83,7 @@ class PooledReads:
         if not self._raw:
             await connection.execution_options(**autocommit_options(connection.dialect.name))
             return await SqlTransaction(connection, self._table).load(scope, key)
-        raw = await connection.get_raw_connection()
-        try:
-            row = await raw.driver_connection.fetchrow(self._sql, scope, key)  # type: ignore[union-attr]
-        except Exception as error:
-            raise driver_error(error, self._sql) from error
+        row = await on_the_driver(connection, "fetchrow", self._sql, scope, key)
         return None if row is None else record_of(row)
 
 
