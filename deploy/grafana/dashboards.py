@@ -270,7 +270,6 @@ DELIVERY = Dashboard(
                     "max by (provider) (whatsorder_outbox_oldest_pending_age_seconds)",
                     "{{provider}}",
                 ),
-                Query("vector(900)", "alert threshold"),
             ),
             unit="s",
         ),
