@@ -5,8 +5,8 @@ Run ``python deploy/grafana/dashboards.py`` after changing a panel: it rewrites
 ``deploy/grafana/provisioning/``. A test fails when the JSON and this module disagree, when a
 query names a series the service does not export, or when Prometheus cannot parse it.
 
-Gauges every replica reports alike (the table's counts, the last cleanup) are aggregated with
-``max``, never summed; counters are summed over workers and replicas.
+Gauges every replica reports alike (the table's counts, the last cleanup, the outbox's backlog)
+are aggregated with ``max``, never summed; counters are summed over workers and replicas.
 """
 
 from __future__ import annotations
@@ -228,7 +228,8 @@ IDEMPOTENCY = Dashboard(
 DELIVERY = Dashboard(
     uid="whatsorder-delivery",
     title="whatsorder / delivery",
-    description="Replies to Meta customers sent from the outbox through the Graph API.",
+    description="Replies to Meta customers sent from the outbox through the Graph API, and "
+    "the replies still waiting.",
     panels=(
         Panel(
             "Replies sent, by outcome",
@@ -251,6 +252,26 @@ DELIVERY = Dashboard(
                 ),
             ),
             unit="percentunit",
+        ),
+        Panel(
+            "Replies waiting to be sent",
+            "Replies in the outbox not yet sent nor given up, due or waiting for a retry, as the "
+            "sender counted them in its last round. Without WHATSORDER_META_ACCESS_TOKEN nothing "
+            "is sent and this only grows.",
+            (Query("max by (provider) (whatsorder_outbox_pending_messages)", "{{provider}}"),),
+        ),
+        Panel(
+            "Oldest pending reply",
+            "How long the oldest reply still pending has waited since it was queued: how late "
+            "the latest answer to a customer is. Retries give a reply up within about 12 min; "
+            "the alert fires past 15 min (for 5 min).",
+            (
+                Query(
+                    "max by (provider) (whatsorder_outbox_oldest_pending_age_seconds)",
+                    "{{provider}}",
+                ),
+            ),
+            unit="s",
         ),
         Panel(
             "Replies given up in the last hour",

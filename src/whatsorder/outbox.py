@@ -19,6 +19,11 @@ with the SAME ``Idempotency-Key`` (the row's key), so a receiving side that dedu
 delivers one message. Meta does not document such deduplication for the Cloud API: against it
 the exposure is exactly that crash window, one HTTP round trip per message. Every acceptance is
 counted (``outbox_messages.sends``), so a reply sent twice shows in the audit.
+
+Backlog: after each round the sender counts the replies still pending and publishes how many
+and how long the oldest has waited (``observability.set_outbox_backlog``). It does so without
+credentials too, sending nothing: replies that wait for a token are exactly what an operator
+must see. The count only reads, so it changes nothing above.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder import observability
 from whatsorder.clock import utcnow
-from whatsorder.db.outbox import OutboxMessage, OutboxRepository
+from whatsorder.db.outbox import OutboxBacklog, OutboxMessage, OutboxRepository
 from whatsorder.providers import meta
 
 log = logging.getLogger("whatsorder.outbox")
@@ -67,14 +72,17 @@ class SendFailed(Exception):
 
 
 class OutboxSender:
-    """Sends due outbox rows through the Cloud API's ``/{phone_number_id}/messages``."""
+    """Sends due outbox rows through the Cloud API's ``/{phone_number_id}/messages``.
+
+    Without an access token or a phone number id it sends nothing and only counts the backlog.
+    """
 
     def __init__(
         self,
         database: AsyncEngine,
         graph_url: str,
         access_token: str | None,
-        phone_number_id: str,
+        phone_number_id: str | None,
         client: httpx.AsyncClient | None = None,
         *,
         retry: RetryPolicy | None = None,
@@ -84,7 +92,7 @@ class OutboxSender:
     ) -> None:
         self._database = database
         self._url = f"{graph_url.rstrip('/')}/{phone_number_id}/messages"
-        self._access_token = access_token
+        self._access_token = access_token if phone_number_id else None
         self._client = client
         self._owns_client = client is None
         self._timeout = timeout
@@ -131,7 +139,9 @@ class OutboxSender:
     ) -> tuple[int, int]:
         if self._access_token is None:
             if not self._warned_unconfigured:
-                log.warning("Outbox not sent: no Meta access token is configured")
+                log.warning(
+                    "Outbox not sent: no Meta access token or phone number id is configured"
+                )
                 self._warned_unconfigured = True
             return 0, 0
         claimed = sent = 0
@@ -205,8 +215,18 @@ class OutboxSender:
             },
         )
 
+    async def publish_backlog(self, now: datetime | None = None) -> OutboxBacklog:
+        """Count the replies pending at ``now`` and publish their number and oldest age."""
+        async with self._database.connect() as connection:
+            backlog = await OutboxRepository(connection).backlog(meta.SOURCE, now or utcnow())
+        observability.set_outbox_backlog(meta.SOURCE, backlog.pending, backlog.oldest_age_seconds)
+        return backlog
+
     async def run(self, stop: asyncio.Event, interval: float = 2.0) -> None:
-        """Send due replies until ``stop`` is set: a full batch goes on at once, else waits."""
+        """Send due replies until ``stop`` is set: a full batch goes on at once, else waits.
+
+        Each round ends by publishing the backlog it leaves, whether anything could be sent.
+        """
         try:
             while not stop.is_set():
                 claimed = 0
@@ -214,6 +234,10 @@ class OutboxSender:
                     claimed, _sent = await self._send_batch(_Clock(utcnow()), stop)
                 except Exception:  # the database is down or busy: try again next round
                     log.exception("Outbox round failed")
+                try:
+                    await self.publish_backlog()
+                except Exception:  # the gauges keep their last values; sending goes on
+                    log.exception("Outbox backlog not counted")
                 if claimed < self.batch_size:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), interval)

@@ -11,9 +11,10 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from whatsorder.clock import as_utc
 from whatsorder.db.dialect import upsert
 from whatsorder.db.tables import outbox_messages
 
@@ -36,6 +37,14 @@ class OutboxMessage:
     body: str
     idempotency_key: str
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBacklog:
+    """Replies not yet sent (or given up): how many, and how long the oldest has waited."""
+
+    pending: int
+    oldest_age_seconds: float  # 0 when nothing is pending
 
 
 class OutboxRepository:
@@ -111,6 +120,26 @@ class OutboxRepository:
             for row in rows
         }
         return [claimed[row_id] for row_id in due if row_id in claimed]
+
+    async def backlog(self, provider: str, now: datetime) -> OutboxBacklog:
+        """The pending replies of ``provider`` at ``now``, whether due or waiting for a retry.
+
+        One aggregate over the pending rows (the ``status`` index finds them; sent and failed
+        rows, the bulk of the table, are never read). An age below zero, a row written by a
+        replica whose clock runs ahead, counts as zero.
+        """
+        table = outbox_messages
+        row = (
+            await self._connection.execute(
+                select(func.count(), func.min(table.c.created_at)).where(
+                    table.c.provider == provider, table.c.status == OutboxStatus.PENDING.value
+                )
+            )
+        ).one()
+        pending, oldest = int(row[0]), row[1]
+        if oldest is None:
+            return OutboxBacklog(pending, 0.0)
+        return OutboxBacklog(pending, max(0.0, (now - as_utc(oldest)).total_seconds()))
 
     async def mark_sent(
         self, message: OutboxMessage, provider_message_id: str | None, now: datetime

@@ -27,5 +27,6 @@ from whatsorder.observability.metrics import record_payment_event as record_paym
 from whatsorder.observability.metrics import record_rate_limited as record_rate_limited
 from whatsorder.observability.metrics import record_signature_failure as record_signature_failure
 from whatsorder.observability.metrics import record_webhook_request as record_webhook_request
+from whatsorder.observability.metrics import set_outbox_backlog as set_outbox_backlog
 from whatsorder.observability.metrics import set_record_counts as set_record_counts
 from whatsorder.observability.redaction import mask_phone as mask_phone

@@ -107,6 +107,19 @@ IDEMPOTENCY_EXPIRED_RECORDS = Gauge(
     "Expired idempotency rows awaiting cleanup, as of the last count.",
     multiprocess_mode="mostrecent",
 )
+OUTBOX_PENDING = Gauge(
+    "whatsorder_outbox_pending_messages",
+    "Replies in the outbox not yet sent nor given up, by provider, as of the sender's last round.",
+    ["provider"],
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_OLDEST_PENDING_AGE = Gauge(
+    "whatsorder_outbox_oldest_pending_age_seconds",
+    "How long the oldest pending reply has waited since it was queued (0: none pending), by "
+    "provider, as of the sender's last round.",
+    ["provider"],
+    multiprocess_mode="mostrecent",
+)
 
 # The oldest worker's start: lets the "cleanup has not succeeded" alert wait for a first run.
 STARTED = Gauge(
@@ -163,6 +176,15 @@ def set_record_counts(by_status: Mapping[str, int], expired: int | None = None) 
         IDEMPOTENCY_RECORDS.labels(status).set(by_status.get(status, 0))
     if expired is not None:
         IDEMPOTENCY_EXPIRED_RECORDS.set(expired)
+
+
+def set_outbox_backlog(provider: str, pending: int, oldest_age_seconds: float) -> None:
+    """Publish the outbox's depth and the age of its oldest pending reply, as just counted.
+
+    Like the table's counts, read by whoever counts (the sender, each round), never by a scrape.
+    """
+    OUTBOX_PENDING.labels(provider).set(pending)
+    OUTBOX_OLDEST_PENDING_AGE.labels(provider).set(oldest_age_seconds)
 
 
 def record_webhook_request(provider: str, route: str, status: int) -> None:

@@ -33,15 +33,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(runtime.inbox.run(runtime.database, stopping)),
         ]
         sender = _outbox_sender(runtime)
-        if sender is not None:
-            background.append(asyncio.create_task(sender.run(stopping, interval=2.0)))
+        background.append(asyncio.create_task(sender.run(stopping, interval=2.0)))
         try:
             yield
         finally:
             stopping.set()
             await asyncio.gather(*background)  # the last counts flushed, the last send finished
-            if sender is not None:
-                await sender.aclose()
+            await sender.aclose()
             if cleanup is not None:
                 await cleanup.stop()  # after the batch in progress, never the whole run
             await runtime.database.dispose()
@@ -64,12 +62,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _outbox_sender(runtime: Runtime) -> OutboxSender | None:
-    """The sender of replies to Meta users, when Meta's sending credentials are set."""
+def _outbox_sender(runtime: Runtime) -> OutboxSender:
+    """The sender of replies to Meta users. Without Meta's sending credentials it sends nothing
+    but still publishes the backlog: replies piling up unsent must show on the dashboard."""
     settings = runtime.settings
-    token = secret(settings.meta_access_token)
-    if token is None or not settings.meta_phone_number_id:
-        return None
     return OutboxSender(
-        runtime.database, settings.meta_graph_url, token, settings.meta_phone_number_id
+        runtime.database,
+        settings.meta_graph_url,
+        secret(settings.meta_access_token),
+        settings.meta_phone_number_id,
     )
