@@ -142,3 +142,112 @@ async def test_the_handler_runs_at_the_isolation_level_its_engine_sets(postgres_
     finally:
         await database.dispose()
     assert result.response.body == b"serializable"
+
+
+def request_of(body: str = "one") -> IdempotentRequest:
+    return IdempotentRequest(scope="orders", key="storm", fingerprint=f"fp-{body}")
+
+
+async def counted_engine(sql_url: str) -> tuple[IdempotencyEngine[AsyncConnection], dict[str, int]]:
+    """An engine on ``sql_url`` whose transactions (and the handler's effects) can be counted."""
+    from sqlalchemy import event
+
+    database = sql_engine(sql_url, pool_size=3, max_overflow=0)
+    async with database.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    store = SqlStore(database, idempotency_table(MetaData()), create_table=True)
+    await store.get("warm", "up")
+    counted = {"begin": 0}
+    event.listen(
+        database.sync_engine, "begin", lambda _c: counted.__setitem__("begin", counted["begin"] + 1)
+    )
+    return IdempotencyEngine(store), counted
+
+
+async def test_copies_in_one_process_wait_for_the_first_and_replay_it_without_the_database(
+    sql_url: str,
+) -> None:
+    """Transactional mode (first_copies.py): thirty copies arrive together, one transaction
+    runs the handler; the others replay its committed answer, none begins a transaction."""
+    import asyncio
+
+    engine, counted = await counted_engine(sql_url)
+    try:
+
+        async def slow(connection: AsyncConnection) -> HandlerResult:
+            await asyncio.sleep(0.1)
+            return await handle(connection)
+
+        results = await asyncio.gather(*(engine.execute(request_of(), slow) for _ in range(30)))
+
+        assert sorted(r.outcome for r in results) == sorted([Outcome.NEW] + [Outcome.REPLAYED] * 29)
+        assert {r.response.body for r in results} == {b'{"ok":true}'}
+        assert counted["begin"] == 1, f"{counted['begin']} transactions for 30 copies"
+        assert await count(engine) == 1
+    finally:
+        await engine.store.close()
+
+
+async def test_a_copy_of_another_request_or_after_a_failure_runs_as_if_alone(sql_url: str) -> None:
+    """The first copy's answer goes only to the same request, and only once committed."""
+    import asyncio
+
+    engine, _counted = await counted_engine(sql_url)
+    try:
+        calls: list[str] = []
+
+        async def failing(connection: AsyncConnection) -> HandlerResult:
+            calls.append("failing")
+            await asyncio.sleep(0.1)
+            await connection.execute(insert(effects))
+            raise RuntimeError("the handler failed: its insert rolls back")
+
+        async def working(connection: AsyncConnection) -> HandlerResult:
+            calls.append("working")
+            return await handle(connection)
+
+        first = asyncio.ensure_future(engine.execute(request_of(), failing))
+        await asyncio.sleep(0.02)
+        other = asyncio.ensure_future(engine.execute(request_of("two"), working))  # other body
+        same = asyncio.ensure_future(engine.execute(request_of(), working))
+        with pytest.raises(RuntimeError):
+            await first
+        outcomes = await asyncio.gather(other, same, return_exceptions=True)
+
+        # Nothing was committed by the first: one of the two runs and stores its answer; the
+        # other, a different request under the key, is refused or replays only its own.
+        assert await count(engine) == 1
+        assert calls.count("working") == 1, (calls, outcomes)
+        assert any(isinstance(o, FingerprintMismatch) for o in outcomes) or all(
+            not isinstance(o, BaseException) for o in outcomes
+        ), outcomes
+    finally:
+        await engine.store.close()
+
+
+async def test_a_copy_waits_for_the_first_no_longer_than_its_in_flight_wait(tmp_path: Path) -> None:
+    import asyncio
+
+    database = sql_engine(f"sqlite:///{tmp_path}/wait.db")
+    async with database.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    wait = timedelta(seconds=0.3)  # the store's: how long its duplicates wait on a claim
+    store = SqlStore(
+        database, idempotency_table(MetaData()), in_flight_wait=wait, create_table=True
+    )
+    engine = IdempotencyEngine(store)
+    try:
+
+        async def long(connection: AsyncConnection) -> HandlerResult:
+            await asyncio.sleep(1.0)
+            return await handle(connection)
+
+        first = asyncio.ensure_future(engine.execute(request_of(), long))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(RequestInFlight):
+            await engine.execute(request_of(), long)
+        assert 0.25 <= time.monotonic() - started < 0.9
+        assert (await first).outcome is Outcome.NEW
+    finally:
+        await store.close()

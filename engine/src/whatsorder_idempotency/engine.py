@@ -25,6 +25,7 @@ from whatsorder_idempotency.errors import (
     retry_after_by_default,
 )
 from whatsorder_idempotency.events import Listener, Watch
+from whatsorder_idempotency.first_copies import Committed, FirstCopies, FirstRun, answer_of
 from whatsorder_idempotency.lease import LeasedHandler, LeaseRunner
 from whatsorder_idempotency.outcomes import Outcome, Result
 from whatsorder_idempotency.record import (
@@ -97,6 +98,8 @@ class IdempotencyEngine(Generic[ContextT]):
         # A transactional store that can read the committed record first, on the connection
         # its transaction then uses (SqlStore), answers a replay with that one read: no BEGIN,
         # no lock_timeout, no claim INSERT, and on SQLite no wait for the write lock.
+        # Copies of a key arriving in this process while one of them runs wait for it here.
+        self._first_copies = FirstCopies()
         self._read_first: ReadFirst[ContextT] | None = (
             getattr(store, "read_then_transaction", None)
             if self._transactional is not None
@@ -113,22 +116,45 @@ class IdempotencyEngine(Generic[ContextT]):
         if store is None:
             raise TypeError(f"{type(self.store).__name__} has no transactions: use execute_leased")
         with Watch(self.listeners, request) as watch, self._retry_after():
-            for run in range(1, MAX_TRANSACTION_RUNS + 1):
-                try:
-                    return watch.done(await self._execute(store, request, handler, watch))
-                except TransactionConflict as conflict:
-                    if run == MAX_TRANSACTION_RUNS:
-                        # Lost every run: worth a look (a unique key a bug takes every time
-                        # ends here too), though the caller answers 503 and the retry is safe.
-                        log.warning(
-                            "transaction lost every run",
-                            extra={"reason": str(conflict), "runs": run},
-                        )
-                        raise
-                    log.info("transaction rerun", extra={"reason": str(conflict), "run": run})
-                    # Jittered, so two transactions that deadlocked do not meet again at once.
-                    await asyncio.sleep(random.uniform(0.002, 0.010) * run)
-            raise AssertionError("unreachable")  # the last run returned or raised
+            running = self._first_copies.running(request)
+            if running is not None:  # another copy of the key runs here: its answer, if it fits
+                # As long as the store would have it wait on the first copy's claim.
+                wait = getattr(store, "in_flight_wait", self.config.in_flight_wait)
+                answer = await answer_of(running, request, wait.total_seconds())
+                if answer is not None:
+                    watch.looked_up()
+                    return watch.done(Result(answer, Outcome.REPLAYED))
+                return watch.done(await self._execute_runs(store, request, handler, watch, None))
+            with self._first_copies.first(request) as first:
+                result = await self._execute_runs(store, request, handler, watch, first)
+                first.committed = first.stored  # committed: the copies waiting may replay it
+                return watch.done(result)
+
+    async def _execute_runs(
+        self,
+        store: TransactionalStore[ContextT],
+        request: IdempotentRequest,
+        handler: Handler[ContextT],
+        watch: Watch,
+        first: FirstRun | None,
+    ) -> Result:
+        """``_execute``, run again (up to ``MAX_TRANSACTION_RUNS``) after a lost race."""
+        for run in range(1, MAX_TRANSACTION_RUNS + 1):
+            try:
+                return await self._execute(store, request, handler, watch, first)
+            except TransactionConflict as conflict:
+                if run == MAX_TRANSACTION_RUNS:
+                    # Lost every run: worth a look (a unique key a bug takes every time
+                    # ends here too), though the caller answers 503 and the retry is safe.
+                    log.warning(
+                        "transaction lost every run",
+                        extra={"reason": str(conflict), "runs": run},
+                    )
+                    raise
+                log.info("transaction rerun", extra={"reason": str(conflict), "run": run})
+                # Jittered, so two transactions that deadlocked do not meet again at once.
+                await asyncio.sleep(random.uniform(0.002, 0.010) * run)
+        raise AssertionError("unreachable")  # the last run returned or raised
 
     async def execute_leased(self, request: IdempotentRequest, handler: LeasedHandler) -> Result:
         """Lease mode: claim, run ``handler`` while renewing the lease, then store its answer.
@@ -150,7 +176,10 @@ class IdempotencyEngine(Generic[ContextT]):
         request: IdempotentRequest,
         handler: Handler[ContextT],
         watch: Watch,
+        first: FirstRun | None,
     ) -> Result:
+        if first is not None:
+            first.stored = None  # a run before this one lost a race: it committed nothing
         try:
             if self._read_first is not None:
                 # One pooled connection: a completed key is answered by one read of the
@@ -158,14 +187,15 @@ class IdempotencyEngine(Generic[ContextT]):
                 # goes on to the transaction on that same connection.
                 async with self._read_first(request.scope, request.key) as opened:
                     if not isinstance(opened, IdempotencyRecord):
-                        return await self._run_in(opened, request, handler, watch)
+                        return await self._run_in(opened, request, handler, watch, first)
                     decision = decide(opened, request, self._clock())
                     if isinstance(decision, Replay):
                         watch.looked_up()
+                        _stored(first, request, decision.response)
                         return Result(decision.response, Outcome.REPLAYED)
                 # Completed but expired: claimed afresh below, under the row lock.
             async with store.transaction() as transaction:
-                return await self._run_in(transaction, request, handler, watch)
+                return await self._run_in(transaction, request, handler, watch, first)
         except _Discard as discarded:
             return Result(discarded.response, Outcome.NOT_STORED)
 
@@ -175,10 +205,12 @@ class IdempotencyEngine(Generic[ContextT]):
         request: IdempotentRequest,
         handler: Handler[ContextT],
         watch: Watch,
+        first: FirstRun | None,
     ) -> Result:
         claim = await self._claim_in(transaction, request)
         watch.looked_up()
         if isinstance(claim, Replay):
+            _stored(first, request, claim.response)
             return Result(claim.response, Outcome.REPLAYED)
         result = await handler(transaction.context)
         kept = self.config.kept(result)
@@ -189,6 +221,9 @@ class IdempotencyEngine(Generic[ContextT]):
         )
         if not completed:  # only a lease-mode take-over can fence us out here
             raise _Discard(result.response)
+        _stored(
+            first, request, kept
+        )  # committed with the transaction, when the caller's block ends
         return Result(result.response, Outcome.TAKEOVER if claim.takeover else Outcome.NEW)
 
     async def _claim_in(
@@ -212,3 +247,9 @@ class IdempotencyEngine(Generic[ContextT]):
             if epoch is not None:
                 return Claimed(epoch=epoch, takeover=True)
         raise StoreBusy("The idempotency key is heavily contended; retry.")
+
+
+def _stored(first: FirstRun | None, request: IdempotentRequest, response: StoredResponse) -> None:
+    """Note the answer the first copy's run stores (its copies replay it once committed)."""
+    if first is not None:
+        first.stored = Committed(request.fingerprint, response)

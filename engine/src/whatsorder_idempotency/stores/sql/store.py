@@ -65,6 +65,7 @@ class SqlStore:
         self.engine = engine
         self.table = table
         self.kind = engine.dialect.name
+        self.in_flight_wait = in_flight_wait  # how long a duplicate waits for the first copy
         self._lock_timeout_ms = max(1, int(in_flight_wait.total_seconds() * 1000))
         self._table_ready = not create_table
         self._table_lock = asyncio.Lock()
