@@ -188,6 +188,7 @@ class Heartbeat:
         self._lease = lease
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._start: asyncio.TimerHandle | None = None
         self._paused: Callable[[], bool] = lambda: False
 
     def pausing_while(self, paused: Callable[[], bool]) -> Heartbeat:
@@ -201,11 +202,20 @@ class Heartbeat:
         return lease.total_seconds() / cls.BEATS_PER_LEASE
 
     async def __aenter__(self) -> Heartbeat:
-        self._task = asyncio.create_task(self._beat())
+        # The first beat is an interval away: most handlers are done before it, so the task
+        # that beats is started only then (a timer costs a request far less than a task).
+        loop = asyncio.get_running_loop()
+        self._start = loop.call_later(self.interval(self._lease), self._begin_beating)
         return self
 
+    def _begin_beating(self) -> None:
+        self._task = asyncio.create_task(self._beat())
+
     async def __aexit__(self, *_exc: object) -> None:
-        assert self._task is not None
+        if self._start is not None:
+            self._start.cancel()
+        if self._task is None:
+            return
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -213,7 +223,7 @@ class Heartbeat:
     async def _beat(self) -> None:
         interval = self.interval(self._lease)
         patience = interval * self.RENEWAL_PATIENCE
-        next_beat = time.monotonic() + interval
+        next_beat = time.monotonic()  # started an interval after the claim: the first is due
         while True:
             await asyncio.sleep(max(0.0, next_beat - time.monotonic()))
             next_beat = max(next_beat, time.monotonic()) + interval  # no burst after a pause
