@@ -251,3 +251,48 @@ async def test_a_copy_waits_for_the_first_no_longer_than_its_in_flight_wait(tmp_
         assert (await first).outcome is Outcome.NEW
     finally:
         await store.close()
+
+
+async def test_a_lease_claim_gets_the_sqlite_lock_between_another_writers_bursts(
+    tmp_path: Path,
+) -> None:
+    """Another writer holds the write lock 20 ms at a time with 3 ms between (as cleanup's
+    batches do): a lease claim gets in at the next gap (sqlite_file.py tries every 2 ms at most),
+    where SQLite's own busy handler, sleeping ever longer between tries, slept through them."""
+    import statistics
+    import threading
+
+    from whatsorder_idempotency.record import IdempotentRequest as Request
+
+    path = tmp_path / "bursts.db"
+    store = SqlStore(
+        sql_engine(f"sqlite:///{path}"), idempotency_table(MetaData()), create_table=True
+    )
+    await store.get("warm", "up")
+    stop = threading.Event()
+
+    def bursts() -> None:
+        other = sqlite3.connect(path, isolation_level=None, timeout=5)
+        while not stop.is_set():
+            other.execute("BEGIN IMMEDIATE")
+            time.sleep(0.02)
+            other.execute("COMMIT")
+            time.sleep(0.003)
+        other.close()
+
+    writer = threading.Thread(target=bursts)
+    writer.start()
+    took: list[float] = []
+    try:
+        for number in range(30):
+            started = time.monotonic()
+            claimed = await store.claim(
+                Request("orders", f"k-{number}", "fp"), utcnow(), timedelta(seconds=4), BUSY
+            )
+            took.append(time.monotonic() - started)
+            assert not isinstance(claimed, type(None))
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+        await store.close()
+    assert statistics.mean(took) < 0.06, [round(t * 1000) for t in took]

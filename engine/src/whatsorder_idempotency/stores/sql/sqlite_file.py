@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,6 +25,11 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 
 THREADS = 5  # as many as the engine's default pool has connections
+FIRST_RETRY, LONGEST_RETRY = 0.0005, 0.002  # seconds between a writer's tries for the lock
+# Readers map the file (a read is then a page of the OS's cache, not a read() into a cache of
+# each connection's own) and keep more of its pages: a replay's index walk on a large table.
+READER_MMAP_BYTES = 1 << 30
+READER_CACHE_KIB = 32 * 1024
 
 
 class SqliteFile:
@@ -48,9 +54,24 @@ class SqliteFile:
 
     async def execute(self, sql: str, arguments: Sequence[Any]) -> int:
         """Run one writing statement; how many rows it changed."""
-        return int(
-            await self._run(sql, lambda connection: connection.execute(sql, arguments).rowcount)
-        )
+        return int(await self._run(sql, lambda connection: self._write(connection, sql, arguments)))
+
+    def _write(self, connection: sqlite3.Connection, sql: str, arguments: Sequence[Any]) -> int:
+        """Try the statement until the write lock is free, every millisecond or two, for at
+        most ``busy_timeout``. SQLite's own busy handler sleeps ever longer between its tries
+        (up to 100 ms), so a claim behind a writer that holds the lock in short bursts (the
+        cleanup's batches, with a pause between them) slept through the gaps; Python's sqlite3
+        has no way to set a busy handler of our own, hence this loop."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = FIRST_RETRY
+        while True:
+            try:
+                return int(connection.execute(sql, arguments).rowcount)
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)  # this thread's: the event loop goes on
+            pause = min(pause * 2, LONGEST_RETRY)
 
     async def _run(self, sql: str, work: Callable[[sqlite3.Connection], Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -64,10 +85,16 @@ class SqliteFile:
         return work(connection)
 
     def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        # timeout=0: no busy handler (sqlite3's default waits 5 s in it); readers set theirs.
+        connection = sqlite3.connect(
+            self._path, timeout=0, check_same_thread=False, isolation_level=None
+        )
         if self._read_only:
+            connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             connection.execute("PRAGMA query_only=ON")
+            connection.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
+            connection.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+        # A writer waits for the lock in ``_write``, not in SQLite's busy handler.
         connection.set_trace_callback(self._trace)
         self._local.connection = connection
         with self._lock:
