@@ -296,3 +296,42 @@ async def test_a_lease_claim_gets_the_sqlite_lock_between_another_writers_bursts
         writer.join(timeout=10)
         await store.close()
     assert statistics.mean(took) < 0.06, [round(t * 1000) for t in took]
+
+
+async def test_copies_waiting_on_a_first_copy_that_was_refused_are_refused_at_once(
+    postgres_url: str,
+) -> None:
+    """The first copy of this process waited out the store's in-flight wait behind a claim held
+    elsewhere (another process's open transaction) and got RequestInFlight: the copies that
+    waited on it get the same answer then, not a fresh wait each, a pool's worth at a time."""
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    wait = timedelta(seconds=0.5)
+    database = sql_engine(postgres_url, pool_size=3, max_overflow=0)
+    table = idempotency_table(MetaData(), "refused_records")
+    store = SqlStore(database, table, in_flight_wait=wait, create_table=True)
+    await store.get("warm", "up")
+    engine = IdempotencyEngine(store)
+    other = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+    holder = other.transaction()
+    await holder.start()  # the claim, held elsewhere and never committed
+    await other.execute(
+        "INSERT INTO refused_records (webhook_type, idempotency_key, fingerprint, status, epoch,"
+        " created_at) VALUES ('orders', 'storm', 'fp-one', 'in_progress', 1, now())"
+    )
+    try:
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(engine.execute(request_of(), handle) for _ in range(20)), return_exceptions=True
+        )
+        took = time.monotonic() - started
+    finally:
+        await holder.rollback()
+        await other.close()
+        async with database.begin() as connection:
+            await connection.run_sync(table.drop)
+        await store.close()
+    assert all(isinstance(answer, StoreBusy | RequestInFlight) for answer in answers), answers
+    assert took < 3 * wait.total_seconds(), f"20 copies answered after {took:.2f} s"

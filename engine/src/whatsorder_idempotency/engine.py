@@ -21,6 +21,7 @@ from whatsorder_idempotency.decision import Pending, Replay, decide
 from whatsorder_idempotency.errors import (
     RequestInFlight,
     StoreBusy,
+    StoreUnavailable,
     TransactionConflict,
     retry_after_by_default,
 )
@@ -126,7 +127,11 @@ class IdempotencyEngine(Generic[ContextT]):
                     return watch.done(Result(answer, Outcome.REPLAYED))
                 return watch.done(await self._execute_runs(store, request, handler, watch, None))
             with self._first_copies.first(request) as first:
-                result = await self._execute_runs(store, request, handler, watch, first)
+                try:
+                    result = await self._execute_runs(store, request, handler, watch, first)
+                except (RequestInFlight, StoreBusy, StoreUnavailable) as refused:
+                    first.refused = refused  # the copies waiting are told the same
+                    raise
                 first.committed = first.stored  # committed: the copies waiting may replay it
                 return watch.done(result)
 

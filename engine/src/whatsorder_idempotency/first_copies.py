@@ -8,8 +8,11 @@ to end, holding nothing, bounded by ``in_flight_wait`` as the database's wait is
 
 - the first copy committed an answer and the copy is the same request (same fingerprint): the
   copy replays that answer, as the database would have it do, without a read of its own;
-- anything else (it failed, stored nothing, was another request): the copy runs as if it had
-  arrived alone, and the database decides (a mismatch, a take-over, a claim of its own).
+- the first copy was told the key is still in flight elsewhere, or the store is busy or
+  unavailable: so is the copy, with the same error (each copy trying the database again in
+  turn, each waiting out the same lock or pool, would answer late, past a provider's patience);
+- anything else (its handler failed, it stored nothing, it was another request): the copy runs
+  as if it had arrived alone, and the database decides (a mismatch, a take-over, a claim).
 
 Only answers committed while copies waited are handed on, then forgotten: nothing is cached.
 """
@@ -21,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from whatsorder_idempotency.errors import RequestInFlight
+from whatsorder_idempotency.errors import RequestInFlight, StoreBusy, StoreUnavailable
 from whatsorder_idempotency.record import IdempotentRequest, StoredResponse
 
 Key = tuple[str, str]
@@ -42,6 +45,7 @@ class FirstRun:
         self.loop = asyncio.get_running_loop()
         self.stored: Committed | None = None  # what its transaction will commit, if it does
         self.committed: Committed | None = None
+        self.refused: RequestInFlight | StoreBusy | StoreUnavailable | None = None
         self.ended = asyncio.Event()
 
 
@@ -85,6 +89,8 @@ async def answer_of(
         raise RequestInFlight(
             "Another request with this idempotency key is still being processed."
         ) from None
+    if run.refused is not None:
+        raise run.refused
     committed = run.committed
     if committed is None or committed.fingerprint != request.fingerprint:
         return None
