@@ -226,9 +226,8 @@ class IdempotencyEngine(Generic[ContextT]):
         )
         if not completed:  # only a lease-mode take-over can fence us out here
             raise _Discard(result.response)
-        _stored(
-            first, request, kept
-        )  # committed with the transaction, when the caller's block ends
+        # Committed with the transaction, when the caller's block ends (``execute`` hands it on).
+        _stored(first, request, kept)
         return Result(result.response, Outcome.TAKEOVER if claim.takeover else Outcome.NEW)
 
     async def _claim_in(
