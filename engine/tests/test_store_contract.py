@@ -677,3 +677,30 @@ async def test_a_paused_holder_that_wakes_after_a_take_over_cannot_overwrite_the
     final = await must_get(store, "twilio-inbound", "SM-1")
     assert final.response == OTHER  # the new holder's answer stands
     assert final.epoch == 2
+
+
+async def test_an_application_column_with_a_python_default_gets_it_on_every_claim(
+    tmp_path: Path,
+) -> None:
+    """A lease's claim runs past SQLAlchemy only where SQLAlchemy computes nothing at execution
+    (lone.py): an extra column with a Python-side default still gets its value."""
+    from sqlalchemy import Column, MetaData, String, select
+
+    from whatsorder_idempotency import SqlStore, idempotency_table, sql_engine
+
+    table = idempotency_table(
+        MetaData(), extra_columns=[Column("note", String(16), default=lambda: "by default")]
+    )
+    store = SqlStore(sql_engine(f"sqlite:///{tmp_path}/defaults.db"), table, create_table=True)
+    try:
+        claimed = await store.claim(
+            incoming(), datetime.now(UTC), timedelta(seconds=4), TTL_FOR_DEFAULTS
+        )
+        assert isinstance(claimed, Claimed)
+        async with store.engine.connect() as connection:
+            assert (await connection.execute(select(table.c.note))).scalar_one() == "by default"
+    finally:
+        await store.close()
+
+
+TTL_FOR_DEFAULTS = timedelta(hours=1)

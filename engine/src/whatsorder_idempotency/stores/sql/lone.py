@@ -87,8 +87,13 @@ class LoneStatements:
         dialect = engine.dialect
         self._table = table
         self._connection = connection
-        self._asyncpg = dialect.name == "postgresql" and dialect.driver == "asyncpg"
-        path = sqlite_file_of(engine)
+        # Python-side defaults (an application's extra column) are SQLAlchemy's to compute at
+        # each execution: such a table's statements stay with SQLAlchemy.
+        own_defaults = any(c.default is not None or c.onupdate is not None for c in table.c)
+        self._asyncpg = (
+            dialect.name == "postgresql" and dialect.driver == "asyncpg" and not own_defaults
+        )
+        path = None if own_defaults else sqlite_file_of(engine)
         self.file: SqliteFile | None = None
         if path is not None:
             self.file = SqliteFile(
