@@ -32,6 +32,7 @@ class Wire:
     trips: list[list[str]] = field(default_factory=list)
     url: str = ""
     latency: float = 0.0  # seconds the server's answers are held: a slow database, not a dead one
+    connections: int = 0  # opened through the relay, by any pool
 
     def clear(self) -> None:
         self.trips.clear()
@@ -57,6 +58,7 @@ def counting_relay(postgres_url: str) -> Iterator[Wire]:
     servers: list[asyncio.Server] = []
 
     async def serve(client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        wire.connections += 1
         try:
             server_in, server_out = await asyncio.open_connection(
                 target.host or "127.0.0.1", target.port or 5432

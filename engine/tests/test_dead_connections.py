@@ -40,6 +40,7 @@ from whatsorder_idempotency import (
 )
 from whatsorder_idempotency.record import Status, utcnow
 from whatsorder_idempotency.stores.base import Claimed
+from whatsorder_idempotency.stores.sql.driver_pool import DriverPool
 
 pytestmark = pytest.mark.postgres
 
@@ -67,20 +68,34 @@ class Seen:
     """What the store did: round trips on the wire, transactions, pings, new connections."""
 
     wire: Wire
+    pool: DriverPool  # the store's own, for statements that run alone
     begins: int = 0
     commits: int = 0
     pings: int = 0
-    connects: int = 0
-    disconnects: int = 0  # statements that failed because their connection was dead
+    invalidated: int = 0  # SQLAlchemy's connections found dead on use
+    _connections_before: int = 0
+    _found_dead_before: int = 0
 
     @property
     def statements(self) -> list[str]:
         """The SQL of each round trip that ran a statement, as the relay saw it pass."""
         return self.wire.statements
 
+    @property
+    def connects(self) -> int:
+        """New connections, by either pool (the relay sees each one open)."""
+        return self.wire.connections - self._connections_before
+
+    @property
+    def disconnects(self) -> int:
+        """Statements that failed because their connection was dead, on either pool."""
+        return self.invalidated + self.pool.found_dead - self._found_dead_before
+
     def clear(self) -> None:
         self.wire.clear()
-        self.begins = self.commits = self.pings = self.connects = self.disconnects = 0
+        self.begins = self.commits = self.pings = self.invalidated = 0
+        self._connections_before = self.wire.connections
+        self._found_dead_before = self.pool.found_dead
 
 
 @pytest.fixture
@@ -103,7 +118,7 @@ def seen(store: SqlStore, wire: Wire) -> Iterator[Seen]:
     """Round trips from the relay; transactions, connections and the pool's dead connections
     from the store's engine; the dialect's ``do_ping`` wrapped as ``bench/`` does."""
     engine = store.engine.sync_engine
-    seen = Seen(wire)
+    seen = Seen(wire, driver_pool(store))
 
     def on_begin(connection: Any) -> None:
         if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
@@ -112,19 +127,15 @@ def seen(store: SqlStore, wire: Wire) -> Iterator[Seen]:
     def on_commit(_connection: Any) -> None:
         seen.commits += 1
 
-    def on_connect(_dbapi_connection: Any, _record: Any) -> None:
-        seen.connects += 1
-
     def on_invalidate(_dbapi_connection: Any, _record: Any, error: BaseException | None) -> None:
         # A connection found dead on use (a checkout that replaces a closed one says so with
         # DisconnectionError: no statement was sent on it).
         if not isinstance(error, sa_exc.DisconnectionError):
-            seen.disconnects += 1
+            seen.invalidated += 1
 
     listeners = [
         ("begin", on_begin),
         ("commit", on_commit),
-        ("connect", on_connect),
         ("invalidate", on_invalidate),
     ]
     for name, listener in listeners:
@@ -157,14 +168,27 @@ def response() -> StoredResponse:
 
 
 async def fill_pool(store: SqlStore, size: int = 3) -> list[Any]:
-    """The pool's ``size`` connections, each used once and back in the pool: their drivers."""
+    """The ``size`` connections of each pool (SQLAlchemy's, and the store's own for statements
+    that run alone: driver_pool.py), each used once and back in its pool: their drivers."""
     connections = [await store.engine.connect() for _ in range(size)]
     drivers = []
     for connection in connections:
         await connection.exec_driver_sql("SELECT 1")
         drivers.append((await connection.get_raw_connection()).driver_connection)
         await connection.close()
+    lone = await driver_pool(store).opened()
+    proxies = [await lone.acquire() for _ in range(size)]
+    for proxy in proxies:
+        await proxy.fetchval("SELECT 1")
+        drivers.append(proxy._con)
+        await lone.release(proxy)
     return drivers
+
+
+def driver_pool(store: SqlStore) -> DriverPool:
+    pool = store._driver_pool
+    assert pool is not None and pool.size == 3, "the store's own pool is the engine's size"
+    return pool
 
 
 async def admin(postgres_url: str) -> asyncpg.Connection:

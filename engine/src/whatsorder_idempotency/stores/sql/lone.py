@@ -27,14 +27,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Integer, String, Table, bindparam, case, func, null, select, update
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import BindParameter
 
 from whatsorder_idempotency.record import IdempotentRequest, StoredResponse
-from whatsorder_idempotency.stores.sql.errors import on_the_driver
+from whatsorder_idempotency.stores.sql.driver_pool import DriverPool
 from whatsorder_idempotency.stores.sql.reads import sqlite_file_of
 from whatsorder_idempotency.stores.sql.schema import (
     KEY_COLUMN,
@@ -50,7 +49,7 @@ from whatsorder_idempotency.stores.sql.wakeups import Announcement
 # Parameters are named apart from the columns: SQLAlchemy keeps a column's own name for itself
 # in an INSERT's VALUES and an UPDATE's SET.
 _NEW = "new_"
-# The store's pooled connection for one statement; ``driver_runs_it``: no autocommit to set.
+# The store's pooled connection for one statement in autocommit.
 LoneConnection = Callable[..., AbstractAsyncContextManager[AsyncConnection]]
 
 
@@ -82,7 +81,12 @@ class LoneStatements:
     """The claim and the completion, each alone in autocommit."""
 
     def __init__(
-        self, engine: AsyncEngine, table: Table, connection: LoneConnection, busy_timeout_ms: int
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        connection: LoneConnection,
+        busy_timeout_ms: int,
+        driver_pool: DriverPool | None,
     ) -> None:
         dialect = engine.dialect
         self._table = table
@@ -90,9 +94,8 @@ class LoneStatements:
         # Python-side defaults (an application's extra column) are SQLAlchemy's to compute at
         # each execution: such a table's statements stay with SQLAlchemy.
         own_defaults = any(c.default is not None or c.onupdate is not None for c in table.c)
-        self._asyncpg = (
-            dialect.name == "postgresql" and dialect.driver == "asyncpg" and not own_defaults
-        )
+        self._driver_pool = None if own_defaults else driver_pool
+        self._asyncpg = self._driver_pool is not None
         path = None if own_defaults else sqlite_file_of(engine)
         self.file: SqliteFile | None = None
         if path is not None:
@@ -134,13 +137,13 @@ class LoneStatements:
         row = _renamed(claimed_row(request, now, lease))
         if self.file is not None:
             return await self.file.execute(self._claim.sql, self._claim.arguments(row)) == 1
-        async with self._connection(driver_runs_it=self._asyncpg) as connection:
-            if not self._asyncpg:
-                return await SqlTransaction(connection, self._table).insert_claim(
-                    request, now, lease
-                )
-            status = await _run(connection, "execute", self._claim, row)
-        return str(status).endswith(" 1")  # "INSERT 0 1": one row inserted
+        if self._driver_pool is not None:
+            status = await self._driver_pool.run(
+                "execute", self._claim.sql, *self._claim.arguments(row)
+            )
+            return str(status).endswith(" 1")  # "INSERT 0 1": one row inserted
+        async with self._connection() as connection:
+            return await SqlTransaction(connection, self._table).insert_claim(request, now, lease)
 
     async def complete(
         self,
@@ -158,35 +161,24 @@ class LoneStatements:
             return (
                 await self.file.execute(self._complete.sql, self._complete.arguments(values)) == 1
             )
-        async with self._connection(driver_runs_it=self._asyncpg) as connection:
-            if not self._asyncpg:
+        if self._driver_pool is None:
+            async with self._connection() as connection:
                 return await SqlTransaction(connection, self._table).complete(
                     request, epoch, response, {}, now, ttl, announce=said
                 )
-            if said is None:
-                status = await _run(connection, "execute", self._complete, values)
-                return str(status).endswith(" 1")  # "UPDATE 1"
-            values.update(lock=said.lock, channel=said.channel, token=said.token)
-            return len(await _run(connection, "fetch", self._complete_announced, values)) == 1
+        if said is None:
+            status = await self._driver_pool.run(
+                "execute", self._complete.sql, *self._complete.arguments(values)
+            )
+            return str(status).endswith(" 1")  # "UPDATE 1"
+        values.update(lock=said.lock, channel=said.channel, token=said.token)
+        announced = self._complete_announced
+        rows = await self._driver_pool.run("fetch", announced.sql, *announced.arguments(values))
+        return len(rows) == 1
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-
-
-async def _run(
-    connection: AsyncConnection, method: str, statement: _Compiled, values: Mapping[str, Any]
-) -> Any:
-    """Run on asyncpg's own connection; its errors as SQLAlchemy's, a dead one invalidated.
-
-    Not retried on a dead connection: once sent, whether it ran is unknown (store.py).
-    """
-    try:
-        return await on_the_driver(connection, method, statement.sql, *statement.arguments(values))
-    except sa_exc.DBAPIError as error:
-        if error.connection_invalidated:
-            await connection.invalidate(error)  # never handed out again
-        raise
 
 
 # The columns each statement writes, as the functions that give their values name them.

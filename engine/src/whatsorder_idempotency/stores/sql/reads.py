@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder_idempotency.record import IdempotencyRecord
 from whatsorder_idempotency.stores.sql.database import autocommit_options
+from whatsorder_idempotency.stores.sql.driver_pool import DriverPool
 from whatsorder_idempotency.stores.sql.errors import (
     RetryOnFreshConnection,
     connection_lost,
@@ -74,7 +75,7 @@ class PooledReads:
     def __init__(self, engine: AsyncEngine, table: Table) -> None:
         self._table = table
         self._raw = engine.dialect.driver == "asyncpg"
-        self._sql = select_sql(table, engine.dialect)
+        self.sql = select_sql(table, engine.dialect)
 
     async def read_on(
         self, connection: AsyncConnection, scope: str, key: str
@@ -83,7 +84,7 @@ class PooledReads:
         if not self._raw:
             await connection.execution_options(**autocommit_options(connection.dialect.name))
             return await SqlTransaction(connection, self._table).load(scope, key)
-        row = await on_the_driver(connection, "fetchrow", self._sql, scope, key)
+        row = await on_the_driver(connection, "fetchrow", self.sql, scope, key)
         return None if row is None else record_of(row)
 
 
@@ -121,9 +122,17 @@ class RecordReads:
     """How a store reads committed records: on a SQLite file apart from the pool, else on a
     pooled connection, which a transaction may then go on using (``on_first_use``)."""
 
-    def __init__(self, engine: AsyncEngine, table: Table, *, busy_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        *,
+        busy_timeout_ms: int,
+        driver_pool: DriverPool | None = None,
+    ) -> None:
         self._engine = engine
         self._pooled = PooledReads(engine, table)
+        self._driver_pool = driver_pool
         path = sqlite_file_of(engine)
         self._file = (
             None if path is None else SqliteFileReads(path, table, engine.dialect, busy_timeout_ms)
@@ -143,6 +152,9 @@ class RecordReads:
         """The record as last committed, read by one statement in autocommit."""
         if self._file is not None:
             return await self._file.read(scope, key)
+        if self._driver_pool is not None:
+            row = await self._driver_pool.run("fetchrow", self._pooled.sql, scope, key, again=True)
+            return None if row is None else record_of(row)
         async with self.on_first_use(scope, key) as (_connection, found):
             return found
 

@@ -32,6 +32,7 @@ from whatsorder_idempotency.stores.sql.database import (
     lock_wait_left,
     transactional_options,
 )
+from whatsorder_idempotency.stores.sql.driver_pool import DriverPool
 from whatsorder_idempotency.stores.sql.errors import (
     RetryOnFreshConnection,
     connection_lost,
@@ -77,10 +78,20 @@ class SqlStore:
             else None
         )
         self.wakeups: Wakeups | None = None if self._announcer is None else self._announcer.wakeups
+        # Statements that run alone take asyncpg's connections of their own (driver_pool.py).
+        self._driver_pool = (
+            DriverPool(engine, on_connection_lost=engine.dispose)
+            if self.kind == "postgresql" and engine.dialect.driver == "asyncpg"
+            else None
+        )
         # Replays are read by the driver itself (reads.py): on a SQLite file, apart from the pool.
-        self._reads = RecordReads(engine, table, busy_timeout_ms=self._lock_timeout_ms)
+        self._reads = RecordReads(
+            engine, table, busy_timeout_ms=self._lock_timeout_ms, driver_pool=self._driver_pool
+        )
         # …and so are a new key's claim and its completion (lone.py).
-        self._lone = LoneStatements(engine, table, self._lone_statement, self._lock_timeout_ms)
+        self._lone = LoneStatements(
+            engine, table, self._lone_statement, self._lock_timeout_ms, self._driver_pool
+        )
 
     async def _ensure_table(self) -> None:
         if self._table_ready:
@@ -154,6 +165,19 @@ class SqlStore:
                     yield transaction
             return
         asked = time.monotonic()
+        if self._driver_pool is not None:  # the read on the store's own pool (driver_pool.py)
+            found = await self._peek(scope, key)
+            if found is not None and found.status is Status.COMPLETED:
+                yield found
+                return
+            with store_errors():
+                async with self.engine.connect() as connection, connection.begin():
+                    yield SqlTransaction(
+                        connection,
+                        self.table,
+                        lock_timeout_ms=lock_wait_left(asked, self._lock_timeout_ms),
+                    )
+            return
         with store_errors():
             async with self._reads.on_first_use(scope, key) as (connection, found):
                 if found is not None and found.status is Status.COMPLETED:
@@ -215,9 +239,7 @@ class SqlStore:
             return await changed(connection, statement, self.table, said)
 
     @asynccontextmanager
-    async def _lone_statement(
-        self, *, driver_runs_it: bool = False
-    ) -> AsyncIterator[AsyncConnection]:
+    async def _lone_statement(self) -> AsyncIterator[AsyncConnection]:
         """A connection for one statement, committed by itself (autocommit).
 
         A new key's claim and the holder's steps (renew, complete, release: compare-and-set
@@ -230,8 +252,7 @@ class SqlStore:
         await self._ensure_table()
         with store_errors():
             async with self.engine.connect() as connection:
-                if not driver_runs_it:  # asyncpg outside a transaction is autocommit already
-                    await connection.execution_options(**autocommit_options(self.kind))
+                await connection.execution_options(**autocommit_options(self.kind))
                 yield connection
 
     async def share_transaction(self) -> SharedTransaction:
@@ -244,6 +265,8 @@ class SqlStore:
             await self.wakeups.close()
         await self._reads.close()
         await asyncio.to_thread(self._lone.close)
+        if self._driver_pool is not None:
+            await self._driver_pool.close()
         await self.engine.dispose()
 
     @asynccontextmanager
