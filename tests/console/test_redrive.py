@@ -192,14 +192,39 @@ async def test_a_dead_letter_whose_cause_remains_fails_again_and_stays_redrivabl
     assert await count(db, orders) == 0
 
 
-async def test_an_unreadable_delivery_is_rejected_again(app: FastAPI, db: AsyncEngine) -> None:
+UNREADABLE = {
+    "a delivery that is not JSON": (b'{"entry": [ not json', "The body is not JSON."),
+    "a message without an id": (
+        meta_delivery([{**meta_text_message("ORDER 1 x ATTA-5KG"), "id": None}]),
+        "A message id is missing.",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+async def test_what_today_still_cannot_read_is_rejected_again(
+    app: FastAPI, db: AsyncEngine, case: str
+) -> None:
+    body, reason = UNREADABLE[case]
     async with signed_in(app, None) as http:
-        await deliver(http, b'{"entry": [ not json')
+        await deliver(http, body)
     [letter] = await letters(db)
     async with signed_in(app, "asha") as http:
         answer = await press(http, letter["id"])
-    assert "rejected again: The body is not JSON." in answer.text
-    assert (await letters(db))[0]["redrive_state"] == "failed"
+    assert f"rejected again: {reason}" in answer.text
+    assert [row["redrive_state"] for row in await letters(db)] == ["failed"]
+    assert await count(db, orders) == 0
+
+
+@pytest.mark.parametrize("letter_id", ["404", "-1", str(2**70)])
+async def test_a_dead_letter_that_does_not_exist_is_404(app: FastAPI, letter_id: str) -> None:
+    async with signed_in(app, "asha") as http:
+        page = await http.get("/console/dead-letters")
+        answer = await http.post(
+            f"/console/dead-letters/{letter_id}/redrive", data={"csrf_token": csrf_of(page)}
+        )
+    assert answer.status_code == 404
+    assert f"There is no dead letter {letter_id}." in answer.text
 
 
 async def test_two_operators_pressing_at_the_same_instant_make_one_order(

@@ -9,7 +9,7 @@ claim and the outcome) counts as failed after `STALE_AFTER`, so the row can be r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
@@ -18,10 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from whatsorder.clock import as_utc, utcnow
 from whatsorder.db import operators as operator_rows
 from whatsorder.db.tables import dead_letters
+from whatsorder.redrives import (
+    STALE_AFTER,
+    Filters,
+    NoSuchDeadLetter,
+    RedriveRefused,
+    no_payload_reason,
+)
 
-STALE_AFTER = timedelta(minutes=5)
+MAX_ID = 2**63 - 1  # dead_letters.id, a BIGINT on PostgreSQL
 MAX_RESULT_CHARS = 500  # dead_letters.redrive_result
-STATES = ("never", "running", "done", "failed")
 
 # What the console lists: everything but the payload, and whether there is one.
 _LISTED = (
@@ -39,35 +45,6 @@ _LISTED = (
 
 
 @dataclass(frozen=True, slots=True)
-class Filters:
-    """Which dead letters an operator asked for; dates are UTC days, both included."""
-
-    provider: str | None = None
-    reason: str | None = None
-    received_from: date | None = None
-    received_to: date | None = None
-    state: str | None = None  # one of STATES
-
-    def conditions(self) -> list[ColumnElement[bool]]:
-        found: list[ColumnElement[bool]] = []
-        if self.provider:
-            found.append(dead_letters.c.provider == self.provider)
-        if self.reason:
-            found.append(dead_letters.c.reason.ilike(f"%{self.reason}%"))
-        if self.received_from:
-            start = datetime.combine(self.received_from, time.min)
-            found.append(dead_letters.c.received_at >= as_utc(start))
-        if self.received_to:
-            end = datetime.combine(self.received_to + timedelta(days=1), time.min)
-            found.append(dead_letters.c.received_at < as_utc(end))
-        if self.state == "never":
-            found.append(dead_letters.c.redrive_state.is_(None))
-        elif self.state:
-            found.append(dead_letters.c.redrive_state == self.state)
-        return found
-
-
-@dataclass(frozen=True, slots=True)
 class Claim:
     """A dead letter taken for a re-drive: what to process, and who took it when."""
 
@@ -78,8 +55,23 @@ class Claim:
     claimed_at: datetime
 
 
-class RedriveRefused(Exception):
-    """This dead letter cannot be re-driven now; the message says why, for the operator."""
+def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
+    found: list[ColumnElement[bool]] = []
+    if filters.provider:
+        found.append(dead_letters.c.provider == filters.provider)
+    if filters.reason:
+        found.append(dead_letters.c.reason.ilike(f"%{filters.reason}%"))
+    if filters.received_from:
+        start = datetime.combine(filters.received_from, time.min)
+        found.append(dead_letters.c.received_at >= as_utc(start))
+    if filters.received_to:
+        end = datetime.combine(filters.received_to + timedelta(days=1), time.min)
+        found.append(dead_letters.c.received_at < as_utc(end))
+    if filters.state == "never":
+        found.append(dead_letters.c.redrive_state.is_(None))
+    elif filters.state:
+        found.append(dead_letters.c.redrive_state == filters.state)
+    return found
 
 
 def _redrivable(now: datetime) -> ColumnElement[bool]:
@@ -105,7 +97,7 @@ class DeadLetterRedrives:
         self, filters: Filters, now: datetime, *, limit: int, redrivable_only: bool = False
     ) -> tuple[list[dict[str, Any]], int]:
         """Up to ``limit`` matching dead letters, oldest first, and how many match in all."""
-        conditions = filters.conditions()
+        conditions = _conditions(filters)
         if redrivable_only:
             conditions.append(_redrivable(now))
         listing = select(*_LISTED).where(*conditions).order_by(dead_letters.c.id).limit(limit)
@@ -119,6 +111,8 @@ class DeadLetterRedrives:
 
     async def claim(self, letter_id: int, operator: str, now: datetime) -> Claim:
         """Take this dead letter for a re-drive, or say why not (`RedriveRefused`)."""
+        if not 1 <= letter_id <= MAX_ID:
+            raise NoSuchDeadLetter(f"There is no dead letter {letter_id}.")
         async with self._database.begin() as connection:
             taken = await connection.execute(
                 update(dead_letters)
@@ -136,7 +130,7 @@ class DeadLetterRedrives:
                 )
             ).first()
         if row is None:
-            raise RedriveRefused(f"There is no dead letter {letter_id}.")
+            raise NoSuchDeadLetter(f"There is no dead letter {letter_id}.")
         if taken.rowcount != 1:
             raise RedriveRefused(_why_not(dict(row._mapping)))
         return Claim(letter_id, str(row.delivery_key), str(row.payload), operator, now)
@@ -213,14 +207,3 @@ def _why_not(row: dict[str, Any]) -> str:
     if not row["has_payload"]:
         return f"{name} cannot be re-driven: {no_payload_reason(row)}"
     return f"{name} cannot be re-driven now; reload the page to see its state."
-
-
-def no_payload_reason(row: dict[str, Any]) -> str:
-    """Why a dead letter has nothing to re-drive."""
-    if row["redrive_state"] == "done":
-        return "it was re-driven (its content is not kept after that)."
-    return (
-        "its content is not kept: it was received before re-drives existed, its content was "
-        "deleted after the retention period (WHATSORDER_DEAD_LETTER_PAYLOAD_DAYS), or it was "
-        "not text that could be processed."
-    )

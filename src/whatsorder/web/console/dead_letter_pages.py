@@ -14,7 +14,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 
 from whatsorder.clock import utcnow
-from whatsorder.db.dead_letter_redrives import STATES, Filters, RedriveRefused, no_payload_reason
+from whatsorder.redrives import (
+    STATES,
+    Filters,
+    NoSuchDeadLetter,
+    RedriveRefused,
+    no_payload_reason,
+)
 from whatsorder.web.console.rendering import may_change, render, signed_in
 from whatsorder.web.console.sessions import Operator
 from whatsorder.web.guards import client_ip
@@ -99,7 +105,8 @@ async def redrive_one(request: Request, letter_id: int, operator: SignedIn) -> R
     try:
         outcome = await redrive(runtime, letter_id, operator.name, address)
     except RedriveRefused as refused:
-        return await _page(request, operator, problem=str(refused), status=409)
+        status = 404 if isinstance(refused, NoSuchDeadLetter) else 409
+        return await _page(request, operator, problem=str(refused), status=status)
     state = "re-driven" if outcome.done else "re-driven but not processed"
     return await _page(
         request, operator, notice=f"Dead letter {letter_id} {state}: {outcome.result}."
