@@ -96,11 +96,14 @@ class DeadLetterRedrives:
     async def listing(
         self, filters: Filters, now: datetime, *, limit: int, redrivable_only: bool = False
     ) -> tuple[list[dict[str, Any]], int]:
-        """Up to ``limit`` matching dead letters, oldest first, and how many match in all."""
+        """Up to ``limit`` matching dead letters and how many match in all: newest first, or
+        (``redrivable_only``, a batch's preview) oldest first, the order they are re-driven."""
         conditions = _conditions(filters)
+        order = dead_letters.c.id.desc()
         if redrivable_only:
             conditions.append(_redrivable(now))
-        listing = select(*_LISTED).where(*conditions).order_by(dead_letters.c.id).limit(limit)
+            order = dead_letters.c.id.asc()
+        listing = select(*_LISTED).where(*conditions).order_by(order).limit(limit)
         counting = select(func.count()).select_from(dead_letters).where(*conditions)
         async with self._database.connect() as connection:
             rows = [dict(row._mapping) for row in await connection.execute(listing)]
