@@ -422,3 +422,38 @@ async def test_the_cleanup_drops_payloads_past_their_retention(
         refused = await press(http, kept[0]["id"])
     assert refused.status_code == 409
     assert "its content is not kept" in refused.text
+
+
+async def test_a_redrive_and_metas_own_retry_at_the_same_instant_make_one_order(
+    app: FastAPI, db: AsyncEngine
+) -> None:
+    body = await kept_order(app, db)
+    [letter] = await letters(db)
+    async with signed_in(app, "asha") as http, signed_in(app, None) as meta:
+        page = await http.get("/console/dead-letters")
+        redriven, retried = await asyncio.gather(
+            http.post(
+                f"/console/dead-letters/{letter['id']}/redrive", data={"csrf_token": csrf_of(page)}
+            ),
+            meta.post(META_PATH, content=body, headers=meta_headers(body)),
+        )
+    assert redriven.status_code == 200, redriven.text
+    assert retried.status_code in {200, 503}, retried.text  # 503: in flight, Meta retries
+    assert await count(db, orders) == 1
+    [after] = await letters(db)
+    assert after["redrive_state"] in {"done", "failed"}
+    if after["redrive_state"] == "done":  # it ran, or found the retry's order and replayed it
+        assert "ORD-000001" in after["redrive_result"]
+
+
+async def test_a_redrive_after_metas_own_retry_placed_the_order_replays_it(
+    app: FastAPI, db: AsyncEngine
+) -> None:
+    body = await kept_order(app, db)
+    [letter] = await letters(db)
+    async with signed_in(app, None) as meta:
+        assert (await deliver(meta, body))["dead_lettered"] == 0  # Meta's retry: the order
+    async with signed_in(app, "asha") as http:
+        answer = await press(http, letter["id"])
+    assert "re-driven: already processed: replayed order ORD-000001." in answer.text
+    assert await count(db, orders) == 1
