@@ -215,7 +215,8 @@ class DeliveryItems:
 
 
 def _text(delivery: bytes | None) -> str | None:
-    """The delivery as text to keep; None when it is not UTF-8 (it never parses anyway)."""
+    """The delivery as text to keep; None when it is not UTF-8, as text it could not be given
+    back byte for byte (such a dead letter says it cannot be re-driven)."""
     if delivery is None:
         return None
     try:

@@ -83,7 +83,6 @@ async def _page(
         "letters": rows,
         "total": total,
         "filters": filters,
-        "query": request.url.query,
         "states": STATES,
         "providers": PROVIDERS,
         "notice": notice,
