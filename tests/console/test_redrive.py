@@ -259,6 +259,9 @@ async def test_a_viewer_and_a_form_without_its_csrf_token_are_refused(
     async with signed_in(app, "vik") as viewer:
         page = await viewer.get("/console/dead-letters")
         assert f"Re-drive {letter['id']}" not in page.text  # no button for a viewer
+        preview = await viewer.get("/console/dead-letters/preview")
+        assert "These 1 will be re-driven." in preview.text
+        assert "Re-drive these" not in preview.text  # and no confirm form
         refused = await viewer.post(
             f"/console/dead-letters/{letter['id']}/redrive", data={"csrf_token": csrf_of(page)}
         )
