@@ -254,7 +254,13 @@ class InMemoryDeadLetters:
         self._books = books
 
     async def add(
-        self, provider: str, delivery_key: str, reason: str, body: str, now: datetime
+        self,
+        provider: str,
+        delivery_key: str,
+        reason: str,
+        body: str,
+        now: datetime,
+        payload: str | None = None,
     ) -> bool:
         return _add_once(self._books.dead_letters, (provider, delivery_key), (reason, body))
 

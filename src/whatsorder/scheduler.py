@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder import observability
 from whatsorder.clock import as_utc, utcnow
+from whatsorder.db.dead_letter_redrives import DeadLetterRedrives
 from whatsorder.db.tables import idempotency_cleanup_runs, webhook_idempotency
 from whatsorder.settings import Settings
 from whatsorder_idempotency import SqlStore
@@ -66,6 +67,7 @@ class CleanupRun:
     outcome: str  # completed, stopped, skipped, failed
     detail: str | None = None
     dry_run: bool = False
+    payloads_cleared: int = 0  # dead letters' re-drive payloads past their retention
 
 
 async def run_cleanup(
@@ -77,8 +79,12 @@ async def run_cleanup(
     stop: asyncio.Event | None = None,
     on_batch: Callable[[int], None] | None = None,
     clock: Clock = utcnow,
+    payload_days: int | None = None,
 ) -> CleanupRun:
     """Clean whatsorder's idempotency table once and record the run; never raises for a failure.
+
+    With ``payload_days``, the dead letters received longer ago lose their re-drive payload
+    (the unredacted delivery; ``WHATSORDER_DEAD_LETTER_PAYLOAD_DAYS``).
 
     A failed run comes back (and is recorded) with outcome ``failed``, the error's class in
     ``detail`` and, as ``rows_deleted``, the rows its finished batches had removed.
@@ -103,6 +109,11 @@ async def run_cleanup(
             stop=stop,
             on_batch=batch_done,
         )
+        cleared = 0
+        if payload_days is not None and not dry_run:
+            cleared = await DeadLetterRedrives(database).clear_expired_payloads(
+                started_at - timedelta(days=payload_days)
+            )
         run = CleanupRun(
             trigger,
             started_at,
@@ -114,6 +125,7 @@ async def run_cleanup(
             report.outcome,
             report.detail,
             dry_run,
+            cleared,
         )
     except Exception as error:
         log.error(
@@ -179,8 +191,10 @@ class CleanupScheduler:
         clock: Clock = utcnow,
         poll_seconds: float = 60.0,
         stop_timeout: timedelta = timedelta(seconds=10),
+        payload_days: int | None = None,
     ) -> None:
         self._database = database
+        self._payload_days = payload_days
         self._next_run = next_run
         self._batch_size = batch_size
         self._clock = clock
@@ -198,6 +212,7 @@ class CleanupScheduler:
             database,
             cron_schedule(settings.cleanup_schedule),
             batch_size=settings.cleanup_batch_size,
+            payload_days=settings.dead_letter_payload_days,
         )
 
     def start(self) -> None:
@@ -228,6 +243,7 @@ class CleanupScheduler:
                     batch_size=self._batch_size,
                     stop=self._stop,
                     clock=self._clock,
+                    payload_days=self._payload_days,
                 )
             except Exception as error:
                 log.error(

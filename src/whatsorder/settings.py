@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     store_request_bodies: bool = False
     cleanup_schedule: str = "0 * * * *"  # cron, in UTC; empty disables
     cleanup_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    # A dead letter keeps the delivery it came in (unredacted, never shown) so an operator can
+    # re-drive it; the cleanup drops it after this many days (and a done re-drive at once).
+    dead_letter_payload_days: int = Field(default=30, ge=1, le=3650)
 
     rate_limit_per_sender: str = "60/minute"
     rate_limit_per_ip: str = "1200/minute"

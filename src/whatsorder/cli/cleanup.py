@@ -35,7 +35,12 @@ def cleanup(dry_run: bool, batch_size: int | None) -> None:
     """
     settings = Settings()
     run = asyncio.run(
-        _cleanup(settings.database_url, batch_size or settings.cleanup_batch_size, dry_run)
+        _cleanup(
+            settings.database_url,
+            batch_size or settings.cleanup_batch_size,
+            dry_run,
+            settings.dead_letter_payload_days,
+        )
     )
     seconds = f"{run.seconds:.2f} s"
     if run.outcome == "failed":
@@ -51,13 +56,14 @@ def cleanup(dry_run: bool, batch_size: int | None) -> None:
     else:
         click.echo(
             f"cleanup {run.outcome}: {run.rows_deleted} expired rows deleted, "
-            f"{run.stale_removed} stale claims removed in {seconds} ({run.batches} batches)"
+            f"{run.stale_removed} stale claims removed in {seconds} ({run.batches} batches); "
+            f"{run.payloads_cleared} dead letters' re-drive payloads past their retention dropped"
         )
         if run.outcome == "stopped":
             click.echo("stopped before the end: run it again to finish")
 
 
-async def _cleanup(url: str, batch_size: int, dry_run: bool) -> CleanupRun:
+async def _cleanup(url: str, batch_size: int, dry_run: bool, payload_days: int) -> CleanupRun:
     """A dry run first (it sizes the progress); then, unless only that was asked, the real run."""
     from whatsorder.scheduler import run_cleanup
 
@@ -67,7 +73,12 @@ async def _cleanup(url: str, batch_size: int, dry_run: bool) -> CleanupRun:
             return estimate
         with _stopped_by_signals() as stop, _progress(estimate) as on_batch:
             return await run_cleanup(
-                engine, trigger="cli", batch_size=batch_size, stop=stop, on_batch=on_batch
+                engine,
+                trigger="cli",
+                batch_size=batch_size,
+                stop=stop,
+                on_batch=on_batch,
+                payload_days=payload_days,
             )
 
     return await with_engine(url, estimate_then_delete)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from whatsorder.clock import utcnow
 from whatsorder.db import operators as operator_rows
 from whatsorder.db.tables import (
+    dead_letters,
     inbound_deliveries,
     ledger_entries,
     order_items,
@@ -24,6 +25,7 @@ from whatsorder.operators import StaleEdit
 from whatsorder.ordering.model import order_id_from_number, order_number
 
 PAGE_SIZE = 50
+DEAD_LETTER_TYPE = "meta_dead_letter"  # whatsorder.providers.meta.WEBHOOK_TYPE_DEAD_LETTER
 
 
 class ConsoleQueries:
@@ -192,6 +194,12 @@ class ConsoleQueries:
             records,
             (records.c.webhook_type == inbound_deliveries.c.webhook_type)
             & (records.c.idempotency_key == inbound_deliveries.c.idempotency_key),
+        ).outerjoin(
+            # A dead letter's delivery is keyed by the row's own key: its re-drive, if any.
+            dead_letters,
+            (inbound_deliveries.c.webhook_type == DEAD_LETTER_TYPE)
+            & (dead_letters.c.provider == "meta")
+            & (dead_letters.c.delivery_key == inbound_deliveries.c.idempotency_key),
         )
         listing = (
             select(
@@ -199,6 +207,9 @@ class ConsoleQueries:
                 records.c.order_id,
                 records.c.response_status,
                 records.c.response_body,
+                dead_letters.c.id.label("dead_letter_id"),
+                dead_letters.c.redrive_state,
+                dead_letters.c.redrive_result,
             )
             .select_from(joined)
             .where(*conditions)

@@ -26,10 +26,17 @@ class DeadLetterRepository:
         self._connection = connection
 
     async def add(
-        self, provider: str, delivery_key: str, reason: str, body: str, now: datetime
+        self,
+        provider: str,
+        delivery_key: str,
+        reason: str,
+        body: str,
+        now: datetime,
+        payload: str | None = None,
     ) -> bool:
         """Keep ``body`` (already redacted by the caller) with why it could not be processed,
         unless this provider's ``delivery_key`` was kept before. True if a row was added.
+        ``payload``, the delivery unredacted for a re-drive, is never shown.
 
         ``INSERT … ON CONFLICT DO NOTHING`` rather than check-then-insert: two copies racing
         find one row, and on PostgreSQL the second waits for the first to commit.
@@ -44,6 +51,8 @@ class DeadLetterRepository:
                 # The reason may quote the payload; PostgreSQL text cannot hold NUL.
                 reason=reason.replace("\x00", "\ufffd")[:MAX_REASON_CHARS],
                 body=body.replace("\x00", "\ufffd"),
+                # A payload with NUL could only be kept altered: kept none, as not re-drivable.
+                payload=None if payload is None or "\x00" in payload else payload,
                 received_at=now,
             )
             .on_conflict_do_nothing(index_elements=["provider", "delivery_key"])

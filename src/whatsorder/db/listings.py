@@ -44,7 +44,16 @@ async def recent_orders(connection: AsyncConnection, limit: int = 50) -> list[di
 async def recent_dead_letters(connection: AsyncConnection, limit: int = 50) -> list[dict[str, Any]]:
     """Signed deliveries that could not be processed, newest first (bodies already redacted)."""
     rows = await connection.execute(
-        select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+        # Never the payload (the unredacted delivery a re-drive needs).
+        select(
+            dead_letters.c.id,
+            dead_letters.c.provider,
+            dead_letters.c.reason,
+            dead_letters.c.received_at,
+            dead_letters.c.body,
+        )
+        .order_by(dead_letters.c.id.desc())
+        .limit(limit)
     )
     return [
         {

@@ -189,6 +189,14 @@ dead_letters = Table(
     # A business key that outlives the idempotency record (Meta: the hash of what was kept), so
     # a redelivery after the record expired stores no second copy. NULL on rows from before it.
     Column("delivery_key", String(255)),
+    # The signed delivery as received, for a re-drive (web/redrive.py): never shown or logged,
+    # cleared once re-driven and after WHATSORDER_DEAD_LETTER_PAYLOAD_DAYS. NULL before 0006.
+    Column("payload", Text),
+    # The last re-drive: NULL (never), running, done or failed; when, by whom, what it did.
+    Column("redrive_state", String(16)),
+    Column("redriven_at", DateTime(timezone=True)),
+    Column("redriven_by", String(64)),
+    Column("redrive_result", String(500)),
     Index("uq_dead_letters_provider_delivery_key", "provider", "delivery_key", unique=True),
 )
 

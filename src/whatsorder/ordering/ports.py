@@ -130,9 +130,16 @@ class DeadLetterRepository(Protocol):
     """Deliveries (or parts of them) that cannot be processed, kept to inspect."""
 
     async def add(
-        self, provider: str, delivery_key: str, reason: str, body: str, now: datetime
+        self,
+        provider: str,
+        delivery_key: str,
+        reason: str,
+        body: str,
+        now: datetime,
+        payload: str | None = None,
     ) -> bool:
-        """Keep ``body`` unless this provider's ``delivery_key`` was kept; True if added."""
+        """Keep ``body`` unless this provider's ``delivery_key`` was kept; True if added.
+        ``payload``: what a re-drive would process again (never shown), if it can be kept."""
         ...
 
 

@@ -106,7 +106,7 @@ async def receive_delivery(request: Request) -> Response:
     runtime = runtime_of(request)
     incoming = await webhooks.receive(request, runtime, META, PATH)
     body = incoming.body
-    batch = DeliveryItems(runtime, incoming.source_ip, PATH)
+    batch = DeliveryItems(runtime, incoming.source_ip, PATH, body)
     try:
         delivery = meta.parse_delivery(body)
     except meta.MalformedWebhook as error:

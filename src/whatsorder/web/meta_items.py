@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,6 +30,7 @@ from whatsorder_idempotency import (
     HandlerResult,
     IdempotentRequest,
     RequestInFlight,
+    Result,
     StoreBusy,
     StoreUnavailable,
     fingerprint,
@@ -39,37 +41,50 @@ log = logging.getLogger("whatsorder.web.meta")
 _TRANSIENT = (StoreBusy, StoreUnavailable, RequestInFlight)
 
 
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """How the engine answered one message, and the order it created (None if it did not)."""
+
+    result: Result
+    created_order: int | None
+
+
 class DeliveryItems:
     """One delivery's items, each processed once under its own key, and how that went.
 
     ``path`` is the route's: each item's fingerprint covers it, as a request's would.
+    ``delivery`` is the signed body as received: kept with each dead letter it leaves, so an
+    operator can re-drive it (`whatsorder.web.redrive`) once what stopped it is fixed.
     """
 
-    def __init__(self, runtime: Runtime, source_ip: str, path: str) -> None:
+    def __init__(
+        self, runtime: Runtime, source_ip: str, path: str, delivery: bytes | None = None
+    ) -> None:
         self.runtime = runtime
         self.source_ip = source_ip
         self.path = path
+        self.delivery = delivery
         self.dead_lettered = 0
         self.unfinished = 0
         self.broken = False  # an unexpected error, not just a busy or unreachable store
         self.retry_after = 1
 
     async def settle(
-        self, step: Callable[[], Awaitable[None]], fragment: bytes, items: int = 1
+        self, step: Callable[[], Awaitable[object]], fragment: bytes, items: int = 1
     ) -> None:
         """Run one step (of ``items`` items); one that cannot be processed becomes a dead
         letter, one that failed for now is counted so the delivery answers 503 (and its
         siblings still run)."""
-        reason = await self._attempt(step, items)
+        reason = await self.attempt(step, items)
         if reason is not None:
             await self.keep(reason, fragment)
 
     async def keep(self, reason: str, fragment: bytes) -> None:
         """A part that cannot be processed: kept as a dead letter, answered 200."""
         self.dead_lettered += 1
-        await self._attempt(partial(self.dead_letter, reason, fragment))
+        await self.attempt(partial(self.dead_letter, reason, fragment))
 
-    async def _attempt(self, step: Callable[[], Awaitable[None]], items: int = 1) -> str | None:
+    async def attempt(self, step: Callable[[], Awaitable[object]], items: int = 1) -> str | None:
         """Run ``step``; why it cannot ever be processed, or None (done, or retry later)."""
         try:
             await step()
@@ -116,10 +131,11 @@ class DeliveryItems:
             lambda: meta.redacted(canonical),
         )
 
-    async def process_message(self, message: meta.MetaMessage) -> None:
-        """The message's effects — retailer, order, reply in the outbox — once per wamid."""
+    async def process_message(self, message: meta.MetaMessage) -> Processed | None:
+        """The message's effects — retailer, order, reply in the outbox — once per wamid;
+        None for a message that asks nothing (a reaction)."""
         if message.silent:
-            return
+            return None
         runtime = self.runtime
         created: int | None = None
         inbound = message.inbound()
@@ -162,6 +178,7 @@ class DeliveryItems:
         request = self._request(meta.WEBHOOK_TYPE_MESSAGE, message.key, message.canonical)
         result = await runtime.idempotency.execute(request, handle)
         webhooks.count_created_order(meta.SOURCE, created, result)
+        return Processed(result, created)
 
     async def process_statuses(self, chunk: meta_statuses.Chunk, content: bytes) -> None:
         """Record the sent messages' states of ``chunk`` in one transaction; none moves back."""
@@ -176,15 +193,33 @@ class DeliveryItems:
 
     async def dead_letter(self, reason: str, content: bytes) -> None:
         """Keep ``content`` (redacted) once, keyed by its hash: a redelivery adds no copy,
-        even after its idempotency record expired (the hash is the row's business key too)."""
+        even after its idempotency record expired (the hash is the row's business key too).
+        The delivery it came in is kept beside it, unredacted and never shown, to re-drive."""
         key = hashlib.sha256(content).hexdigest()
 
         async def handle(connection: AsyncConnection) -> HandlerResult:
             body = meta.redacted(content)
             await services.keep_dead_letter(
-                self.runtime.unit_of_work(connection), meta.SOURCE, key, reason, body, utcnow()
+                self.runtime.unit_of_work(connection),
+                meta.SOURCE,
+                key,
+                reason,
+                body,
+                utcnow(),
+                _text(self.delivery),
             )
             return HandlerResult(json_stored({"dead_letter": True}))
 
         request = self._request(meta.WEBHOOK_TYPE_DEAD_LETTER, key, content)
         await self.runtime.idempotency.execute(request, handle)
+
+
+def _text(delivery: bytes | None) -> str | None:
+    """The delivery as text to keep; None when it is not UTF-8, as text it could not be given
+    back byte for byte (such a dead letter says it cannot be re-driven)."""
+    if delivery is None:
+        return None
+    try:
+        return delivery.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

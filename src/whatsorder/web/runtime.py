@@ -15,6 +15,7 @@ from whatsorder.db import migrate, reports
 from whatsorder.db.console_health import ConsoleHealth
 from whatsorder.db.console_money import ConsoleMoney
 from whatsorder.db.console_queries import ConsoleQueries
+from whatsorder.db.dead_letter_redrives import DeadLetterRedrives
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import webhook_idempotency
 from whatsorder.db.uow import SqlUnitOfWork
@@ -39,6 +40,7 @@ class Runtime:
     inbox: DeliveryLog
     console_money: ConsoleMoney
     console_health: ConsoleHealth
+    dead_letter_redrives: DeadLetterRedrives
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -70,6 +72,7 @@ class Runtime:
             inbox,
             ConsoleMoney(database),
             ConsoleHealth(database),
+            DeadLetterRedrives(database),
         )
 
     def unit_of_work(self, connection: AsyncConnection) -> UnitOfWork:

@@ -40,11 +40,18 @@ async def queue_reply(
 
 
 async def keep_dead_letter(
-    uow: UnitOfWork, provider: str, delivery_key: str, reason: str, body: str, now: datetime
+    uow: UnitOfWork,
+    provider: str,
+    delivery_key: str,
+    reason: str,
+    body: str,
+    now: datetime,
+    payload: str | None = None,
 ) -> bool:
     """Keep ``body`` (already redacted) with why it could not be processed, once per
-    ``(provider, delivery_key)``; True if it was new. The provider is still answered 200."""
+    ``(provider, delivery_key)``; True if it was new. The provider is still answered 200.
+    ``payload`` (unredacted, never shown) is what an operator's re-drive processes again."""
     async with uow:
-        added = await uow.dead_letters.add(provider, delivery_key, reason, body, now)
+        added = await uow.dead_letters.add(provider, delivery_key, reason, body, now, payload)
         await uow.commit()
     return added

@@ -18,7 +18,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whatsorder.settings import secret
-from whatsorder.web.console import health_pages, pages
+from whatsorder.web.console import dead_letter_pages, health_pages, pages
 from whatsorder.web.console.rendering import NotAllowed, SignInRequired, render
 from whatsorder.web.runtime import Runtime
 
@@ -45,6 +45,7 @@ def build_console(runtime: Runtime) -> ASGIApp:
     console.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     console.include_router(pages.router)
     console.include_router(health_pages.router)
+    console.include_router(dead_letter_pages.router)
 
     @console.exception_handler(SignInRequired)
     async def sign_in_first(request: Request, _error: SignInRequired) -> Response:
