@@ -54,13 +54,27 @@ class ConsoleQueries:
             )
 
     async def orders(
-        self, *, status: str | None, search: str | None, page: int
+        self,
+        *,
+        status: str | None = None,
+        retailer_id: int | None = None,
+        search: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        page: int = 1,
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of orders, newest first, and how many match in all. ``search``: an order
-        number, the last digits of a phone number, or part of a retailer's name."""
+        number, the last digits of a phone number, or part of a retailer's name; ``since`` and
+        ``before``: placed at or after, and before, these moments."""
         conditions = []
         if status:
             conditions.append(orders.c.status == status)
+        if retailer_id is not None:
+            conditions.append(orders.c.retailer_id == retailer_id)
+        if since is not None:
+            conditions.append(orders.c.created_at >= since)
+        if before is not None:
+            conditions.append(orders.c.created_at < before)
         if search:
             term = search.strip()
             number = order_id_from_number(term.upper()) if term.upper().startswith("ORD-") else None
@@ -91,6 +105,14 @@ class ConsoleQueries:
         for row in rows:
             row["number"] = order_number(row["id"])
         return rows, total
+
+    async def retailer_names(self) -> list[dict[str, Any]]:
+        """Every retailer's id and name, by name: the orders list's retailer filter."""
+        statement = select(retailers.c.id, retailers.c.name).order_by(
+            retailers.c.name, retailers.c.id
+        )
+        async with self._database.connect() as connection:
+            return [dict(row._mapping) for row in await connection.execute(statement)]
 
     async def products(self) -> list[dict[str, Any]]:
         async with self._database.connect() as connection:
