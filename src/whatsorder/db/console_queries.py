@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder.clock import utcnow
 from whatsorder.db import operators as operator_rows
+from whatsorder.db.console_replies import order_replies
 from whatsorder.db.tables import (
     inbound_deliveries,
     ledger_entries,
@@ -158,7 +159,8 @@ class ConsoleQueries:
             )
 
     async def order_detail(self, number: str) -> dict[str, Any] | None:
-        """An order with its lines, ledger entries, payments and every delivery that touched it."""
+        """An order with its lines, ledger entries, payments, every delivery that touched it and
+        the replies sent about it."""
         order_id = order_id_from_number(number)
         if order_id is None:
             return None
@@ -198,6 +200,9 @@ class ConsoleQueries:
                 .order_by(inbound_deliveries.c.id)
             )
             detail["deliveries"] = [dict(row._mapping) for row in await connection.execute(touched)]
+            detail["replies"] = await order_replies(
+                connection, order_id, detail["source"], detail["source_message_id"]
+            )
         return detail
 
     async def deliveries(
