@@ -181,3 +181,14 @@ async def test_a_bad_filter_says_what_is_wrong_with_a_400_and_keeps_what_was_typ
     for name in ("from", "to"):
         if name in params:
             assert f'value="{params[name]}"' in page.text
+
+
+async def test_every_console_answer_says_how_long_the_server_took(
+    console: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    await add_orders(db)
+    for path in ("/console/orders", "/console/orders?from=nonsense", "/console/login"):
+        answer = await console.get(path)
+        timing = re.fullmatch(r"app;dur=(\d+\.\d)", answer.headers["server-timing"])
+        assert timing, answer.headers["server-timing"]
+        assert 0 < float(timing.group(1)) < 10_000
