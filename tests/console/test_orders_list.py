@@ -129,6 +129,24 @@ async def test_the_date_range_combines_with_status_retailer_and_search(
     assert "No order matches." in outside.text
 
 
+async def test_a_retailer_s_name_in_the_list_shows_only_its_orders_keeping_the_other_filters(
+    console: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    await add_orders(db)
+    days = await console.get("/console/orders", params={"from": "2026-11-11", "to": "2026-11-11"})
+    link = re.search(
+        r'<a href="([^"]+)" title="Only this retailer\'s orders">Bala Traders', days.text
+    )
+    assert link, days.text
+    bala = await console.get(link.group(1).replace("&amp;", "&"))
+    assert numbers(bala) == ["ORD-000121"]
+    assert "Retailer: Bala Traders" in bala.text
+    assert 'value="2026-11-11"' in bala.text
+    anyone = re.search(r'<a href="([^"]+)">any retailer</a>', bala.text)
+    assert anyone
+    assert count(await console.get(anyone.group(1).replace("&amp;", "&"))) == 25
+
+
 async def test_the_next_page_keeps_every_filter(
     console: httpx.AsyncClient, db: AsyncEngine
 ) -> None:
@@ -159,6 +177,7 @@ async def test_the_next_page_keeps_every_filter(
         ({"to": "9999-12-31", "from": "0001-01-01"}, None),  # the widest range works
         ({"retailer": "Asha"}, "Retailer must be a retailer from the list"),
         ({"retailer": "²"}, "Retailer must be a retailer from the list"),
+        ({"retailer": "999"}, "There is no retailer 999."),
         ({"page": "0"}, "Page must be a page number"),
         ({"page": "99999999999999999999"}, "Page must be a page number"),
         ({"status": "shipped"}, "Status must be one of placed, paid, cancelled"),

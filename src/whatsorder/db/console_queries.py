@@ -83,23 +83,29 @@ class ConsoleQueries:
                 conditions.append(orders.c.id == number)
             else:
                 digits = "".join(char for char in term if char.isdigit())
-                conditions.append(
+                matching = select(retailers.c.id).where(
                     or_(
                         retailers.c.whatsapp_id.endswith(digits) if digits else false(),
                         retailers.c.name.ilike(f"%{term}%"),
                     )
                 )
-        joined = orders.join(retailers, retailers.c.id == orders.c.retailer_id)
-        page = max(1, page)
-        listing = (
-            select(orders, retailers.c.name.label("retailer"))
-            .select_from(joined)
+                conditions.append(orders.c.retailer_id.in_(matching))
+        # The page's ids first, from orders alone (an index walk, however deep the page), then
+        # those 50 orders with their retailers' names.
+        ids = (
+            select(orders.c.id)
             .where(*conditions)
             .order_by(orders.c.id.desc())
             .limit(PAGE_SIZE)
-            .offset((page - 1) * PAGE_SIZE)
+            .offset((max(1, page) - 1) * PAGE_SIZE)
         )
-        counting = select(func.count()).select_from(joined).where(*conditions)
+        listing = (
+            select(orders, retailers.c.name.label("retailer"))
+            .join(retailers, retailers.c.id == orders.c.retailer_id)
+            .where(orders.c.id.in_(ids.scalar_subquery()))
+            .order_by(orders.c.id.desc())
+        )
+        counting = select(func.count()).select_from(orders).where(*conditions)
         async with self._database.connect() as connection:
             rows = [dict(row._mapping) for row in await connection.execute(listing)]
             total = int(await connection.scalar(counting) or 0)
@@ -107,13 +113,12 @@ class ConsoleQueries:
             row["number"] = order_number(row["id"])
         return rows, total
 
-    async def retailer_names(self) -> list[dict[str, Any]]:
-        """Every retailer's id and name, by name: the orders list's retailer filter."""
-        statement = select(retailers.c.id, retailers.c.name).order_by(
-            retailers.c.name, retailers.c.id
-        )
+    async def retailer_name(self, retailer_id: int) -> str | None:
+        """The name of the retailer the orders list is filtered by, if there is one."""
+        statement = select(retailers.c.name).where(retailers.c.id == retailer_id)
         async with self._database.connect() as connection:
-            return [dict(row._mapping) for row in await connection.execute(statement)]
+            name = await connection.scalar(statement)
+        return None if name is None else str(name)
 
     async def products(self) -> list[dict[str, Any]]:
         async with self._database.connect() as connection:

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whatsorder.settings import secret
 from whatsorder.web.console import health_pages, pages
-from whatsorder.web.console.rendering import NotAllowed, SignInRequired, render
+from whatsorder.web.console.rendering import NotAllowed, SignInRequired, index_routes, render
 from whatsorder.web.runtime import Runtime
 
 HERE = Path(__file__).resolve().parent
@@ -47,6 +47,7 @@ def build_console(runtime: Runtime) -> ASGIApp:
     console.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     console.include_router(pages.router)
     console.include_router(health_pages.router)
+    index_routes(console, [pages.router, health_pages.router])
 
     @console.exception_handler(SignInRequired)
     async def sign_in_first(request: Request, _error: SignInRequired) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Literal
 from urllib.parse import urlencode
 
 ORDER_STATUSES = ("placed", "paid", "cancelled")
@@ -70,11 +71,12 @@ class OrderFilters:
             return None
         return datetime.combine(self.placed_to + timedelta(days=1), time(), UTC)
 
-    def query(self, page: int) -> str:
-        """The query string of ``page`` of this list, every filter kept."""
+    def query(self, page: int, *, retailer: int | Literal["kept"] | None = "kept") -> str:
+        """The query string of ``page`` of this list, every filter kept (the retailer's
+        changed, or dropped with None, if ``retailer`` says so)."""
         values = {
             "status": self.status,
-            "retailer": self.retailer_id,
+            "retailer": self.retailer_id if retailer == "kept" else retailer,
             "q": self.search,
             "from": self.placed_from,
             "to": self.placed_to,

@@ -100,15 +100,14 @@ async def orders_page(
     queries = runtime_of(request).console_queries
     context: dict[str, Any] = {
         "statuses": ORDER_STATUSES,
-        "retailers": await queries.retailer_names(),
         # What the operator typed goes back into the form, even when it is wrong.
         "typed": {
             "status": status or "",
-            "retailer": (retailer or "").strip(),
             "q": q or "",
             "from": placed_from or "",
             "to": placed_to or "",
         },
+        "retailer": None,
     }
     try:
         chosen = OrderFilters.read(
@@ -119,6 +118,10 @@ async def orders_page(
             placed_to=placed_to,
             page=page,
         )
+        if chosen.retailer_id is not None:
+            context["retailer"] = await queries.retailer_name(chosen.retailer_id)
+            if context["retailer"] is None:
+                raise BadFilter(f"There is no retailer {chosen.retailer_id}.")
     except BadFilter as bad:
         context.update(chosen=OrderFilters(), problem=str(bad), orders=[], total=None, pages=1)
         return render(request, "orders.html", context, operator=operator, status=400)
