@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import statistics
 import sys
@@ -78,7 +79,13 @@ def _one_store(ctx: Context, store: str, shop: Shop) -> dict[str, Any]:
         ctx.log(
             f"console {store}: {name:28} p50 {page['p50_ms']:7.1f} ms p95 {page['p95_ms']:7.1f}"
         )
-    return {"load_seconds": round(load_seconds, 1), "rows": shop.counts, "pages": pages}
+    return {
+        "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_seconds": round(load_seconds, 1),
+        "rows": shop.counts,
+        "pages": pages,
+    }
 
 
 def pages_to_time(shop: Shop) -> dict[str, str]:

@@ -52,7 +52,8 @@ def console_table(results: dict[str, Any]) -> list[str]:
             f"{rows.get('payments', 0):,} payments, {rows.get('retailers', 0):,} retailers, "
             f"{rows.get('webhook_idempotency', 0):,} idempotency records, "
             f"{rows.get('inbound_deliveries', 0):,} deliveries; built in "
-            f"{run['load_seconds']:.0f} s.",
+            f"{run['load_seconds']:.0f} s. Measured {run.get('measured_at', '?')}, load average "
+            f"after it {run.get('load_average', '?')}.",
             "",
             "| page | requests | server p50 ms | server p95 ms | client p50 ms | verdict |",
             "|---|--:|--:|--:|--:|---|",

@@ -35,19 +35,13 @@ class ConsoleHealth:
         records = webhook_idempotency
         async with self._database.connect() as connection:
             total = await _bounded_count(connection, select(records.c.id))
-            if total > COUNT_BOUND and connection.dialect.name == "postgresql":
-                estimate = await connection.scalar(
-                    text("SELECT reltuples::bigint FROM pg_class WHERE oid = CAST(:t AS regclass)"),
-                    {"t": records.name},
-                )
-                if estimate is not None and estimate > COUNT_BOUND:
-                    total = -int(estimate)  # negative: an estimate, see counted()
+            estimate = await _estimate(connection, records.name) if total > COUNT_BOUND else None
             expired = await _bounded_count(
                 connection, select(records.c.id).where(records.c.expires_at <= now)
             )
             return {
                 "records": {
-                    "total": counted(total),
+                    "total": counted(total, estimate),
                     "expired_awaiting_cleanup": counted(expired),
                     **await _size(connection, records.name),
                 },
@@ -128,13 +122,27 @@ class ConsoleHealth:
         return rows
 
 
-def counted(count: int) -> dict[str, Any]:
-    """A count as the page says it: exact, at least ``COUNT_BOUND``, or (negative) about."""
-    if count < 0:
-        return {"n": -count, "says": f"about {-count:,} (an estimate from the table's statistics)"}
-    if count > COUNT_BOUND:
-        return {"n": count, "says": f"more than {COUNT_BOUND:,} (not counted further)"}
-    return {"n": count, "says": f"{count:,}"}
+def counted(count: int, estimate: int | None = None) -> dict[str, Any]:
+    """A count as the page says it: exact, about ``estimate``, or at least ``COUNT_BOUND``."""
+    if count <= COUNT_BOUND:
+        return {"n": count, "says": f"{count:,}"}
+    if estimate is not None and estimate > COUNT_BOUND:
+        return {
+            "n": estimate,
+            "says": f"about {estimate:,} (an estimate from the table's statistics)",
+        }
+    return {"n": count, "says": f"more than {COUNT_BOUND:,} (not counted further)"}
+
+
+async def _estimate(connection: AsyncConnection, table: str) -> int | None:
+    """PostgreSQL's estimate of the table's rows (as of its last ANALYZE); None elsewhere."""
+    if connection.dialect.name != "postgresql":
+        return None
+    rows = await connection.scalar(
+        text("SELECT reltuples::bigint FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+        {"t": table},
+    )
+    return None if rows is None else int(rows)
 
 
 async def _bounded_count(connection: AsyncConnection, rows: Select[Any]) -> int:
