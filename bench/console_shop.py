@@ -86,10 +86,10 @@ def tables(shop: Shop) -> dict[str, tuple[tuple[str, ...], Rows]]:
         for n in range(1, shop.orders + 1):
             at, number, amount = shop.placed_at(n), order_number(n), total(n)
             retailer = shop.retailer_of(n)
-            yield retailer, n, "order_debit", amount, "INR", "order", number, at, None
+            yield retailer, n, "order_debit", -amount, "INR", "order", number, at, None
             if shop.status(n) == "paid":
                 ref = f"pay_{n:012d}"
-                yield retailer, n, "payment_credit", -amount, "INR", "razorpay", ref, at, ref
+                yield retailer, n, "payment_credit", amount, "INR", "razorpay", ref, at, ref
 
     def payments() -> Iterator[Row]:
         for n in range(1, shop.orders + 1):
