@@ -3,6 +3,7 @@
     python -m bench                       everything, peers included (creates .venv-bench)
     python -m bench --smoke               a quick pass of every scenario, small sizes
     python -m bench --only replay,storm --db sqlite,postgres --no-peers
+    python -m bench --only console --db sqlite,postgres   the console's pages (issue #15)
     python -m bench --render              latest.md, plots and docs again from latest.json
 
 Writes bench/results/latest.json and latest.md, the plots in docs/benchmarks/, and the
@@ -24,7 +25,7 @@ from typing import Any
 from bench import harness, machine, peers, report
 from bench.context import Context, Settings
 
-SCENARIOS = ("http", "storm", "roundtrips", "growth", "cleanup")
+SCENARIOS = ("http", "storm", "roundtrips", "growth", "cleanup", "console")
 ALIASES = {"first": "http", "replay": "http", "mixed": "http", "storage": "growth"}
 STORES = ("sqlite", "postgres", "redis")
 RESULTS = harness.ROOT / "bench" / "results"
@@ -51,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         settings.seconds = args.seconds
     full = not (args.smoke or args.only or args.db or args.no_peers or args.seconds)
 
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and set(chosen) - {"console"}:
         parser.error("wrk is not installed (make bench installs it)")
     harness.raise_open_files_limit()
-    with_peers = not args.no_peers
+    # Peers take part in the HTTP scenarios only.
+    with_peers = not args.no_peers and bool({"http", "storm"} & set(chosen))
     if with_peers:
         peers.ensure_venv(log=print)
     harness.drop_stale_pg_databases()
@@ -96,7 +98,7 @@ def _publish(results: dict[str, Any], stem: str, *, full: bool) -> None:
 
 
 def _run(ctx: Context, chosen: list[str], stores: list[str]) -> None:
-    from bench import growth, roundtrips, scenarios
+    from bench import console, growth, roundtrips, scenarios
 
     if "http" in chosen:
         ctx.results["generator"] = scenarios.generator_check(ctx)
@@ -109,6 +111,8 @@ def _run(ctx: Context, chosen: list[str], stores: list[str]) -> None:
         growth.measure(ctx, stores)
     if "cleanup" in chosen:
         growth.cleanup(ctx, [store for store in stores if store != "redis"])
+    if "console" in chosen:
+        console.measure(ctx, stores)
 
 
 def _pick(

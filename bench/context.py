@@ -34,6 +34,10 @@ class Settings:
     cleanup_rows: int = 1_000_000
     cleanup_rate: float = 100.0
     cleanup_baseline_seconds: float = 10.0  # the same claims first, with no cleanup running
+    console_orders: int = 100_000
+    console_records: int = 1_000_000
+    console_requests: int = 30  # per page
+    console_page_seconds: float = 30.0  # a page's requests stop early after this long
 
     @classmethod
     def smoke(cls) -> Settings:
@@ -51,6 +55,10 @@ class Settings:
             cleanup_rows=20_000,
             cleanup_rate=50.0,
             cleanup_baseline_seconds=2.0,
+            console_orders=5_000,
+            console_records=50_000,
+            console_requests=5,
+            console_page_seconds=5.0,
         )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cells import statuses
+from bench.console_tables import console_table, console_targets
 from bench.contenders import (
     BASELINE,
     GROUPS,
@@ -89,6 +90,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         per_record = levels.get("bytes_per_record")
         if per_record:
             add(f"{store}: ≤ 1 KB per record", f"{per_record:,.0f} B", per_record <= 1024)
+    for name, figure, met in console_targets(results):
+        add(name, figure, met)
     return found
 
 
@@ -194,6 +197,7 @@ def markdown(results: dict[str, Any]) -> str:
     out += _roundtrip_table(results)
     out += _growth_table(results)
     out += _cleanup_table(results)
+    out += console_table(results)
     out += _peer_notes(results)
     return "\n".join(out) + "\n"
 

@@ -187,7 +187,8 @@ async def fill_pool(store: SqlStore, size: int = 3) -> list[Any]:
 
 def driver_pool(store: SqlStore) -> DriverPool:
     pool = store._driver_pool
-    assert pool is not None and pool.size == 3, "the store's own pool is the engine's size"
+    assert pool is not None
+    assert pool.size == 3, "the store's own pool is the engine's size"
     return pool
 
 

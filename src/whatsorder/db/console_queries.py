@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder.clock import utcnow
 from whatsorder.db import operators as operator_rows
+from whatsorder.db.console_replies import order_replies
 from whatsorder.db.tables import (
     dead_letters,
     inbound_deliveries,
@@ -56,13 +57,27 @@ class ConsoleQueries:
             )
 
     async def orders(
-        self, *, status: str | None, search: str | None, page: int
+        self,
+        *,
+        status: str | None = None,
+        retailer_id: int | None = None,
+        search: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        page: int = 1,
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of orders, newest first, and how many match in all. ``search``: an order
-        number, the last digits of a phone number, or part of a retailer's name."""
+        number, the last digits of a phone number, or part of a retailer's name; ``since`` and
+        ``before``: placed at or after, and before, these moments."""
         conditions = []
         if status:
             conditions.append(orders.c.status == status)
+        if retailer_id is not None:
+            conditions.append(orders.c.retailer_id == retailer_id)
+        if since is not None:
+            conditions.append(orders.c.created_at >= since)
+        if before is not None:
+            conditions.append(orders.c.created_at < before)
         if search:
             term = search.strip()
             number = order_id_from_number(term.upper()) if term.upper().startswith("ORD-") else None
@@ -70,29 +85,42 @@ class ConsoleQueries:
                 conditions.append(orders.c.id == number)
             else:
                 digits = "".join(char for char in term if char.isdigit())
-                conditions.append(
+                matching = select(retailers.c.id).where(
                     or_(
                         retailers.c.whatsapp_id.endswith(digits) if digits else false(),
                         retailers.c.name.ilike(f"%{term}%"),
                     )
                 )
-        joined = orders.join(retailers, retailers.c.id == orders.c.retailer_id)
-        page = max(1, page)
-        listing = (
-            select(orders, retailers.c.name.label("retailer"))
-            .select_from(joined)
+                conditions.append(orders.c.retailer_id.in_(matching))
+        # The page's ids first, from orders alone (an index walk, however deep the page), then
+        # those 50 orders with their retailers' names.
+        ids = (
+            select(orders.c.id)
             .where(*conditions)
             .order_by(orders.c.id.desc())
             .limit(PAGE_SIZE)
-            .offset((page - 1) * PAGE_SIZE)
+            .offset((max(1, page) - 1) * PAGE_SIZE)
         )
-        counting = select(func.count()).select_from(joined).where(*conditions)
+        listing = (
+            select(orders, retailers.c.name.label("retailer"))
+            .join(retailers, retailers.c.id == orders.c.retailer_id)
+            .where(orders.c.id.in_(ids.scalar_subquery()))
+            .order_by(orders.c.id.desc())
+        )
+        counting = select(func.count()).select_from(orders).where(*conditions)
         async with self._database.connect() as connection:
             rows = [dict(row._mapping) for row in await connection.execute(listing)]
             total = int(await connection.scalar(counting) or 0)
         for row in rows:
             row["number"] = order_number(row["id"])
         return rows, total
+
+    async def retailer_name(self, retailer_id: int) -> str | None:
+        """The name of the retailer the orders list is filtered by, if there is one."""
+        statement = select(retailers.c.name).where(retailers.c.id == retailer_id)
+        async with self._database.connect() as connection:
+            name = await connection.scalar(statement)
+        return None if name is None else str(name)
 
     async def products(self) -> list[dict[str, Any]]:
         async with self._database.connect() as connection:
@@ -138,7 +166,8 @@ class ConsoleQueries:
             )
 
     async def order_detail(self, number: str) -> dict[str, Any] | None:
-        """An order with its lines, ledger entries, payments and every delivery that touched it."""
+        """An order with its lines, ledger entries, payments, every delivery that touched it and
+        the replies sent about it."""
         order_id = order_id_from_number(number)
         if order_id is None:
             return None
@@ -178,6 +207,9 @@ class ConsoleQueries:
                 .order_by(inbound_deliveries.c.id)
             )
             detail["deliveries"] = [dict(row._mapping) for row in await connection.execute(touched)]
+            detail["replies"] = await order_replies(
+                connection, order_id, detail["source"], detail["source_message_id"]
+            )
         return detail
 
     async def deliveries(

@@ -47,29 +47,7 @@ async def idempotency_statistics(connection: AsyncConnection, now: datetime) -> 
     ).one()
 
     windows = {"last_hour": now - timedelta(hours=1), "last_day": now - timedelta(days=1)}
-    outcomes: dict[str, dict[str, int]] = {}
-    for name, since in windows.items():
-        hour_start = since.replace(minute=0, second=0, microsecond=0)
-        rows = await connection.execute(
-            select(idempotency_stats.c.outcome, func.sum(idempotency_stats.c.count).label("n"))
-            .where(idempotency_stats.c.hour >= hour_start)
-            .group_by(idempotency_stats.c.outcome)
-        )
-        outcomes[name] = {row.outcome: int(row.n) for row in rows}
-
-    def window(counts: dict[str, int]) -> dict[str, Any]:
-        replays = counts.get("replayed", 0)
-        retries = replays + counts.get("in_flight", 0) + counts.get("mismatch", 0)
-        return {
-            "requests": sum(counts.values()),
-            "new": counts.get("new", 0) + counts.get("takeover", 0),
-            "replays": replays,
-            "conflicts": counts.get("in_flight", 0),
-            "mismatches": counts.get("mismatch", 0),
-            "errors": sum(counts.get(outcome, 0) for outcome in ERROR_OUTCOMES),
-            "retry_hit_rate": round(replays / retries, 4) if retries else None,
-            "by_outcome": counts,
-        }
+    outcomes = {name: await outcomes_since(connection, since) for name, since in windows.items()}
 
     last_cleanup = (
         (
@@ -101,7 +79,7 @@ async def idempotency_statistics(connection: AsyncConnection, now: datetime) -> 
             "newest": isoformat(newest),
             "table_bytes": await _table_bytes(connection, records.name),
         },
-        **{name: window(counts) for name, counts in outcomes.items()},
+        **outcomes,
         "last_cleanup": None
         if last_cleanup is None
         else {
@@ -116,6 +94,30 @@ async def idempotency_statistics(connection: AsyncConnection, now: datetime) -> 
             "trigger": last_cleanup["trigger"],
             "detail": last_cleanup["detail"],
         },
+    }
+
+
+async def outcomes_since(connection: AsyncConnection, since: datetime) -> dict[str, Any]:
+    """Requests by outcome from the hour of ``since`` on (the per-hour counts), with the
+    figures an operator reads: new, replays, conflicts, mismatches, errors, retry hit rate."""
+    hour_start = since.replace(minute=0, second=0, microsecond=0)
+    rows = await connection.execute(
+        select(idempotency_stats.c.outcome, func.sum(idempotency_stats.c.count).label("n"))
+        .where(idempotency_stats.c.hour >= hour_start)
+        .group_by(idempotency_stats.c.outcome)
+    )
+    counts = {row.outcome: int(row.n) for row in rows}
+    replays = counts.get("replayed", 0)
+    retries = replays + counts.get("in_flight", 0) + counts.get("mismatch", 0)
+    return {
+        "requests": sum(counts.values()),
+        "new": counts.get("new", 0) + counts.get("takeover", 0),
+        "replays": replays,
+        "conflicts": counts.get("in_flight", 0),
+        "mismatches": counts.get("mismatch", 0),
+        "errors": sum(counts.get(outcome, 0) for outcome in ERROR_OUTCOMES),
+        "retry_hit_rate": round(replays / retries, 4) if retries else None,
+        "by_outcome": counts,
     }
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from whatsorder_idempotency import idempotency_table
@@ -150,6 +151,24 @@ webhook_idempotency = idempotency_table(
 )
 
 Index("ix_orders_retailer_created", orders.c.retailer_id, orders.c.created_at)
+
+# The console's pages at scale (migration 0007): the orders list's date range, the order page's
+# records (partial: most records name no order), keys in flight (partial: completed ones leave).
+IN_FLIGHT = text("status = 'in_progress'")
+NAMES_AN_ORDER = text("order_id IS NOT NULL")
+Index("ix_orders_created_at", orders.c.created_at)
+Index(
+    "ix_webhook_idempotency_order_id",
+    webhook_idempotency.c.order_id,
+    postgresql_where=NAMES_AN_ORDER,
+    sqlite_where=NAMES_AN_ORDER,
+)
+Index(
+    "ix_webhook_idempotency_in_flight",
+    webhook_idempotency.c.created_at,
+    postgresql_where=IN_FLIGHT,
+    sqlite_where=IN_FLIGHT,
+)
 
 # Idempotency outcomes per hour, flushed from each worker's counters (see web/statistics.py):
 # replays stay one store round trip, and stats still cover every worker and replica.
@@ -291,4 +310,5 @@ inbound_deliveries = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Index("ix_inbound_deliveries_received_at", "received_at"),
     Index("ix_inbound_deliveries_key", "webhook_type", "idempotency_key"),
+    Index("ix_inbound_deliveries_outcome", "outcome", "id"),
 )

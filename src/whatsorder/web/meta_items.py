@@ -169,7 +169,7 @@ class DeliveryItems:
                 meta.SOURCE,
                 message.address,
                 meta.text_parts(reply),
-                f"reply:{message.wamid}",
+                services.reply_prefix(message.wamid),
                 now,
             )
             number = None if order_id is None else order_number(order_id)

@@ -9,7 +9,12 @@ Each takes a `whatsorder.ordering.ports.UnitOfWork` and commits explicitly.
 """
 
 from whatsorder.ordering.model import InboundMessage
-from whatsorder.ordering.services.deliveries import keep_dead_letter, queue_reply
+from whatsorder.ordering.services.deliveries import (
+    keep_dead_letter,
+    queue_reply,
+    reply_keys,
+    reply_prefix,
+)
 from whatsorder.ordering.services.messages import (
     MessageOutcome,
     cancel_order,
@@ -34,4 +39,6 @@ __all__ = [
     "receive_message",
     "record_message_states",
     "record_message_status",
+    "reply_keys",
+    "reply_prefix",
 ]

@@ -12,6 +12,11 @@ from datetime import datetime
 from whatsorder.ordering.ports import UnitOfWork
 
 
+def reply_prefix(message_id: str) -> str:
+    """The outbox key of the reply to ``message_id`` (of its first part)."""
+    return f"reply:{message_id}"
+
+
 def reply_keys(key_prefix: str, count: int) -> list[str]:
     """The outbox keys of a reply's parts: ``<prefix>``, then ``<prefix>:2``, ``<prefix>:3``…"""
     return [key_prefix if index == 1 else f"{key_prefix}:{index}" for index in range(1, count + 1)]

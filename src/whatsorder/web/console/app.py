@@ -1,13 +1,15 @@
 """The operator console at ``/console``: a server-rendered sub-application of the service.
 
 Jinja2 pages (autoescaped: customer text is always shown as text), htmx vendored under
-``static/`` (no CDN, no build step), a strict Content-Security-Policy with no inline script.
+``static/`` (no CDN, no build step), a strict Content-Security-Policy with no inline script,
+and a ``Server-Timing`` header.
 Without ``WHATSORDER_CONSOLE_SECRET`` (the key that signs its session cookies) the console
 answers 503 and says what to set. Pages live in ``pages.py``; sign-in in ``sessions.py``.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whatsorder.settings import secret
 from whatsorder.web.console import dead_letter_pages, health_pages, pages
-from whatsorder.web.console.rendering import NotAllowed, SignInRequired, render
+from whatsorder.web.console.rendering import NotAllowed, SignInRequired, index_routes, render
 from whatsorder.web.runtime import Runtime
 
 HERE = Path(__file__).resolve().parent
@@ -46,6 +48,7 @@ def build_console(runtime: Runtime) -> ASGIApp:
     console.include_router(pages.router)
     console.include_router(health_pages.router)
     console.include_router(dead_letter_pages.router)
+    index_routes(console, [pages.router, health_pages.router, dead_letter_pages.router])
 
     @console.exception_handler(SignInRequired)
     async def sign_in_first(request: Request, _error: SignInRequired) -> Response:
@@ -65,7 +68,35 @@ def build_console(runtime: Runtime) -> ASGIApp:
         https_only=runtime.settings.require_https,
     )
     console.add_middleware(SecurityHeaders)
+    console.add_middleware(ServerTiming)
     return console
+
+
+class ServerTiming:
+    """``Server-Timing: app;dur=<ms>`` on every console answer: the time from the request's
+    arrival to its answer's headers (queries and template included), so a page's own cost can
+    be read apart from the network's (the benchmark reads it; so can a browser's dev tools)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                took = (time.perf_counter() - started) * 1000
+                headers = [
+                    *message.get("headers", []),
+                    (b"server-timing", f"app;dur={took:.1f}".encode()),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 class SecurityHeaders:

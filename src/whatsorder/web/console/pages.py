@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from whatsorder.operators import StaleEdit, password_matches
 from whatsorder.web.console import sessions
+from whatsorder.web.console.order_filters import ORDER_STATUSES, BadFilter, OrderFilters
 from whatsorder.web.console.rendering import NotAllowed, may_change, render, signed_in
 from whatsorder.web.console.sessions import Operator
 from whatsorder.web.guards import client_ip
@@ -16,7 +17,6 @@ from whatsorder.web.runtime import runtime_of
 
 router = APIRouter()
 SignedIn = Annotated[Operator, Depends(signed_in)]
-ORDER_STATUSES = ("placed", "paid", "cancelled")
 PAGE_SIZE = 50  # as the queries page them
 WEBHOOK_TYPES = (
     "twilio_inbound",
@@ -91,21 +91,55 @@ async def orders_page(
     request: Request,
     operator: SignedIn,
     status: str | None = None,
+    retailer: str | None = None,
     q: str | None = None,
-    page: int = 1,
+    placed_from: Annotated[str | None, Query(alias="from")] = None,
+    placed_to: Annotated[str | None, Query(alias="to")] = None,
+    page: str | None = None,
 ) -> Response:
-    chosen = {"status": status or None, "search": q or None, "page": max(1, page)}
-    rows, total = await runtime_of(request).console_queries.orders(
-        status=status or None, search=q or None, page=max(1, page)
-    )
-    pages = max(1, -(-total // PAGE_SIZE))
-    context = {
-        "orders": rows,
-        "total": total,
-        "chosen": chosen,
-        "pages": pages,
+    queries = runtime_of(request).console_queries
+    context: dict[str, Any] = {
         "statuses": ORDER_STATUSES,
+        # What the operator typed goes back into the form, even when it is wrong.
+        "typed": {
+            "status": status or "",
+            "q": q or "",
+            "from": placed_from or "",
+            "to": placed_to or "",
+        },
+        "retailer": None,
     }
+    try:
+        chosen = OrderFilters.read(
+            status=status,
+            retailer=retailer,
+            search=q,
+            placed_from=placed_from,
+            placed_to=placed_to,
+            page=page,
+        )
+        if chosen.retailer_id is not None:
+            context["retailer"] = await queries.retailer_name(chosen.retailer_id)
+            if context["retailer"] is None:
+                raise BadFilter(f"There is no retailer {chosen.retailer_id}.")
+    except BadFilter as bad:
+        context.update(chosen=OrderFilters(), problem=str(bad), orders=[], total=None, pages=1)
+        return render(request, "orders.html", context, operator=operator, status=400)
+    rows, total = await queries.orders(
+        status=chosen.status,
+        retailer_id=chosen.retailer_id,
+        search=chosen.search,
+        since=chosen.since,
+        before=chosen.before,
+        page=chosen.page,
+    )
+    context.update(
+        chosen=chosen,
+        problem=None,
+        orders=rows,
+        total=total,
+        pages=max(1, -(-total // PAGE_SIZE)),
+    )
     return render(request, "orders.html", context, operator=operator)
 
 

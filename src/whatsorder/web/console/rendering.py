@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from babel.numbers import format_currency
-from fastapi import Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
 
 from whatsorder.clock import as_utc
 from whatsorder.operators import Role
@@ -32,6 +35,31 @@ def _when(moment: Any) -> str:
     return "—" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M UTC")
 
 
+@pass_context
+def _url_for(context: Any, name: str, /, **path_params: Any) -> str:
+    """Starlette's ``url_for``, by a name-to-route index: FastAPI finds a route by walking every
+    route of every included router, about half a millisecond a link, which a list of 200 rows
+    with two links each turned into a tenth of a second. Path-absolute, under the console's
+    mount (and any root path a proxy gives)."""
+    request: Request = context["request"]
+    route: APIRoute | None = request.app.state.routes_by_name.get(name)
+    if route is None:  # the static files' mount, and any route outside the index
+        return str(request.url_for(name, **path_params))
+    root: str = request.scope.get("root_path", "")
+    return root + str(route.url_path_for(name, **path_params))
+
+
+def index_routes(app: FastAPI, routers: Iterable[APIRouter]) -> None:
+    """Give ``url_for`` the routes of ``routers``, included in ``app`` with no prefix."""
+    app.state.routes_by_name = {
+        route.name: route
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    }
+
+
+templates.env.globals["url_for"] = _url_for
 templates.env.filters["money"] = _money
 templates.env.filters["when"] = _when
 templates.env.filters["masked"] = mask_phone
