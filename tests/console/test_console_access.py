@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder.db.operators import add_operator
-from whatsorder.db.tables import operator_actions, products
+from whatsorder.db.tables import inbound_deliveries, operator_actions, products
 from whatsorder.operators import hash_password
 
 PASSWORD = "correct horse battery"
@@ -147,3 +147,34 @@ async def test_without_its_secret_the_console_says_what_to_set(
     await app.state.runtime.database.dispose()
     assert answer.status_code == 503
     assert "WHATSORDER_CONSOLE_SECRET" in answer.text
+
+
+async def test_the_inbox_counts_no_further_than_its_bound_and_still_pages_on(
+    console: httpx.AsyncClient, db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million deliveries take longer to count than the page may: past the bound the page
+    says "more than", and an older page is offered as long as this one is full."""
+    monkeypatch.setattr("whatsorder.db.console_health.COUNT_BOUND", 60)
+    now = datetime.now(UTC)
+    rows = [
+        {"webhook_type": "twilio_inbound", "idempotency_key": f"SM{n:05d}", "outcome": "new"}
+        for n in range(70)
+    ]
+    async with db.begin() as connection:
+        await connection.execute(
+            inbound_deliveries.insert(), [{**row, "received_at": now} for row in rows]
+        )
+    await sign_in(console, "vik")
+
+    first = await console.get("/console/inbox")
+    assert "Deliveries: more than 60 (not counted further)" in first.text
+    assert "page=2" in first.text
+    assert "SM00069" in first.text
+    second = await console.get("/console/inbox?page=2")
+    assert second.status_code == 200
+    assert "SM00000" in second.text
+    assert "SM00069" not in second.text
+    assert "page=3" not in second.text  # 20 left: not a full page
+
+    exact = await console.get("/console/inbox?outcome=replayed")
+    assert "Deliveries: 0" in exact.text

@@ -34,9 +34,9 @@ class ConsoleHealth:
         are exact up to ``COUNT_BOUND`` (beyond, an estimate on PostgreSQL)."""
         records = webhook_idempotency
         async with self._database.connect() as connection:
-            total = await _bounded_count(connection, select(records.c.id))
+            total = await bounded_count(connection, select(records.c.id))
             estimate = await _estimate(connection, records.name) if total > COUNT_BOUND else None
-            expired = await _bounded_count(
+            expired = await bounded_count(
                 connection, select(records.c.id).where(records.c.expires_at <= now)
             )
             return {
@@ -145,8 +145,9 @@ async def _estimate(connection: AsyncConnection, table: str) -> int | None:
     return None if rows is None else int(rows)
 
 
-async def _bounded_count(connection: AsyncConnection, rows: Select[Any]) -> int:
-    """How many ``rows``, counting no further than one past ``COUNT_BOUND``."""
+async def bounded_count(connection: AsyncConnection, rows: Select[Any]) -> int:
+    """How many ``rows``, counting no further than one past ``COUNT_BOUND`` (``counted`` says
+    which it was)."""
     bounded = rows.limit(COUNT_BOUND + 1).subquery()
     return int(await connection.scalar(select(func.count()).select_from(bounded)) or 0)
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder.clock import utcnow
 from whatsorder.db import operators as operator_rows
+from whatsorder.db.console_health import bounded_count, counted
 from whatsorder.db.console_replies import order_replies
 from whatsorder.db.tables import (
     dead_letters,
@@ -214,8 +215,10 @@ class ConsoleQueries:
 
     async def deliveries(
         self, *, webhook_type: str | None, outcome: str | None, page: int
-    ) -> tuple[list[dict[str, Any]], int]:
-        """One page of the inbox, newest first, with each key's stored answer and its order."""
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One page of the inbox, newest first, with each key's stored answer and its order;
+        and how many deliveries match, counted up to ``COUNT_BOUND`` (a million would take
+        longer to count than the page may: docs/benchmarks.md, the console's pages)."""
         records = webhook_idempotency
         conditions = []
         if webhook_type:
@@ -249,10 +252,10 @@ class ConsoleQueries:
             .limit(PAGE_SIZE)
             .offset((max(1, page) - 1) * PAGE_SIZE)
         )
-        counting = select(func.count()).select_from(inbound_deliveries).where(*conditions)
+        matching = select(inbound_deliveries.c.id).where(*conditions)
         async with self._database.connect() as connection:
             rows = [dict(row._mapping) for row in await connection.execute(listing)]
-            total = int(await connection.scalar(counting) or 0)
+            total = counted(await bounded_count(connection, matching))
         for row in rows:
             body = row.pop("response_body")
             row["answer"] = None if body is None else bytes(body)[:300].decode("utf-8", "replace")

@@ -185,7 +185,9 @@ async def inbox_page(
         "deliveries": rows,
         "total": total,
         "chosen": {"webhook_type": webhook_type, "outcome": outcome, "page": max(1, page)},
-        "pages": max(1, -(-total // PAGE_SIZE)),
+        "pages": max(1, -(-total["n"] // PAGE_SIZE)),
+        # Past the count's bound, an older page is there as long as this one is full.
+        "older": len(rows) == PAGE_SIZE and total["says"].startswith("more"),
         "webhook_types": WEBHOOK_TYPES,
         "outcomes": INBOX_OUTCOMES,
         "last_flush": runtime.inbox.last_flush,
