@@ -49,6 +49,7 @@ class Claim:
     """A dead letter taken for a re-drive: what to process, and who took it when."""
 
     letter_id: int
+    provider: str
     delivery_key: str
     payload: str
     operator: str
@@ -136,7 +137,9 @@ class DeadLetterRedrives:
             raise NoSuchDeadLetter(f"There is no dead letter {letter_id}.")
         if taken.rowcount != 1:
             raise RedriveRefused(_why_not(dict(row._mapping)))
-        return Claim(letter_id, str(row.delivery_key), str(row.payload), operator, now)
+        return Claim(
+            letter_id, str(row.provider), str(row.delivery_key), str(row.payload), operator, now
+        )
 
     async def finish(self, claim: Claim, *, done: bool, result: str, address: str) -> None:
         """Record how the re-drive went, with its audit line, in one transaction. A done one

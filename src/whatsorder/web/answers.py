@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Response
@@ -10,6 +11,14 @@ from fastapi import Response
 from whatsorder_idempotency import Result, StoredResponse
 
 JSON_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """How the engine answered one request or message, and the order it created (if any)."""
+
+    result: Result
+    created_order: int | None
 
 
 def json_stored(document: dict[str, Any], status: int = 200) -> StoredResponse:

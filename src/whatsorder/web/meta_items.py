@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,7 +21,7 @@ from whatsorder.ordering import replies, services
 from whatsorder.ordering.model import OrderRejected, order_number
 from whatsorder.providers import meta
 from whatsorder.web import meta_statuses, webhooks
-from whatsorder.web.answers import JSON_CONTENT_TYPE, json_stored
+from whatsorder.web.answers import JSON_CONTENT_TYPE, Processed, json_stored
 from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime
 from whatsorder_idempotency import (
@@ -30,7 +29,6 @@ from whatsorder_idempotency import (
     HandlerResult,
     IdempotentRequest,
     RequestInFlight,
-    Result,
     StoreBusy,
     StoreUnavailable,
     fingerprint,
@@ -39,14 +37,6 @@ from whatsorder_idempotency import (
 log = logging.getLogger("whatsorder.web.meta")
 
 _TRANSIENT = (StoreBusy, StoreUnavailable, RequestInFlight)
-
-
-@dataclass(frozen=True, slots=True)
-class Processed:
-    """How the engine answered one message, and the order it created (None if it did not)."""
-
-    result: Result
-    created_order: int | None
 
 
 class DeliveryItems:

@@ -1,6 +1,11 @@
 """Re-driving a dead letter: the delivery it came in, through the webhook's own processing.
 
-A dead letter keeps the signed delivery it came in (``dead_letters.payload``). A re-drive reads
+Two kinds of dead letter keep what a re-drive needs. A Meta delivery's part that could not be
+processed (below); and a delivery of any other webhook whose handler failed with an error of
+ours (failed_deliveries.py), which runs again through `webhooks.process` from its parsing on:
+the same engine, key and fingerprint, so one the provider's retry processed meanwhile replays.
+
+A Meta dead letter keeps the signed delivery it came in (``dead_letters.payload``). A re-drive reads
 it again with today's parser and runs the dead letter's part of it — the message whose content
 hash is the row's key, or its chunk of statuses, or the whole delivery if that was what could
 not be read — through `DeliveryItems`, exactly as the webhook route does: the same engine,
@@ -20,13 +25,17 @@ import json
 import logging
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from whatsorder import routes
 from whatsorder.clock import utcnow
 from whatsorder.ordering.model import order_number
 from whatsorder.providers import meta
-from whatsorder.web import meta_statuses
-from whatsorder.web.meta_items import DeliveryItems, Processed
+from whatsorder.web import meta_statuses, payments, twilio, webhooks
+from whatsorder.web.answers import Processed
+from whatsorder.web.failed_deliveries import Failed, Kept
+from whatsorder.web.meta_items import DeliveryItems
+from whatsorder.web.problems import Problem
 from whatsorder.web.runtime import Runtime
 from whatsorder_idempotency import Outcome
 
@@ -51,7 +60,10 @@ async def redrive(runtime: Runtime, letter_id: int, operator: str, address: str)
     redrives = runtime.dead_letter_redrives
     claim = await redrives.claim(letter_id, operator, utcnow())
     try:
-        outcome = await process(runtime, claim.delivery_key, claim.payload, address)
+        if claim.provider == meta.SOURCE:
+            outcome = await process(runtime, claim.delivery_key, claim.payload, address)
+        else:
+            outcome = await process_failed(runtime, claim.payload)
     except Exception:  # the row must not stay "running": say so, and keep it re-drivable
         log.exception("A dead letter's re-drive failed")
         outcome = Redriven(False, NOT_NOW)
@@ -128,6 +140,46 @@ async def _statuses(
     if items.unfinished:
         return False, NOT_NOW
     return True, f"{len(chunk)} statuses recorded"
+
+
+# The webhooks whose failed deliveries are kept, by type (Meta's route keeps its own parts).
+WEBHOOKS: dict[str, webhooks.Webhook[Any]] = {
+    webhook.type: webhook
+    for webhook in (twilio.INBOUND, twilio.STATUS, payments.STRIPE, payments.RAZORPAY)
+}
+
+
+async def process_failed(runtime: Runtime, payload: str) -> Redriven:
+    """Run a kept failed delivery through its webhook again, from its parsing on."""
+    try:
+        kept = Kept.from_payload(payload)
+    except ValueError as error:
+        return Redriven(False, str(error))
+    webhook = WEBHOOKS.get(kept.webhook_type)
+    if webhook is None:
+        return Redriven(False, f"no webhook {kept.webhook_type!r} takes it now; nothing was run")
+    body = kept.body.encode("utf-8")
+    incoming = webhooks.Incoming(
+        kept.request(), kept.path, runtime.settings, body, kept.source_ip, "", ""
+    )
+    try:
+        processed = await webhooks.process(runtime, webhook, incoming)
+    except webhooks.NotOurConcern as ignored:
+        return Redriven(True, f"read this time as {ignored.event_type}, which asks for nothing")
+    except Problem as refused:
+        return Redriven(False, f"rejected again: {refused.detail}")
+    except Failed as failed:
+        log.error("A failed delivery's re-drive failed again", exc_info=failed.error)
+        return Redriven(False, f"failed again ({type(failed.error).__name__}; see the log)")
+    result = processed.result
+    status = result.response.status
+    if result.outcome is Outcome.REPLAYED:
+        return Redriven(True, f"already processed: replayed its answer ({status})")
+    if processed.created_order is not None:
+        return Redriven(True, f"order {order_number(processed.created_order)} created")
+    if status >= 400:
+        return Redriven(False, f"not processed: answered {status}")
+    return Redriven(True, f"processed: answered {status}")
 
 
 def _hash(content: bytes) -> str:

@@ -23,7 +23,8 @@ from whatsorder import observability
 from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.providers.malformed import MalformedWebhook
 from whatsorder.settings import Settings
-from whatsorder.web.answers import json_response, to_response
+from whatsorder.web.answers import Processed, json_response, to_response
+from whatsorder.web.failed_deliveries import Failed, kept_from
 from whatsorder.web.guards import client_ip, read_body, require_https
 from whatsorder.web.problems import Problem
 from whatsorder.web.refusals import (
@@ -36,6 +37,7 @@ from whatsorder.web.refusals import (
 from whatsorder.web.runtime import Runtime, runtime_of
 from whatsorder_idempotency import (
     HandlerResult,
+    IdempotencyError,
     IdempotentRequest,
     InvalidKey,
     Outcome,
@@ -134,15 +136,29 @@ async def run(request: Request, webhook: Webhook[Event]) -> Response:
     runtime = runtime_of(request)
     incoming = await receive(request, runtime, webhook.provider, webhook.path)
     try:
-        event = webhook.parse(incoming)
-    except MalformedWebhook as error:
-        raise malformed_webhook(error) from error
+        processed = await process(runtime, webhook, incoming)
     except NotOurConcern as ignored:
         document = {"received": True, "event_id": ignored.event_id, "ignored": ignored.event_type}
         return json_response(document)
+    except Failed as failed:  # kept for an operator's re-drive, then answered as it was (500)
+        await failed.keep(runtime)
+        raise failed.error from None
+    return to_response(processed.result)
+
+
+async def process(runtime: Runtime, webhook: Webhook[Event], incoming: Incoming) -> Processed:
+    """The steps after the signature: parse (400), key, the engine around the handler.
+
+    Raises `Failed` around an unexpected error of the handler's, for the caller to keep the
+    delivery (failed_deliveries.py) or not (a re-drive of it); `NotOurConcern` as parsed.
+    """
+    try:
+        event = webhook.parse(incoming)
+    except MalformedWebhook as error:
+        raise malformed_webhook(error) from error
     key = webhook.key(event)
     if webhook.client_keys:
-        key = client_key(request, webhook.type) or key
+        key = client_key(incoming.request, webhook.type) or key
     idempotent = idempotent_request(
         runtime,
         webhook.type,
@@ -158,11 +174,29 @@ async def run(request: Request, webhook: Webhook[Event]) -> Response:
         handled = await webhook.handle(runtime, event, runtime.unit_of_work(connection))
         return handled.result
 
-    result = await runtime.idempotency.execute(idempotent, handle)
-    if handled is not None:
-        count_created_order(webhook.provider.source, handled.created_order, result)
-        count_payment_event(webhook.provider.source, handled.payment_result, result)
-    return to_response(result)
+    try:
+        result = await runtime.idempotency.execute(idempotent, handle)
+    except (IdempotencyError, Problem):
+        raise  # answered as what they are: busy, in flight, another body, a refusal
+    except Exception as error:
+        kept = kept_from(
+            incoming.request, webhook.type, incoming.path, incoming.body, incoming.source_ip
+        )
+        raise Failed(
+            error,
+            provider=webhook.provider.source,
+            signature_header=webhook.provider.signature_header,
+            webhook_type=webhook.type,
+            key=key,
+            record=webhook.record(event),
+            kept=kept,
+        ) from error
+    if handled is None:
+        return Processed(result, None)
+    count_created_order(webhook.provider.source, handled.created_order, result)
+    count_payment_event(webhook.provider.source, handled.payment_result, result)
+    created = handled.created_order if result.outcome in (Outcome.NEW, Outcome.TAKEOVER) else None
+    return Processed(result, created)
 
 
 async def receive(request: Request, runtime: Runtime, provider: Provider, path: str) -> Incoming:
