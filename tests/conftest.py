@@ -140,7 +140,7 @@ def app_factory(database_url: str) -> Callable[..., FastAPI]:
 async def app(app_factory: Callable[..., FastAPI]) -> AsyncIterator[FastAPI]:
     application = app_factory()
     yield application
-    await application.state.runtime.database.dispose()
+    await application.state.runtime.close()
 
 
 @pytest.fixture

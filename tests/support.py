@@ -101,7 +101,7 @@ async def app_client(
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
             yield http
     finally:
-        await app.state.runtime.database.dispose()
+        await app.state.runtime.close()
 
 
 def assert_problem(response: httpx.Response, status: int, kind: str) -> dict[str, Any]:

@@ -301,7 +301,7 @@ class BooksMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.run(self.http.aclose())
-        self.run(self.app.state.runtime.database.dispose())
+        self.run(self.app.state.runtime.close())
         self.run(self.inspector.dispose())
         self.loop.close()
 

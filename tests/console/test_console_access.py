@@ -30,7 +30,7 @@ async def console(
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4321))
     async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as http:
         yield http
-    await app.state.runtime.database.dispose()
+    await app.state.runtime.close()
 
 
 async def sign_in(http: httpx.AsyncClient, name: str, password: str = PASSWORD) -> httpx.Response:
@@ -144,7 +144,7 @@ async def test_without_its_secret_the_console_says_what_to_set(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as http:
         answer = await http.get("/console/login")
-    await app.state.runtime.database.dispose()
+    await app.state.runtime.close()
     assert answer.status_code == 503
     assert "WHATSORDER_CONSOLE_SECRET" in answer.text
 

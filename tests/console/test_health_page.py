@@ -33,7 +33,7 @@ async def console(
         signed = await http.post("/console/login", data={"name": "asha", "password": PASSWORD})
         assert signed.status_code == 303
         yield http
-    await app.state.runtime.database.dispose()
+    await app.state.runtime.close()
 
 
 def record(kind: str, key: str, *, status: str = "completed", expired: bool = False) -> dict:

@@ -57,7 +57,7 @@ async def front_door(
         signed = await http.post("/console/login", data={"name": "asha", "password": PASSWORD})
         assert signed.status_code == 303
         yield http
-    await app.state.runtime.database.dispose()
+    await app.state.runtime.close()
 
 
 async def deliver(http: httpx.AsyncClient, body: bytes) -> None:

@@ -32,7 +32,7 @@ async def console(
         signed = await http.post("/console/login", data={"name": "asha", "password": PASSWORD})
         assert signed.status_code == 303
         yield http
-    await app.state.runtime.database.dispose()
+    await app.state.runtime.close()
 
 
 async def add_orders(db: AsyncEngine) -> None:

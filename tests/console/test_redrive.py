@@ -56,7 +56,7 @@ async def app(app_factory: Callable[..., FastAPI], db: AsyncEngine) -> AsyncIter
         for name, role in (("asha", "operator"), ("bo", "operator"), ("vik", "viewer")):
             await add_operator(connection, name, role, hash_password(PASSWORD), datetime.now(UTC))
     yield application
-    await application.state.runtime.database.dispose()
+    await application.state.runtime.close()
 
 
 @asynccontextmanager

@@ -26,6 +26,8 @@ from whatsorder.db.tables import dead_letters, orders
 from whatsorder.operators import hash_password
 
 PASSWORD = "correct horse battery"
+# What Twilio adds (its idempotency token) and what a proxy in front may add (a credential).
+PROXY_AND_TOKEN = {"I-Twilio-Idempotency-Token": "9f3c1a7e-token", "X-Api-Key": "proxy-cred-1"}
 SENDER = "whatsapp:+919876543210"
 DIGITS = "9876543210"  # the full number, never on a page or in the shown record
 REFUSE = {
@@ -49,7 +51,7 @@ async def app(app_factory: Callable[..., FastAPI], db: AsyncEngine) -> AsyncIter
         for name in ("asha", "bo"):
             await add_operator(connection, name, "operator", hash_password(PASSWORD), _now())
     yield application
-    await application.state.runtime.database.dispose()
+    await application.state.runtime.close()
 
 
 def _now() -> datetime:
@@ -71,11 +73,12 @@ async def refuse_orders(db: AsyncEngine, refused: bool) -> None:
             await connection.execute(text(f"DROP TRIGGER refuse_orders{on}"))
 
 
-async def send(http: httpx.AsyncClient, form: list[tuple[str, str]]) -> httpx.Response:
+async def send(
+    http: httpx.AsyncClient, form: list[tuple[str, str]], **extra: str
+) -> httpx.Response:
     """Twilio's request, signed; sent again byte for byte, it is Twilio's retry (or fallback)."""
-    return await http.post(
-        INBOUND_PATH, content=encode(form), headers=signed_headers(INBOUND_PATH, form)
-    )
+    headers = {**signed_headers(INBOUND_PATH, form), **extra}
+    return await http.post(INBOUND_PATH, content=encode(form), headers=headers)
 
 
 async def kept(db: AsyncEngine) -> list[dict[str, Any]]:
@@ -102,13 +105,17 @@ async def press(app: FastAPI, name: str, letter_id: int) -> httpx.Response:
         )
 
 
-async def failed_message(app: FastAPI, db: AsyncEngine) -> list[tuple[str, str]]:
-    """A Twilio ORDER whose processing failed twice (the first delivery and Twilio's fallback)."""
+async def failed_message(
+    app: FastAPI, db: AsyncEngine, *, refused: bool = False, copies: int = 2
+) -> list[tuple[str, str]]:
+    """A Twilio ORDER whose processing failed twice (the first delivery and Twilio's fallback),
+    sent through a proxy that adds a credential of its own."""
     form = inbound_form("ORDER 2 x ATTA-5KG", sender=SENDER)
-    await refuse_orders(db, True)
+    if not refused:
+        await refuse_orders(db, True)
     async with client_of(app) as http:
-        for _ in range(2):
-            answer = await send(http, form)
+        for _ in range(copies):
+            answer = await send(http, form, **PROXY_AND_TOKEN)
             assert answer.status_code == 500, answer.text
             assert answer.headers["content-type"].startswith("application/problem+json")
     return form
@@ -127,6 +134,8 @@ async def test_a_twilio_message_that_failed_is_kept_once_without_its_signature_o
     assert DIGITS not in row["body"], "the shown record is masked"
     assert row["payload"] is not None
     assert "x-twilio-signature" not in row["payload"].lower()
+    assert "proxy-cred-1" not in row["payload"], "only the headers processing reads are kept"
+    assert "9f3c1a7e-token" in row["payload"]
     assert await order_count(db) == 0
     async with client_of(app) as http:
         await http.post("/console/login", data={"name": "asha", "password": PASSWORD})
@@ -146,12 +155,14 @@ async def test_once_fixed_a_redrive_places_the_order_and_twilios_retry_then_repl
     assert answer.status_code == 200, answer.text
     [after] = await kept(db)
     assert after["redrive_state"] == "done"
-    assert re.fullmatch(r"order ORD-\d+ created", after["redrive_result"]), after
+    assert re.fullmatch(
+        r"order ORD-\d+ created; the customer was sent no reply: tell them", after["redrive_result"]
+    ), after
     assert after["payload"] is None
     assert await order_count(db) == 1
 
     async with client_of(app) as http:
-        retry = await send(http, form)
+        retry = await send(http, form, **PROXY_AND_TOKEN)
     assert retry.status_code == 200
     assert retry.headers.get("idempotent-replayed") == "true"
     assert await order_count(db) == 1
@@ -165,7 +176,8 @@ async def test_a_redrive_after_twilios_own_retry_succeeded_replays_and_places_no
     [row] = await kept(db)
     await refuse_orders(db, False)
     async with client_of(app) as http:
-        assert (await send(http, form)).status_code == 200  # processed by Twilio's retry
+        answer = await send(http, form, **PROXY_AND_TOKEN)  # processed by Twilio's retry
+        assert answer.status_code == 200
     assert await order_count(db) == 1
 
     assert (await press(app, "asha", row["id"])).status_code == 200
@@ -201,3 +213,27 @@ async def test_a_redrive_before_the_fix_fails_again_and_stays_redrivable(
     await refuse_orders(db, False)
     assert (await press(app, "bo", row["id"])).status_code == 200
     assert await order_count(db) == 1
+
+
+async def test_redriving_a_busy_senders_messages_is_not_refused_by_the_sender_limit(
+    app_factory: Callable[..., FastAPI], db: AsyncEngine
+) -> None:
+    """Each message was counted against its sender when it came; a re-drive that counted it
+    again would be answered "rate limited", marked done, and the order lost."""
+    app = app_factory(
+        console_secret="a console secret for tests, long enough", rate_limit_per_sender="2/minute"
+    )
+    async with db.begin() as connection:
+        await add_operator(connection, "asha", "operator", hash_password(PASSWORD), _now())
+    try:
+        await failed_message(app, db, copies=1)
+        await failed_message(app, db, refused=True, copies=1)  # the sender's limit is used up
+        rows = await kept(db)
+        assert len(rows) == 2
+        await refuse_orders(db, False)
+        for row in rows:
+            assert (await press(app, "asha", row["id"])).status_code == 200
+        assert [row["redrive_state"] for row in await kept(db)] == ["done", "done"]
+        assert await order_count(db) == 2
+    finally:
+        await app.state.runtime.close()

@@ -80,7 +80,7 @@ async def _use_every_table(app: FastAPI, database: AsyncEngine) -> None:
         assert stats.status_code == 200, stats.text
     runtime = app.state.runtime
     await runtime.inbox.flush(runtime.database)  # the inbox's rows of these deliveries
-    await runtime.database.dispose()
+    await runtime.close()
     async with database.begin() as connection:  # an operator, and the audit line of its adding
         await add_operator(connection, "asha", "admin", "argon2-hash", datetime.now(UTC))
     money = ConsoleMoney(database)  # an operator resolves the payment exception (audited)

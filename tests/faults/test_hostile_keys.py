@@ -185,7 +185,7 @@ class Target:
         self.runner.run(self.client.aclose())
         if self.kind == "service":
             self.runner.run(self.db.dispose())
-            self.runner.run(self.app.state.runtime.database.dispose())
+            self.runner.run(self.app.state.runtime.close())
         elif hasattr(self.store, "aclose"):
             self.runner.run(self.store.aclose())
 

@@ -110,7 +110,7 @@ class Fuzzed:
         for client in self.clients.values():
             self.runner.run(client.aclose())
         self.runner.run(self.db.dispose())
-        self.runner.run(self.app.state.runtime.database.dispose())
+        self.runner.run(self.app.state.runtime.close())
 
 
 # PostgreSQL refuses what SQLite stores (NUL, over-long values): the quick mode fuzzes there.

@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await sender.aclose()
             if cleanup is not None:
                 await cleanup.stop()  # after the batch in progress, never the whole run
-            await runtime.database.dispose()
+            await runtime.close()
 
     app = FastAPI(
         title="whatsorder",

@@ -17,6 +17,7 @@ cannot take it either, the original error is what the provider is answered.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -26,13 +27,25 @@ from starlette.requests import Request
 from whatsorder.clock import utcnow
 from whatsorder.db.dead_letters import MAX_DELIVERY_KEY_CHARS
 from whatsorder.ordering import services
+from whatsorder.providers import razorpay, twilio
 from whatsorder.web.runtime import Runtime
+from whatsorder_idempotency.keys import KEY_HEADERS
 
 log = logging.getLogger("whatsorder.web.failed_deliveries")
 
-# Never kept: credentials a proxy or a client may add. The provider's signature is left out
-# too: a re-drive is the operator's act, checked by the console, not by the signature.
-_NOT_KEPT = frozenset({"authorization", "proxy-authorization", "cookie"})
+# Kept: only the headers a webhook's processing reads (its content type, a client's key,
+# Twilio's idempotency token, Razorpay's event id). Nothing else a proxy or client may add
+# (credentials, tokens, forwarded addresses) is kept; nor the signature: a re-drive is the
+# operator's act, checked by the console, not by the provider's signature.
+KEPT_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "content-type",
+        *KEY_HEADERS,
+        twilio.IDEMPOTENCY_TOKEN_HEADER,
+        razorpay.EVENT_ID_HEADER,
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +100,12 @@ class Kept:
 
 
 def delivery_key(webhook_type: str, key: str) -> str:
-    return f"{webhook_type}:{key}"[:MAX_DELIVERY_KEY_CHARS]
+    """The dead letter's key: the webhook type and the key, or the key's hash if that would
+    not fit (two long keys must not share a dead letter)."""
+    whole = f"{webhook_type}:{key}"
+    if len(whole) <= MAX_DELIVERY_KEY_CHARS:
+        return whole
+    return f"{webhook_type}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 class Failed(Exception):
@@ -98,7 +116,6 @@ class Failed(Exception):
         error: Exception,
         *,
         provider: str,
-        signature_header: str,
         webhook_type: str,
         key: str,
         record: str,
@@ -107,7 +124,6 @@ class Failed(Exception):
         super().__init__(str(error))
         self.error = error
         self.provider = provider
-        self.signature_header = signature_header.lower()
         self.webhook_type = webhook_type
         self.key = key
         self.record = record
@@ -119,15 +135,8 @@ class Failed(Exception):
             f"Its processing failed with an unexpected error ({type(self.error).__name__}); "
             "the provider was answered 500 and the error is in the service's log."
         )
-        payload = None
         kept = self.kept
-        if kept is not None and "\x00" not in kept.body:  # PostgreSQL text cannot hold NUL
-            headers = tuple(
-                (name, value)
-                for name, value in kept.headers
-                if name not in _NOT_KEPT and name != self.signature_header
-            )
-            payload = Kept(kept.webhook_type, kept.path, headers, kept.body, kept.source_ip)
+        payload = None if kept is None or "\x00" in kept.body else kept  # text cannot hold NUL
         try:
             # The unit of work commits with its connection's transaction, begun here.
             async with runtime.database.begin() as connection:
@@ -152,5 +161,7 @@ def kept_from(
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    headers = tuple((name.lower(), value) for name, value in request.headers.items())
+    headers = tuple(
+        (name, value) for name, value in request.headers.items() if name in KEPT_HEADERS
+    )
     return Kept(webhook_type, path, headers, text, source_ip)

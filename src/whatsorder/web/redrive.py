@@ -160,7 +160,7 @@ async def process_failed(runtime: Runtime, payload: str) -> Redriven:
         return Redriven(False, f"no webhook {kept.webhook_type!r} takes it now; nothing was run")
     body = kept.body.encode("utf-8")
     incoming = webhooks.Incoming(
-        kept.request(), kept.path, runtime.settings, body, kept.source_ip, "", ""
+        kept.request(), kept.path, runtime.settings, body, kept.source_ip, "", "", redrive=True
     )
     try:
         processed = await webhooks.process(runtime, webhook, incoming)
@@ -171,6 +171,15 @@ async def process_failed(runtime: Runtime, payload: str) -> Redriven:
     except Failed as failed:
         log.error("A failed delivery's re-drive failed again", exc_info=failed.error)
         return Redriven(False, f"failed again ({type(failed.error).__name__}; see the log)")
+    said = _failed_said(processed)
+    replayed = processed.result.outcome is Outcome.REPLAYED  # answered when it first ran
+    if said.done and not replayed and webhook.provider.source == twilio.TWILIO.source:
+        # Twilio's reply rides on its webhook's answer, which only Twilio would have read.
+        return Redriven(True, f"{said.result}; the customer was sent no reply: tell them")
+    return said
+
+
+def _failed_said(processed: Processed) -> Redriven:
     result = processed.result
     status = result.response.status
     if result.outcome is Outcome.REPLAYED:

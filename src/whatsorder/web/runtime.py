@@ -75,6 +75,13 @@ class Runtime:
             DeadLetterRedrives(database),
         )
 
+    async def close(self) -> None:
+        """Close the idempotency store's own connections, then the database's pool."""
+        store = self.idempotency.store
+        if isinstance(store, SqlStore):
+            await store.close_own_connections()
+        await self.database.dispose()
+
     def unit_of_work(self, connection: AsyncConnection) -> UnitOfWork:
         """The unit of work on the idempotency claim's own transaction."""
         return SqlUnitOfWork(connection)

@@ -110,7 +110,7 @@ def _parse_inbound(incoming: Incoming) -> _Inbound:
         form.pairs,
         message,
         twilio.provider_token(incoming.request.headers.get(twilio.IDEMPOTENCY_TOKEN_HEADER)),
-        webhooks.SenderLimit(message.sender),
+        webhooks.SenderLimit(message.sender, exempt=incoming.redrive),
     )
 
 

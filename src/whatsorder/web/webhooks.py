@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 from fastapi import Request, Response
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.exceptions import HTTPException
 
 from whatsorder import observability
 from whatsorder.ordering.ports import UnitOfWork
@@ -68,6 +69,7 @@ class Incoming:
     source_ip: str
     secret: str
     signature: str
+    redrive: bool = False  # an operator's re-drive of a kept delivery, not the provider's
 
     def text(self) -> str:
         """The body as providers sign it: UTF-8 text, byte for byte; else 400."""
@@ -176,7 +178,7 @@ async def process(runtime: Runtime, webhook: Webhook[Event], incoming: Incoming)
 
     try:
         result = await runtime.idempotency.execute(idempotent, handle)
-    except (IdempotencyError, Problem):
+    except (IdempotencyError, Problem, HTTPException, InvalidKey):
         raise  # answered as what they are: busy, in flight, another body, a refusal
     except Exception as error:
         kept = kept_from(
@@ -185,7 +187,6 @@ async def process(runtime: Runtime, webhook: Webhook[Event], incoming: Incoming)
         raise Failed(
             error,
             provider=webhook.provider.source,
-            signature_header=webhook.provider.signature_header,
             webhook_type=webhook.type,
             key=key,
             record=webhook.record(event),
@@ -273,9 +274,10 @@ class SenderLimit:
     meanwhile) reuses the answer instead of counting the sender a second time.
     """
 
-    def __init__(self, sender: str) -> None:
+    def __init__(self, sender: str, *, exempt: bool = False) -> None:
         self.sender = sender
-        self._answer: bool | None = None
+        # A re-drive was counted when the delivery first came: never refused for the limit.
+        self._answer: bool | None = True if exempt else None
 
     async def allows(self, runtime: Runtime) -> bool:
         if self._answer is None:

@@ -37,20 +37,54 @@ def _connection_class() -> type[Any]:
     return NothingToReset
 
 
+# SQLAlchemy's own arguments in a URL's query, which its asyncpg dialect takes off before it
+# calls asyncpg.connect; the rest of the query goes to asyncpg as SQLAlchemy gives it.
+_SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
+DEFAULT_SIZE = 5  # for an engine whose pool sets no bound (pool_size=0)
+
+
+def connect_arguments(engine: AsyncEngine) -> dict[str, Any]:
+    """asyncpg.connect's arguments for ``engine``'s URL, as SQLAlchemy's dialect makes them
+    (so ``?ssl=require`` and the like mean the same to both pools)."""
+    _positional, arguments = engine.dialect.create_connect_args(engine.url)
+    found = dict(arguments)
+    if found.get("prepared_statement_cache_size") == 0:  # said for pgbouncer: no prepares
+        found.setdefault("statement_cache_size", 0)
+    for name in _SQLALCHEMY_ONLY:
+        found.pop(name, None)
+    return found
+
+
 class DriverPool:
-    """asyncpg's pool, as big as the engine's, opened on first use."""
+    """asyncpg's pool, as big as the engine's (without its overflow), opened on first use."""
 
     def __init__(
-        self, engine: AsyncEngine, on_connection_lost: Callable[[], Awaitable[None]]
+        self,
+        arguments: dict[str, Any],
+        size: int,
+        timeout: float,
+        on_connection_lost: Callable[[], Awaitable[None]],
     ) -> None:
-        self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        pool: Any = engine.pool
-        self.size = max(1, int(pool.size()))
-        self._timeout = float(pool.timeout())
+        self._arguments = arguments
+        self.size = size
+        self._timeout = timeout
         self._pool: Any = None
         self._opening = asyncio.Lock()
         self.found_dead = 0  # statements whose connection turned out dead on use
         self._on_connection_lost = on_connection_lost
+
+    @classmethod
+    def of(
+        cls, engine: AsyncEngine, on_connection_lost: Callable[[], Awaitable[None]]
+    ) -> DriverPool | None:
+        """The store's own pool beside ``engine``'s, or None where that would go wrong: not
+        asyncpg, or a pool with no size to match (NullPool, StaticPool: the caller chose to
+        hold no connections, or one)."""
+        pool: Any = engine.pool
+        if engine.dialect.driver != "asyncpg" or not callable(getattr(pool, "size", None)):
+            return None
+        size = int(pool.size()) or DEFAULT_SIZE
+        return cls(connect_arguments(engine), size, float(pool.timeout()), on_connection_lost)
 
     async def opened(self) -> Any:
         """asyncpg's pool, opened on first use."""
@@ -60,7 +94,7 @@ class DriverPool:
                     import asyncpg
 
                     self._pool = await asyncpg.create_pool(
-                        self._dsn,
+                        **self._arguments,
                         min_size=0,
                         max_size=self.size,
                         connection_class=_connection_class(),
@@ -79,7 +113,10 @@ class DriverPool:
         try:
             yield pool, connection
         finally:
-            await pool.release(connection)
+            # asyncpg ends a connection it cannot hand out again itself; what went wrong is
+            # the statement's to say, not the return's.
+            with contextlib.suppress(Exception):
+                await pool.release(connection)
 
     async def run(self, method: str, sql: str, *arguments: Any, again: bool = False) -> Any:
         """``method`` (``fetchrow``, ``execute``, ``fetch``) of a pooled connection; its errors as
@@ -107,8 +144,11 @@ class DriverPool:
         raise AssertionError("unreachable")  # the second attempt returned or raised
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        """Close the pool's connections: those in use are waited for (a statement each)."""
+        async with self._opening:  # not while it opens
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
 
 def _terminate(connection: Any) -> None:

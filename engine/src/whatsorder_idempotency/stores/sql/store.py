@@ -50,6 +50,11 @@ from whatsorder_idempotency.wakeups import Wakeups
 class SqlStore:
     """Idempotency records in a SQL table.
 
+    ``own_pool``: on PostgreSQL (asyncpg), statements that run alone take connections of the
+    store's own pool (driver_pool.py), opened from the engine's URL. An engine that connects
+    with ``connect_args`` the URL does not carry (``server_settings``, an SSL context) should
+    put them in the URL, or pass ``own_pool=False`` to keep everything on its pool.
+
     Transactional mode (``transaction()``) shares the application's database and transaction;
     lease mode (``claim`` … ``release``) serves applications whose data lives elsewhere, each
     step one compare-and-set statement in autocommit (a take-over: a short transaction).
@@ -62,6 +67,7 @@ class SqlStore:
         *,
         in_flight_wait: timedelta = timedelta(seconds=5),
         create_table: bool = False,
+        own_pool: bool = True,
     ) -> None:
         self.engine = engine
         self.table = table
@@ -79,11 +85,7 @@ class SqlStore:
         )
         self.wakeups: Wakeups | None = None if self._announcer is None else self._announcer.wakeups
         # Statements that run alone take asyncpg's connections of their own (driver_pool.py).
-        self._driver_pool = (
-            DriverPool(engine, on_connection_lost=engine.dispose)
-            if self.kind == "postgresql" and engine.dialect.driver == "asyncpg"
-            else None
-        )
+        self._driver_pool = DriverPool.of(engine, engine.dispose) if own_pool else None
         # Replays are read by the driver itself (reads.py): on a SQLite file, apart from the pool.
         self._reads = RecordReads(
             engine, table, busy_timeout_ms=self._lock_timeout_ms, driver_pool=self._driver_pool
@@ -148,12 +150,14 @@ class SqlStore:
     async def read_then_transaction(
         self, scope: str, key: str
     ) -> AsyncIterator[IdempotencyRecord | SqlTransaction]:
-        """The record if it is completed, read in autocommit; else a transaction. One checkout.
+        """The record if it is completed, read in autocommit; else a transaction.
 
         A replay costs one statement and, on SQLite, never waits for the write lock. Anything
-        else gets a transaction on the same connection, so a new key waits for the pool once,
-        and that wait comes out of its lock wait. The transaction gains two statements, the
-        claim and the completion: on PostgreSQL its lock_timeout rides on the claim.
+        else gets a transaction: on PostgreSQL with the store's own pool, the read was on that
+        pool and the transaction checks out SQLAlchemy's; otherwise on the read's connection,
+        so a new key waits for the pool once. Either way the wait comes out of its lock wait.
+        The transaction gains two statements, the claim and the completion: on PostgreSQL its
+        lock_timeout rides on the claim.
         """
         await self._ensure_table()
         if self._reads.apart_from_the_pool:  # a SQLite file: no pooled connection to share
@@ -261,13 +265,19 @@ class SqlStore:
         return await SharedTransaction.begin(self.engine, self.table, self._announcer)
 
     async def close(self) -> None:
+        """Close the store's connections and the engine's."""
+        await self.close_own_connections()
+        await self.engine.dispose()
+
+    async def close_own_connections(self) -> None:
+        """Close what the store opened beside the engine (its own pool, reading threads, the
+        wake-ups' listener), leaving the engine to an application that shares it."""
         if self.wakeups is not None:
             await self.wakeups.close()
         await self._reads.close()
         await asyncio.to_thread(self._lone.close)
         if self._driver_pool is not None:
             await self._driver_pool.close()
-        await self.engine.dispose()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
