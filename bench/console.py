@@ -119,6 +119,9 @@ def pages_to_time(shop: Shop) -> dict[str, str]:
         "key lookup": f"/console/health?key={shop.source(order)[1]}",
         "catalogue": "/console/catalogue",
         "audit trail": "/console/audit",
+        "dead letters": "/console/dead-letters",
+        "dead letters, failed re-drives": "/console/dead-letters?state=failed",
+        "re-drive preview, Meta": "/console/dead-letters/preview?provider=meta",
     }
 
 

@@ -18,6 +18,7 @@ from whatsorder.ordering.demo import DEMO_CATALOGUE
 from whatsorder.ordering.model import order_number
 
 DAYS = 90
+DEAD_LETTERS = 10_000  # kept over the last seven weeks, a quarter of them failed deliveries
 Row = tuple[Any, ...]
 Rows = Callable[[], Iterable[Row]]
 
@@ -167,6 +168,25 @@ def tables(shop: Shop) -> dict[str, tuple[tuple[str, ...], Rows]]:
             if n % 20 == 0:
                 yield kind, key, "replayed", 200, None, at + timedelta(seconds=20)
 
+    def kept() -> Iterator[Row]:  # dead letters: Meta's unreadable parts, failed deliveries
+        for n in range(1, DEAD_LETTERS + 1):
+            meta = n % 4 != 0
+            state, result = (None, None) if n % 3 else ("failed", "rejected again: no items")
+            yield (
+                "meta" if meta else "twilio",
+                "This wamid was processed before with other content; this copy was not."
+                if meta
+                else "Its processing failed with an unexpected error (IntegrityError).",
+                '{"entry":"(masked)"}',
+                shop.now - timedelta(minutes=7 * n),
+                f"{n:064x}" if meta else f"twilio_inbound:SMdl{n:030x}",
+                '{"object":"whatsapp_business_account","entry":[]}',
+                state,
+                None if state is None else shop.now - timedelta(minutes=7 * n - 1),
+                None if state is None else "bench",
+                result,
+            )
+
     def audit() -> Iterator[Row]:
         for n in range(1, 2_001):
             yield "bench", "sign-in", None, None, None, "127.0.0.1", shop.now - timedelta(hours=n)
@@ -230,6 +250,11 @@ def tables(shop: Shop) -> dict[str, tuple[tuple[str, ...], Rows]]:
             deliveries,
         ),
         "operator_actions": ("operator action target before after address at", audit),
+        "dead_letters": (
+            "provider reason body received_at delivery_key payload redrive_state redriven_at "
+            "redriven_by redrive_result",
+            kept,
+        ),
         "payment_exceptions": (
             "provider provider_event_id order_id kind expected_amount received_amount "
             "currency detail created_at resolved_at resolved_by resolution",
