@@ -10,7 +10,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Table,
     Text,
@@ -18,20 +17,13 @@ from sqlalchemy import (
     text,
 )
 
+from whatsorder.db.metadata import Id, metadata
+from whatsorder.db.operator_tables import OPERATOR_ROLES, operator_actions, operators
 from whatsorder_idempotency import idempotency_table
 
-# Constraint names are fixed so that migrations name the same things on SQLite and PostgreSQL.
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(column_0_label)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-
-Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+# The operator tables live in their own module; named here too, so that this module lists
+# every table the migrations create.
+__all__ = ["OPERATOR_ROLES", "Id", "metadata", "operator_actions", "operators"]
 
 
 def _now_column(name: str = "created_at") -> Column[object]:
@@ -263,37 +255,6 @@ payment_exceptions = Table(
     UniqueConstraint(
         "provider", "provider_event_id", "kind", name="uq_payment_exceptions_event_kind"
     ),
-)
-
-# The operator console: who may sign in (an argon2id hash, never the password), and everything
-# operators did, with the state before and after (JSON).
-OPERATOR_ROLES = ("viewer", "operator", "admin")
-
-operators = Table(
-    "operators",
-    metadata,
-    Column("id", Id, primary_key=True),
-    Column("name", String(64), nullable=False, unique=True),
-    Column("role", String(16), nullable=False),  # viewer, operator, admin
-    Column("password_hash", String(255), nullable=False),  # argon2id, never the password
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("disabled_at", DateTime(timezone=True)),
-    Column("last_login_at", DateTime(timezone=True)),
-)
-
-# Every operator action: who, what, on what, when, and the state before and after (JSON).
-operator_actions = Table(
-    "operator_actions",
-    metadata,
-    Column("id", Id, primary_key=True),
-    Column("operator", String(64), nullable=False),
-    Column("action", String(64), nullable=False),
-    Column("target", String(255)),
-    Column("before", Text),
-    Column("after", Text),
-    Column("address", String(45)),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Index("ix_operator_actions_at", "at"),
 )
 
 # Every inbound delivery and what became of it (the console's inbox): written in batches from
