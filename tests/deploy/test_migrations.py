@@ -40,11 +40,12 @@ from support import (
 )
 from whatsorder.cli import commands
 from whatsorder.db import migrate, reports
+from whatsorder.db.consent import ConsentChange, ConsentRepository
 from whatsorder.db.console_money import ConsoleMoney
 from whatsorder.db.engine import open_database
 from whatsorder.db.migrate import MIGRATIONS
 from whatsorder.db.operators import add_operator
-from whatsorder.db.tables import metadata
+from whatsorder.db.tables import metadata, order_transitions
 from whatsorder.scheduler import run_cleanup
 
 Rows = dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]
@@ -87,6 +88,20 @@ async def _use_every_table(app: FastAPI, database: AsyncEngine) -> None:
     (exception,) = await money.exceptions(resolved=False)
     await money.resolve(exception["id"], "asked for the rest", "asha", "127.0.0.1")
     await run_cleanup(database, trigger="cli")  # a row in idempotency_cleanup_runs
+    await _fulfil_and_stop(database)
+
+
+async def _fulfil_and_stop(database: AsyncEngine) -> None:
+    """An order's fulfilment moves on, and its customer says STOP (migration 0008's tables)."""
+    now = datetime.now(UTC)
+    async with database.begin() as connection:
+        await connection.execute(
+            order_transitions.insert().values(
+                order_id=1, from_state="placed", to_state="confirmed", actor="asha", created_at=now
+            )
+        )
+        consent = ConsentRepository(connection)
+        await consent.record(1, ConsentChange.STOP, "twilio", "SM-stop", now, now, "STOP")
 
 
 async def _rows(url: str) -> Rows:

@@ -12,18 +12,30 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
-    Text,
     UniqueConstraint,
     text,
 )
 
+from whatsorder.db.delivery_tables import dead_letters, inbound_deliveries, outbox_messages
+from whatsorder.db.fulfilment_tables import consent_events, order_transitions
 from whatsorder.db.metadata import Id, metadata
 from whatsorder.db.operator_tables import OPERATOR_ROLES, operator_actions, operators
 from whatsorder_idempotency import idempotency_table
 
-# The operator tables live in their own module; named here too, so that this module lists
-# every table the migrations create.
-__all__ = ["OPERATOR_ROLES", "Id", "metadata", "operator_actions", "operators"]
+# The operator, delivery and fulfilment tables live in modules of their own; named here too, so that
+# this module lists every table the migrations create.
+__all__ = [
+    "OPERATOR_ROLES",
+    "Id",
+    "consent_events",
+    "dead_letters",
+    "inbound_deliveries",
+    "metadata",
+    "operator_actions",
+    "operators",
+    "order_transitions",
+    "outbox_messages",
+]
 
 
 def _now_column(name: str = "created_at") -> Column[object]:
@@ -37,6 +49,14 @@ retailers = Table(
     Column("whatsapp_id", String(64), nullable=False, unique=True),
     Column("name", String(200), nullable=False),
     _now_column(),
+    # The customer's language for replies and notifications (NULL: English, the fallback).
+    Column("language", String(8)),
+    # The customer's last message: WhatsApp's 24-hour window for free-form text.
+    Column("last_inbound_at", DateTime(timezone=True)),
+    # Consent (migration 0008): set while the customer has said STOP; the ledger is
+    # consent_events. A change older than consent_changed_at never overrides a newer one.
+    Column("opted_out_at", DateTime(timezone=True)),
+    Column("consent_changed_at", DateTime(timezone=True)),
 )
 
 products = Table(
@@ -66,6 +86,10 @@ orders = Table(
     Column("source_message_id", String(255), nullable=False),
     _now_column(),
     Column("cancelled_at", DateTime(timezone=True)),
+    # Fulfilment, apart from the payment status above: placed, confirmed, packed, dispatched,
+    # delivered or cancelled (ordering/fulfilment.py has the machine).
+    Column("fulfilment", String(16), nullable=False, server_default="placed"),
+    Column("fulfilment_changed_at", DateTime(timezone=True)),
     # Forever, unlike idempotency records: a retry after the record expired finds this order.
     UniqueConstraint("source", "source_message_id", name="uq_orders_source_message"),
 )
@@ -187,51 +211,6 @@ idempotency_cleanup_runs = Table(
     Column("trigger", String(16), nullable=False),  # schedule, cli
 )
 
-# Signed deliveries we could not process: kept (redacted) for inspection, answered 200 so the
-# provider stops retrying (Meta retries anything but 200 for seven days).
-dead_letters = Table(
-    "dead_letters",
-    metadata,
-    Column("id", Id, primary_key=True),
-    Column("provider", String(32), nullable=False),
-    Column("reason", String(500), nullable=False),
-    Column("body", Text, nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
-    # A business key that outlives the idempotency record (Meta: the hash of what was kept), so
-    # a redelivery after the record expired stores no second copy. NULL on rows from before it.
-    Column("delivery_key", String(255)),
-    # The signed delivery as received, for a re-drive (web/redrive.py): never shown or logged,
-    # cleared once re-driven and after WHATSORDER_DEAD_LETTER_PAYLOAD_DAYS. NULL before 0006.
-    Column("payload", Text),
-    # The last re-drive: NULL (never), running, done or failed; when, by whom, what it did.
-    Column("redrive_state", String(16)),
-    Column("redriven_at", DateTime(timezone=True)),
-    Column("redriven_by", String(64)),
-    Column("redrive_result", String(500)),
-    Index("uq_dead_letters_provider_delivery_key", "provider", "delivery_key", unique=True),
-)
-
-# Replies that do not ride on the webhook response (Meta): written in the order's transaction,
-# sent afterwards by the outbox sender with an idempotent send.
-outbox_messages = Table(
-    "outbox_messages",
-    metadata,
-    Column("id", Id, primary_key=True),
-    Column("provider", String(32), nullable=False),
-    Column("recipient", String(64), nullable=False),
-    Column("body", Text, nullable=False),
-    Column("idempotency_key", String(255), nullable=False, unique=True),
-    Column("status", String(16), nullable=False),  # pending, sent, failed
-    Column("attempts", Integer, nullable=False, server_default="0"),
-    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
-    Column("last_error", String(500)),
-    Column("provider_message_id", String(255)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("sent_at", DateTime(timezone=True)),
-    # How many times the provider accepted this reply: more than once is a reply sent twice.
-    Column("sends", Integer, nullable=False, server_default="0"),
-    Index("ix_outbox_messages_due", "status", "next_attempt_at"),
-)
 
 # Payment events that did not match their order (amount, currency, unknown order, order of
 # events): recorded, never silently accepted.
@@ -255,21 +234,4 @@ payment_exceptions = Table(
     UniqueConstraint(
         "provider", "provider_event_id", "kind", name="uq_payment_exceptions_event_kind"
     ),
-)
-
-# Every inbound delivery and what became of it (the console's inbox): written in batches from
-# memory, so a replay's one round trip stays one. Refusals before the engine have no key.
-inbound_deliveries = Table(
-    "inbound_deliveries",
-    metadata,
-    Column("id", Id, primary_key=True),
-    Column("webhook_type", String(64), nullable=False),
-    Column("idempotency_key", String(255)),
-    Column("outcome", String(24), nullable=False),
-    Column("http_status", Integer),
-    Column("detail", String(200)),
-    Column("received_at", DateTime(timezone=True), nullable=False),
-    Index("ix_inbound_deliveries_received_at", "received_at"),
-    Index("ix_inbound_deliveries_key", "webhook_type", "idempotency_key"),
-    Index("ix_inbound_deliveries_outcome", "outcome", "id"),
 )
