@@ -10,11 +10,14 @@ import pytest
 
 from fake_graph import serving
 from fake_payment_apis import RAZORPAY_KEY, STRIPE_KEY, FakePaymentApis
+from whatsorder.ordering.payment_model import link_reference
 from whatsorder.providers.links import CreatedLink, LinkFailed, LinkRequest, PaymentLinks
 from whatsorder.providers.links.razorpay_links import RazorpayLinks
 from whatsorder.providers.links.stripe_links import StripeLinks
 
-REQUEST = LinkRequest("ORD-000007", 53_000, "INR", "whatsorder ORD-000007")
+REQUEST = LinkRequest(
+    "ORD-000007", 53_000, "INR", "whatsorder ORD-000007", link_reference(7, 53_000, "inr")
+)
 
 
 @pytest.fixture
@@ -39,9 +42,9 @@ def _both(base: str) -> list[PaymentLinks]:
 def test_the_reference_names_order_amount_and_currency_and_is_refused_when_unusable() -> None:
     assert REQUEST.reference == "ORD-000007-53000-INR"
     with pytest.raises(ValueError, match="positive amount"):
-        LinkRequest("ORD-000007", 0, "INR", "nothing to pay")
+        LinkRequest("ORD-000007", 0, "INR", "nothing to pay", "ORD-000007-0-INR")
     with pytest.raises(ValueError, match="1-40 letters"):
-        LinkRequest("ORD 7", 100, "INR", "a space in the reference")
+        LinkRequest("ORD 7", 100, "INR", "a space in the reference", "ORD 7-100-INR")
 
 
 @pytest.mark.parametrize("provider", ["stripe", "razorpay"])

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 
 from whatsorder.db.dead_letters import DeadLetterRepository
 from whatsorder.db.outbox import OutboxRepository
+from whatsorder.db.payment_links import PaymentLinkRepository
 from whatsorder.db.payments import PaymentRepository
 from whatsorder.db.repository import OrderingRepository
 
@@ -28,6 +29,7 @@ class SqlUnitOfWork:
     payments: PaymentRepository
     outbox: OutboxRepository
     dead_letters: DeadLetterRepository
+    payment_links: PaymentLinkRepository
 
     def __init__(self, source: AsyncEngine | AsyncConnection) -> None:
         self._source = source
@@ -45,6 +47,7 @@ class SqlUnitOfWork:
         self.payments = PaymentRepository(self._connection)
         self.outbox = OutboxRepository(self._connection)
         self.dead_letters = DeadLetterRepository(self._connection)
+        self.payment_links = PaymentLinkRepository(self._connection)
         return self
 
     async def __aexit__(
