@@ -9,6 +9,10 @@ for these calls.
   ``reference_id`` it holds (400 ``BAD_REQUEST_ERROR``); ``GET /v1/payment_links?reference_id=``
   lists the links holding one.
 
+Payments and refunds are made with ``pay`` and ``refund`` (what customers do at the provider),
+and listed as the APIs list them: Stripe's PaymentIntents and Refunds (``created[gte|lte]``),
+Razorpay's Payments and Refunds (``from``, ``to``, ``count``, ``skip``).
+
 ``failures`` answers the next requests with these statuses before any works; ``lose_answers``
 creates the link but answers 502 instead of it, as a crash or a cut connection between the
 provider's acceptance and our commit would look. ``created`` counts what a customer could be
@@ -44,6 +48,8 @@ class FakePaymentApis:
     _stripe_in_flight: set[str] = field(default_factory=set)
     _razorpay_references: set[str] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    payments: list[dict[str, Any]] = field(default_factory=list)  # what customers paid
+    refunds: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def app(self) -> Starlette:
@@ -52,8 +58,115 @@ class FakePaymentApis:
                 Route("/v1/checkout/sessions", self._stripe_create, methods=["POST"]),
                 Route("/v1/payment_links", self._razorpay_create, methods=["POST"]),
                 Route("/v1/payment_links", self._razorpay_list, methods=["GET"]),
+                Route("/v1/payment_intents", self._stripe_intents, methods=["GET"]),
+                Route("/v1/payment_intents/{id}", self._stripe_intent, methods=["GET"]),
+                Route("/v1/refunds", self._refunds, methods=["GET"]),
+                Route("/v1/payments", self._razorpay_payments, methods=["GET"]),
+                Route("/v1/payments/{id}", self._razorpay_payment, methods=["GET"]),
             ]
         )
+
+    # What customers do at the provider: pay (by a link or any other way), and get refunds.
+
+    def pay(
+        self, provider: str, order_number: str | None, amount: int, *, created: int = 1_800_000_000
+    ) -> str:
+        """A payment the provider holds, naming ``order_number`` (None: names no order)."""
+        number = next(self._ids)
+        if provider == "stripe":
+            payment: dict[str, Any] = {
+                "id": f"pi_fake{number}",
+                "object": "payment_intent",
+                "amount": amount,
+                "amount_received": amount,
+                "currency": "inr",
+                "status": "succeeded",
+                "metadata": {} if order_number is None else {"order_id": order_number},
+                "created": created,
+            }
+        else:
+            payment = {
+                "id": f"pay_fake{number}",
+                "entity": "payment",
+                "amount": amount,
+                "currency": "INR",
+                "status": "captured",
+                "notes": {} if order_number is None else {"order_id": order_number},
+                "created_at": created,
+            }
+        self.payments.append({"provider": provider, **payment})
+        return str(payment["id"])
+
+    def refund(
+        self, provider: str, payment_id: str, amount: int, *, created: int = 1_800_000_100
+    ) -> str:
+        number = next(self._ids)
+        if provider == "stripe":
+            refund: dict[str, Any] = {
+                "id": f"re_fake{number}",
+                "object": "refund",
+                "amount": amount,
+                "currency": "inr",
+                "payment_intent": payment_id,
+                "status": "succeeded",
+                "created": created,
+            }
+        else:
+            refund = {
+                "id": f"rfnd_fake{number}",
+                "entity": "refund",
+                "amount": amount,
+                "currency": "INR",
+                "payment_id": payment_id,
+                "status": "processed",
+                "created_at": created,
+            }
+        self.refunds.append({"provider": provider, **refund})
+        return str(refund["id"])
+
+    def _held(self, kind: list[dict[str, Any]], provider: str) -> list[dict[str, Any]]:
+        return [
+            {key: value for key, value in item.items() if key != "provider"}
+            for item in kind
+            if item["provider"] == provider
+        ]
+
+    async def _stripe_intents(self, request: Request) -> JSONResponse:
+        return _stripe_list(request, self._held(self.payments, "stripe"))
+
+    async def _stripe_intent(self, request: Request) -> JSONResponse:
+        for intent in self._held(self.payments, "stripe"):
+            if intent["id"] == request.path_params["id"]:
+                return JSONResponse(intent)
+        return _stripe_error(404, "invalid_request_error", "No such payment_intent")
+
+    async def _refunds(self, request: Request) -> JSONResponse:
+        if request.headers.get("authorization", "").startswith("Bearer "):
+            refunds = self._held(self.refunds, "stripe")
+            intent = request.query_params.get("payment_intent")
+            if intent is not None:
+                refunds = [refund for refund in refunds if refund["payment_intent"] == intent]
+            return _stripe_list(request, refunds)
+        return self._razorpay_collection(request, self._held(self.refunds, "razorpay"))
+
+    async def _razorpay_payments(self, request: Request) -> JSONResponse:
+        return self._razorpay_collection(request, self._held(self.payments, "razorpay"))
+
+    async def _razorpay_payment(self, request: Request) -> JSONResponse:
+        for payment in self._held(self.payments, "razorpay"):
+            if payment["id"] == request.path_params["id"]:
+                return JSONResponse(payment)
+        return _razorpay_error(400, "BAD_REQUEST_ERROR", "The id provided does not exist")
+
+    def _razorpay_collection(self, request: Request, items: list[dict[str, Any]]) -> JSONResponse:
+        if not self._razorpay_authorised(request):
+            return _razorpay_error(401, "BAD_REQUEST_ERROR", "Authentication failed")
+        query = request.query_params
+        low, high = int(query.get("from", 0)), int(query.get("to", 2**40))
+        chosen = [item for item in items if low <= item["created_at"] <= high]
+        skip, count = int(query.get("skip", 0)), int(query.get("count", 10))
+        page = chosen[skip : skip + count]
+        return JSONResponse({"entity": "collection", "count": len(page), "items": page})
 
     def links(self, provider: str) -> list[dict[str, Any]]:
         return [link for link in self.created if link["provider"] == provider]
@@ -160,6 +273,18 @@ class FakePaymentApis:
             if reference is None or link["reference_id"] == reference
         ]
         return JSONResponse({"payment_links": links})
+
+
+def _stripe_list(request: Request, items: list[dict[str, Any]]) -> JSONResponse:
+    if request.headers.get("authorization") != f"Bearer {STRIPE_KEY}":
+        return _stripe_error(401, "invalid_request_error", "Invalid API Key provided.")
+    query = request.query_params
+    low = int(query.get("created[gte]", 0))
+    high = int(query.get("created[lte]", 2**40))
+    chosen = [item for item in items if low <= item["created"] <= high]
+    return JSONResponse(
+        {"object": "list", "data": chosen, "has_more": False, "url": request.url.path}
+    )
 
 
 def _stripe_error(status: int, kind: str, message: str) -> JSONResponse:
