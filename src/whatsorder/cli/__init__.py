@@ -1,9 +1,9 @@
 """``whatsorder``: the operator's command line.
 
 One module per group of commands: ``service`` (serve, migrate, seed-demo), ``reports`` (orders,
-audit, stats), ``cleanup``, ``operators`` (the console's operators) and ``simulation`` (send,
-pay). Commands import what they need when they run: ``serve`` must set up metrics storage before
-anything imports ``prometheus_client``.
+audit, stats), ``cleanup``, ``operators`` (the console's operators), ``simulation`` (send, pay)
+and ``reconcile`` (what the payment providers know). Commands import what they need when they
+run: ``serve`` must set up metrics storage before anything imports ``prometheus_client``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import click
 
 from whatsorder.cli.cleanup import cleanup
 from whatsorder.cli.operators import operator
+from whatsorder.cli.reconcile import reconcile
 from whatsorder.cli.reports import audit, orders, stats
 from whatsorder.cli.service import migrate, seed_demo, serve
 from whatsorder.cli.simulation import pay, send
@@ -24,7 +25,19 @@ def commands() -> None:
     """whatsorder: WhatsApp orders whose webhooks take effect exactly once."""
 
 
-for _command in (serve, migrate, seed_demo, send, orders, audit, cleanup, stats, pay, operator):
+for _command in (
+    serve,
+    migrate,
+    seed_demo,
+    send,
+    orders,
+    audit,
+    cleanup,
+    stats,
+    pay,
+    operator,
+    reconcile,
+):
     commands.add_command(_command)
 
 
