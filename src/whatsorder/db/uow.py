@@ -12,6 +12,8 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from whatsorder.db.consent import ConsentRepository
+from whatsorder.db.customers import CustomerRepository
 from whatsorder.db.dead_letters import DeadLetterRepository
 from whatsorder.db.outbox import OutboxRepository
 from whatsorder.db.payments import PaymentRepository
@@ -28,6 +30,8 @@ class SqlUnitOfWork:
     payments: PaymentRepository
     outbox: OutboxRepository
     dead_letters: DeadLetterRepository
+    customers: CustomerRepository
+    consent: ConsentRepository
 
     def __init__(self, source: AsyncEngine | AsyncConnection) -> None:
         self._source = source
@@ -45,6 +49,8 @@ class SqlUnitOfWork:
         self.payments = PaymentRepository(self._connection)
         self.outbox = OutboxRepository(self._connection)
         self.dead_letters = DeadLetterRepository(self._connection)
+        self.customers = CustomerRepository(self._connection)
+        self.consent = ConsentRepository(self._connection)
         return self
 
     async def __aexit__(
