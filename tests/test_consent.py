@@ -4,6 +4,7 @@ from Twilio and Meta messages, Meta's user_preferences field, and the customer's
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -206,3 +207,27 @@ async def test_the_last_message_time_moves_forward_only(
     await twilio_says(client, "HELP")  # Twilio gives no time: when it reached us
     seen = as_utc((await retailer(db, TWILIO_SENDER))["last_inbound_at"])
     assert before <= seen <= utcnow()
+
+
+async def test_concurrent_copies_of_a_stop_under_different_keys_record_one_change(
+    client: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    """Copies that the idempotency records cannot join (each under its own Idempotency-Key)
+    meet the ledger's business key: one row, and every copy is told the same."""
+    sid = new_sid()
+    pairs = inbound_form("STOP", sid=sid)
+    headers = signed_headers(INBOUND_PATH, pairs)
+
+    async def copy(index: int) -> str:
+        response = await client.post(
+            INBOUND_PATH,
+            content=encode(pairs),
+            headers={**headers, "Idempotency-Key": f"copy-{index}"},
+        )
+        assert response.status_code == 200, response.text
+        return reply_text(response)
+
+    answers = await asyncio.wait_for(asyncio.gather(*(copy(i) for i in range(8))), timeout=60)
+    assert set(answers) == {replies.said(replies.STOPPED)}
+    assert await ledger(db) == [("stop", "twilio", sid)]
+    assert (await retailer(db, TWILIO_SENDER))["opted_out_at"] is not None

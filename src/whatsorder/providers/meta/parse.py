@@ -143,8 +143,8 @@ def _message(message: Mapping[str, Any], contacts: Sequence[Mapping[str, Any]]) 
 def _sent_at(value: object) -> datetime | None:
     """Meta's ``timestamp`` (Unix seconds, as a string): when the customer sent the message.
     None when it is missing or no time at all: the message is still processed, as received."""
-    if isinstance(value, str) and value.strip().isdecimal():
-        value = int(value.strip())
+    if isinstance(value, str) and value.strip().isdecimal() and len(value.strip()) <= 12:
+        value = int(value.strip())  # short: int() refuses strings over 4300 digits
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= LATEST_TIMESTAMP:
         return None
     return datetime.fromtimestamp(value, UTC)
@@ -193,8 +193,8 @@ def _cart(message: Mapping[str, Any], wamid: str) -> tuple[CartItem, ...]:
         product = item.get("product_retailer_id")
         quantity = item.get("quantity")
         # Meta sends quantity as a number; a whole-number string is accepted as the same.
-        if isinstance(quantity, str) and quantity.strip().isdecimal():
-            quantity = int(quantity)
+        if isinstance(quantity, str) and quantity.strip().isdecimal() and len(quantity) <= 12:
+            quantity = int(quantity)  # short: int() raises on strings over 4300 digits
         if not isinstance(product, str) or not _PRODUCT_ID.fullmatch(product.strip()):
             raise MalformedWebhook(
                 f"Order message {wamid} has an item without a usable product id."

@@ -81,8 +81,8 @@ def _preference(item: object, names: Mapping[str, str]) -> PreferenceChange:
 
 def _timestamp(value: object) -> int:
     """Meta's Unix time: a number here (messages spell it as a string; both are taken)."""
-    if isinstance(value, str) and value.strip().isdecimal():
-        value = int(value.strip())
+    if isinstance(value, str) and value.strip().isdecimal() and len(value.strip()) <= 12:
+        value = int(value.strip())  # short: int() refuses strings over 4300 digits
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= LATEST_TIMESTAMP:
         raise MalformedWebhook("A user preference has no usable timestamp.")
     return value
