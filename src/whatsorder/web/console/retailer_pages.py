@@ -3,7 +3,7 @@ operator (viewers included) to read."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
@@ -21,10 +21,10 @@ SignedIn = Annotated[Operator, Depends(signed_in)]
 async def retailer_page(request: Request, retailer_id: int, operator: SignedIn) -> Response:
     retailer = await runtime_of(request).console_retailers.retailer(retailer_id)
     if retailer is None:
-        context = {"reason": f"There is no retailer {retailer_id}."}
-        return render(request, "refused.html", context, operator=operator, status=404)
+        reason = {"reason": f"There is no retailer {retailer_id}."}
+        return render(request, "refused.html", reason, operator=operator, status=404)
     language = retailer["language"]
-    context = {
+    context: dict[str, Any] = {
         "retailer": retailer,
         "language": ENDONYMS.get(language or DEFAULT_LANGUAGE, language),
         "language_chosen": language is not None,
