@@ -88,7 +88,7 @@ bench: $(DEV_STAMP)
 LOCALE := src/whatsorder/locale
 messages: $(DEV_STAMP)
 	$(BIN)/pybabel extract -F babel.cfg --add-location=file --sort-output --add-comments=Translators: \
-		--project=whatsorder --no-wrap -o $(LOCALE)/messages.pot src/whatsorder
+		--project=whatsorder --copyright-holder="the whatsorder authors" --no-wrap -o $(LOCALE)/messages.pot src/whatsorder
 	$(BIN)/pybabel update -i $(LOCALE)/messages.pot -d $(LOCALE) -D messages --no-wrap
 
 clean:
