@@ -16,7 +16,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TypeVar
 
-from whatsorder.ordering.customer import ConsentChange, Customer
+from fake_customers import CustomerBooks, InMemoryConsent, InMemoryCustomers
 from whatsorder.ordering.demo import DEMO_CATALOGUE
 from whatsorder.ordering.model import (
     Catalogue,
@@ -64,14 +64,7 @@ class Books:
     payment_exceptions: dict[tuple[str, str, str], PaymentException] = field(default_factory=dict)
     outbox: dict[str, QueuedReply] = field(default_factory=dict)  # by idempotency key
     dead_letters: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    languages: dict[int, str] = field(default_factory=dict)  # retailer id → chosen language
-    last_inbound: dict[int, datetime] = field(default_factory=dict)
-    # The consent ledger by (source, source_ref): (retailer id, change, occurred at).
-    consent_events: dict[tuple[str, str], tuple[int, ConsentChange, datetime]] = field(
-        default_factory=dict
-    )
-    opted_out: dict[int, datetime] = field(default_factory=dict)
-    consent_changed: dict[int, datetime] = field(default_factory=dict)
+    customers: CustomerBooks = field(default_factory=CustomerBooks)  # language, consent
 
     @classmethod
     def with_demo_catalogue(cls) -> Books:
@@ -274,57 +267,6 @@ class InMemoryDeadLetters:
         return _add_once(self._books.dead_letters, (provider, delivery_key), (reason, body))
 
 
-class InMemoryCustomers:
-    """`whatsorder.ordering.ports.CustomerRepository` over `Books`."""
-
-    def __init__(self, books: Books) -> None:
-        self._books = books
-
-    async def seen(self, retailer_id: int, message_at: datetime) -> Customer:
-        before = self._books.last_inbound.get(retailer_id)
-        if before is None or before < message_at:
-            self._books.last_inbound[retailer_id] = message_at
-        return Customer(retailer_id, self._books.languages.get(retailer_id))
-
-    async def choose_language(self, retailer_id: int, language: str) -> None:
-        self._books.languages[retailer_id] = language
-
-
-class InMemoryConsent:
-    """`whatsorder.ordering.ports.ConsentRepository` over `Books`: once per provider message,
-    the newest change winning."""
-
-    def __init__(self, books: Books) -> None:
-        self._books = books
-
-    async def record(
-        self,
-        retailer_id: int,
-        change: ConsentChange,
-        source: str,
-        source_ref: str,
-        occurred_at: datetime,
-        now: datetime,
-        detail: str | None = None,
-    ) -> bool:
-        books = self._books
-        if not _add_once(
-            books.consent_events, (source, source_ref), (retailer_id, change, occurred_at)
-        ):
-            return False
-        changed = books.consent_changed.get(retailer_id)
-        if changed is None or changed <= occurred_at:
-            books.consent_changed[retailer_id] = occurred_at
-            if change is ConsentChange.STOP:
-                books.opted_out[retailer_id] = occurred_at
-            else:
-                books.opted_out.pop(retailer_id, None)
-        return True
-
-    async def opted_out(self, retailer_id: int) -> bool:
-        return retailer_id in self._books.opted_out
-
-
 class FakeUnitOfWork:
     """`whatsorder.ordering.ports.UnitOfWork` in memory: ``books`` holds what was committed."""
 
@@ -346,8 +288,8 @@ class FakeUnitOfWork:
         self.payments = InMemoryPayments(self._working)
         self.outbox = InMemoryOutbox(self._working)
         self.dead_letters = InMemoryDeadLetters(self._working)
-        self.customers = InMemoryCustomers(self._working)
-        self.consent = InMemoryConsent(self._working)
+        self.customers = InMemoryCustomers(self._working.customers)
+        self.consent = InMemoryConsent(self._working.customers)
         return self
 
     async def __aexit__(

@@ -98,7 +98,7 @@ def test_cancel_yes_and_a_sentence_with_stop_are_not_consent() -> None:
 async def test_a_hindi_speaking_customer_is_answered_in_hindi_until_they_choose_english() -> None:
     uow = FakeUnitOfWork()
     assert await say(uow, "LANGUAGE HI", "SM1") == replies.language_chosen("hi")
-    assert uow.books.languages == {1: "hi"}
+    assert uow.books.customers.languages == {1: "hi"}
 
     menu = await say(uow, "MENU", "SM2")
     assert menu.startswith("हमारी सूची:\nATTA-5KG: ")
@@ -126,7 +126,7 @@ async def test_an_unknown_language_gets_the_choices_in_the_current_language() ->
         'We have no replies in "French". To choose a language, send one of: '
         "LANGUAGE EN (English), LANGUAGE HI (हिंदी)."
     )
-    assert uow.books.languages == {}
+    assert uow.books.customers.languages == {}
     await say(uow, "भाषा हिंदी", "SM2")
     assert (await say(uow, "LANGUAGE Tamil", "SM3")).startswith('"Tamil" में हमारे जवाब')
 
@@ -135,12 +135,12 @@ async def test_stop_is_recorded_once_per_message_and_start_clears_it() -> None:
     uow = FakeUnitOfWork()
     assert await say(uow, "STOP", "SM1") == replies.said(replies.STOPPED)
     assert await say(uow, "STOP", "SM1") == replies.said(replies.STOPPED)  # a retry
-    assert list(uow.books.consent_events) == [("twilio", "SM1")]
-    assert 1 in uow.books.opted_out
+    assert list(uow.books.customers.consent_events) == [("twilio", "SM1")]
+    assert 1 in uow.books.customers.opted_out
 
     assert await say(uow, "START", "SM2") == replies.said(replies.STARTED)
-    assert uow.books.opted_out == {}
-    assert len(uow.books.consent_events) == 2
+    assert uow.books.customers.opted_out == {}
+    assert len(uow.books.customers.consent_events) == 2
 
 
 async def test_a_stop_that_arrives_after_a_later_start_does_not_stop_anything() -> None:
@@ -148,8 +148,8 @@ async def test_a_stop_that_arrives_after_a_later_start_does_not_stop_anything() 
     await say(uow, "START", "wamid.2", sent_at=NOW - timedelta(minutes=1))
     late = await say(uow, "STOP", "wamid.1", sent_at=NOW - timedelta(minutes=2))
     assert late == replies.said(replies.STARTED)  # where consent stands: still started
-    assert uow.books.opted_out == {}
-    assert len(uow.books.consent_events) == 2  # the ledger keeps both
+    assert uow.books.customers.opted_out == {}
+    assert len(uow.books.customers.consent_events) == 2  # the ledger keeps both
 
 
 async def test_the_stop_confirmation_is_in_the_customer_s_language() -> None:
@@ -162,11 +162,11 @@ async def test_the_last_message_only_moves_forward_and_never_past_now() -> None:
     uow = FakeUnitOfWork()
     await say(uow, "HELP", "wamid.2", sent_at=NOW - timedelta(minutes=5))
     await say(uow, "HELP", "wamid.1", sent_at=NOW - timedelta(hours=3))  # a late retry
-    assert uow.books.last_inbound == {1: NOW - timedelta(minutes=5)}
+    assert uow.books.customers.last_inbound == {1: NOW - timedelta(minutes=5)}
     await say(uow, "HELP", "wamid.3", sent_at=NOW + timedelta(days=1))  # a clock ahead
-    assert uow.books.last_inbound == {1: NOW}
+    assert uow.books.customers.last_inbound == {1: NOW}
     await say(uow, "HELP", "SM4", now=NOW + timedelta(minutes=1))  # Twilio: no time given
-    assert uow.books.last_inbound == {1: NOW + timedelta(minutes=1)}
+    assert uow.books.customers.last_inbound == {1: NOW + timedelta(minutes=1)}
 
 
 async def test_a_meta_preference_is_recorded_once_and_is_no_message() -> None:
@@ -176,6 +176,8 @@ async def test_a_meta_preference_is_recorded_once_and_is_no_message() -> None:
         await services.record_preference(
             uow, ALICE, "Alice", ConsentChange.STOP, "910000000001:stop:1", at, "detail", NOW
         )
-    assert list(uow.books.consent_events) == [(services.META_PREFERENCES, "910000000001:stop:1")]
-    assert 1 in uow.books.opted_out
-    assert uow.books.last_inbound == {}
+    assert list(uow.books.customers.consent_events) == [
+        (services.META_PREFERENCES, "910000000001:stop:1")
+    ]
+    assert 1 in uow.books.customers.opted_out
+    assert uow.books.customers.last_inbound == {}
