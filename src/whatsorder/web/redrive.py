@@ -140,7 +140,8 @@ async def _preference(items: DeliveryItems, preference: meta.PreferenceChange) -
         return False, f"rejected again: {reason}"
     if items.unfinished:
         return False, NOT_NOW
-    return True, f"consent recorded (once): {preference.reference}"
+    change = "stop" if preference.stops else "resume"
+    return True, f"consent recorded (once): {change} of {preference.occurred_at:%Y-%m-%d %H:%M} UTC"
 
 
 async def _statuses(
