@@ -12,7 +12,7 @@ DEV_RAZORPAY_SECRET := dev-razorpay-webhook-secret
 DEV_CONSOLE_SECRET := dev-console-secret-only-for-make-run
 DEV_OPERATOR_PASSWORD := dev-admin-password
 
-.PHONY: run test faults bench lint typecheck pytest install install-dev system-packages clean
+.PHONY: run test faults bench lint typecheck pytest install install-dev system-packages clean messages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,15 @@ faults: $(DEV_STAMP) system-packages
 bench: $(DEV_STAMP)
 	@bash scripts/system-packages.sh wrk
 	$(BIN)/python -m bench
+
+## make messages: extract the customer-facing strings into the catalogues' template and merge
+## them into every language's .po (a changed string turns fuzzy, and English stands in until a
+## translator fixes it; tests/test_catalogues.py fails meanwhile).
+LOCALE := src/whatsorder/locale
+messages: $(DEV_STAMP)
+	$(BIN)/pybabel extract -F babel.cfg --add-location=file --sort-output --add-comments=Translators: \
+		--project=whatsorder --copyright-holder="the whatsorder authors" --no-wrap -o $(LOCALE)/messages.pot src/whatsorder
+	$(BIN)/pybabel update -i $(LOCALE)/messages.pot -d $(LOCALE) -D messages --no-wrap
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -16,6 +16,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TypeVar
 
+from fake_customers import CustomerBooks, InMemoryConsent, InMemoryCustomers
 from whatsorder.ordering.demo import DEMO_CATALOGUE
 from whatsorder.ordering.model import (
     Catalogue,
@@ -63,6 +64,7 @@ class Books:
     payment_exceptions: dict[tuple[str, str, str], PaymentException] = field(default_factory=dict)
     outbox: dict[str, QueuedReply] = field(default_factory=dict)  # by idempotency key
     dead_letters: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    customers: CustomerBooks = field(default_factory=CustomerBooks)  # language, consent
 
     @classmethod
     def with_demo_catalogue(cls) -> Books:
@@ -272,6 +274,8 @@ class FakeUnitOfWork:
     payments: InMemoryPayments
     outbox: InMemoryOutbox
     dead_letters: InMemoryDeadLetters
+    customers: InMemoryCustomers
+    consent: InMemoryConsent
 
     def __init__(self, books: Books | None = None) -> None:
         self.books = Books.with_demo_catalogue() if books is None else books
@@ -284,6 +288,8 @@ class FakeUnitOfWork:
         self.payments = InMemoryPayments(self._working)
         self.outbox = InMemoryOutbox(self._working)
         self.dead_letters = InMemoryDeadLetters(self._working)
+        self.customers = InMemoryCustomers(self._working.customers)
+        self.consent = InMemoryConsent(self._working.customers)
         return self
 
     async def __aexit__(

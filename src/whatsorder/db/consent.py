@@ -9,7 +9,6 @@ never undoes the START the customer sent after it.
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 
 from sqlalchemy import or_, select, update
@@ -17,17 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder.db.dialect import upsert
 from whatsorder.db.tables import consent_events, retailers
+from whatsorder.ordering.customer import ConsentChange
+
+__all__ = ["ConsentChange", "ConsentRepository"]
 
 MAX_DETAIL_CHARS = 200  # consent_events.detail
 
 
-class ConsentChange(enum.StrEnum):
-    STOP = "stop"
-    START = "start"
-
-
 class ConsentRepository:
-    """Consent on one connection, inside the caller's transaction."""
+    """Consent on one connection, inside the caller's transaction (implements
+    `whatsorder.ordering.ports.ConsentRepository`)."""
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection

@@ -12,6 +12,8 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from whatsorder.db.consent import ConsentRepository
+from whatsorder.db.customers import CustomerRepository
 from whatsorder.db.dead_letters import DeadLetterRepository
 from whatsorder.db.outbox import OutboxRepository
 from whatsorder.db.payment_links import PaymentLinkRepository
@@ -30,6 +32,8 @@ class SqlUnitOfWork:
     outbox: OutboxRepository
     dead_letters: DeadLetterRepository
     payment_links: PaymentLinkRepository
+    customers: CustomerRepository
+    consent: ConsentRepository
 
     def __init__(self, source: AsyncEngine | AsyncConnection) -> None:
         self._source = source
@@ -48,6 +52,8 @@ class SqlUnitOfWork:
         self.outbox = OutboxRepository(self._connection)
         self.dead_letters = DeadLetterRepository(self._connection)
         self.payment_links = PaymentLinkRepository(self._connection)
+        self.customers = CustomerRepository(self._connection)
+        self.consent = ConsentRepository(self._connection)
         return self
 
     async def __aexit__(

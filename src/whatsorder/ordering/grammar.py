@@ -5,9 +5,12 @@ MENU | CATALOG                  → ShowCatalogue
 ORDER 2 x ATTA-5KG, 1 TOOR-1KG  → PlaceOrder (the word ORDER is optional)
 STATUS [ORD-000123]             → ShowStatus
 CANCEL ORD-000123               → CancelOrder
+LANGUAGE HI | भाषा हिंदी          → ChooseLanguage (EN, English, अंग्रेज़ी…; anything else: the choices)
+STOP | START (the whole message) → ChangeConsent (see whatsorder.ordering.customer)
 HELP | anything else            → ShowHelp
 ```
 Case-insensitive; items are separated by lines, commas or semicolons; the ``x`` is optional.
+What the customer is told about an unreadable message is a `Phrase`, said in their language.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from whatsorder.ordering.customer import ConsentChange, consent_word
+from whatsorder.ordering.i18n import N_, Phrase, language_named
 from whatsorder.ordering.model import RequestedLine, order_id_from_number, order_number
 
 MAX_MESSAGE_CHARS = 2000
@@ -57,28 +62,68 @@ class ShowHelp:
 
 
 @dataclass(frozen=True, slots=True)
+class ChooseLanguage:
+    """``LANGUAGE HI``: ``language`` is ours, or None when ``asked`` names none we have."""
+
+    language: str | None
+    asked: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeConsent:
+    """``STOP`` or ``START``: proactive messages off or on again."""
+
+    change: ConsentChange
+
+
+@dataclass(frozen=True, slots=True)
 class Unreadable:
-    """A message we understood the intent of but could not read; ``reason`` is for the customer."""
+    """A message we understood the intent of but could not read; ``why`` is for the customer."""
 
-    reason: str
+    why: Phrase
+
+    @property
+    def reason(self) -> str:
+        """Why, in English."""
+        return str(self.why)
 
 
-Command = ShowCatalogue | PlaceOrder | ShowStatus | CancelOrder | ShowHelp | Unreadable
+Command = (
+    ShowCatalogue
+    | PlaceOrder
+    | ShowStatus
+    | CancelOrder
+    | ChooseLanguage
+    | ChangeConsent
+    | ShowHelp
+    | Unreadable
+)
+LANGUAGE_WORDS = frozenset({"LANGUAGE", "भाषा"})
 
 
 def parse_message(text: str) -> Command:
     """What the message asks for. Never raises: unreadable input is a command too."""
     stripped = text.strip()
     if not stripped:
-        return Unreadable("We can only read text messages. Send HELP to see how to order.")
+        return _unreadable(N_("We can only read text messages. Send HELP to see how to order."))
     if len(stripped) > MAX_MESSAGE_CHARS:
-        return Unreadable(
-            f"Your message is too long ({len(stripped)} characters; the limit is "
-            f"{MAX_MESSAGE_CHARS}). Please send a shorter order."
+        return _unreadable(
+            N_(
+                "Your message is too long (%(length)d characters; the limit is %(limit)d). "
+                "Please send a shorter order."
+            ),
+            length=len(stripped),
+            limit=MAX_MESSAGE_CHARS,
         )
+    change = consent_word(stripped)
+    if change is not None:
+        return ChangeConsent(change)
     parts = stripped.split(maxsplit=1)
     word = parts[0].upper()
     rest = parts[1] if len(parts) > 1 else ""
+    if word.rstrip(":") in LANGUAGE_WORDS:
+        asked = rest.strip().removeprefix(":").strip()
+        return ChooseLanguage(language_named(asked), _shown(asked))
     if word in {"MENU", "CATALOG", "CATALOGUE"}:
         return ShowCatalogue()
     if word == "HELP":
@@ -90,7 +135,7 @@ def parse_message(text: str) -> Command:
         return ShowStatus(number) if number is not None else _not_an_order_number(rest)
     if word == "CANCEL":
         if not rest.strip():
-            return Unreadable("Say which order to cancel, for example: CANCEL ORD-000123")
+            return _unreadable(N_("Say which order to cancel, for example: CANCEL ORD-000123"))
         number = _order_number(rest)
         return CancelOrder(number) if number is not None else _not_an_order_number(rest)
     if word == "ORDER":
@@ -101,22 +146,27 @@ def parse_message(text: str) -> Command:
 def _parse_items(text: str, *, explicit: bool) -> Command:
     segments = [segment.strip() for segment in _ITEM_SEPARATORS.split(text) if segment.strip()]
     if not segments:
-        return Unreadable("Your order has no items. Write them like: ORDER 2 x ATTA-5KG")
+        return _unreadable(N_("Your order has no items. Write them like: ORDER 2 x ATTA-5KG"))
     lines: list[RequestedLine] = []
     for index, segment in enumerate(segments):
         match = _QUANTITY_FIRST.fullmatch(segment) or _SKU_FIRST.fullmatch(segment)
         if match is None:
             if not explicit and index == 0:
                 return ShowHelp()  # not an order at all
-            return Unreadable(
-                f"I could not read {_quote(segment)}. Write each item as quantity and code, "
-                "for example: 2 x ATTA-5KG"
+            return _unreadable(
+                N_(
+                    "I could not read %(words)s. Write each item as quantity and code, "
+                    "for example: 2 x ATTA-5KG"
+                ),
+                words=_quote(segment),
             )
         written = match["quantity"]
         # Leading zeros are dropped before int(), which refuses strings over 4300 digits.
         digits = written.lstrip("+-").lstrip("0") or "0"
         if len(digits) > MAX_QUANTITY_DIGITS:
-            return Unreadable(f"The quantity for {match['sku'].upper()} is far too large.")
+            return _unreadable(
+                N_("The quantity for %(sku)s is far too large."), sku=match["sku"].upper()
+            )
         quantity = -int(digits) if written.startswith("-") else int(digits)
         lines.append(RequestedLine(match["sku"].upper(), quantity))
     return PlaceOrder(tuple(lines))
@@ -129,13 +179,21 @@ def _order_number(text: str) -> str | None:
 
 
 def _not_an_order_number(text: str) -> Unreadable:
-    return Unreadable(
-        f"{_quote(text.strip())} is not an order number. Order numbers look like ORD-000123."
+    return _unreadable(
+        N_("%(words)s is not an order number. Order numbers look like ORD-000123."),
+        words=_quote(text.strip()),
     )
 
 
+def _unreadable(message: str, **values: str | int) -> Unreadable:
+    return Unreadable(Phrase.of(message, **values))
+
+
 def _quote(segment: str) -> str:
+    return f'"{_shown(segment)}"'
+
+
+def _shown(segment: str) -> str:
     """The customer's words, shortened, with characters XML cannot hold (in TwiML) replaced."""
     shown = segment if len(segment) <= 40 else segment[:37] + "..."
-    safe = "".join("?" if unicodedata.category(char) in _UNSHOWABLE else char for char in shown)
-    return f'"{safe}"'
+    return "".join("?" if unicodedata.category(char) in _UNSHOWABLE else char for char in shown)

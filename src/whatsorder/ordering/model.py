@@ -9,6 +9,9 @@ import enum
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+
+from whatsorder.ordering.i18n import ENGLISH, N_, Phrase
 
 MAX_QUANTITY_PER_LINE = 1000
 MAX_LINES_PER_ORDER = 25
@@ -66,10 +69,22 @@ class InboundMessage:
     sender: str  # the WhatsApp identity, e.g. "whatsapp:+919876543210"
     sender_name: str
     text: str
+    sent_at: datetime | None = None  # when the customer sent it, if the provider says (Meta)
 
 
 class OrderRejected(Exception):
-    """An order that cannot be placed as asked; the message says why, for the customer."""
+    """An order that cannot be placed as asked; ``problems`` say why, for the customer (and
+    ``str()`` says it in English)."""
+
+    def __init__(self, *problems: Phrase) -> None:
+        self.problems = problems
+        super().__init__(self.said_in(ENGLISH))
+
+    def said_in(self, language: str | None) -> str:
+        """The problems as one sentence in ``language``."""
+        joined = "; ".join(problem.said_in(language) for problem in self.problems)
+        # Translators: an order's problems, joined by "; ", made one sentence.
+        return Phrase.of(N_("%(problems)s."), problems=joined).said_in(language)
 
 
 class OrderStatus(enum.StrEnum):
@@ -188,30 +203,45 @@ def price_order(requested: Iterable[RequestedLine], catalogue: Catalogue) -> Ord
     }
     lines = merge_lines(requested)
     if not lines:
-        raise OrderRejected("Your order has no items.")
+        raise OrderRejected(Phrase.of(N_("Your order has no items")))
     if len(lines) > MAX_LINES_PER_ORDER:
-        raise OrderRejected(f"An order can have at most {MAX_LINES_PER_ORDER} different items.")
-    problems: list[str] = []
+        raise OrderRejected(
+            Phrase.of(
+                N_("An order can have at most %(limit)d different items"),
+                limit=MAX_LINES_PER_ORDER,
+            )
+        )
+    problems: list[Phrase] = []
     priced: list[OrderLine] = []
     for line in lines:
         product = catalogue.products.get(line.sku)
         if product is None:
-            problems.append(f"{line.sku} is not in our catalogue")
+            problems.append(Phrase.of(N_("%(sku)s is not in our catalogue"), sku=line.sku))
             continue
         if line.sku in bad_quantity or not 1 <= line.quantity <= MAX_QUANTITY_PER_LINE:
-            problems.append(f"{line.sku}: quantity must be between 1 and {MAX_QUANTITY_PER_LINE}")
+            problems.append(
+                Phrase.of(
+                    N_("%(sku)s: quantity must be between 1 and %(limit)d"),
+                    sku=line.sku,
+                    limit=MAX_QUANTITY_PER_LINE,
+                )
+            )
             continue
         if line.quantity > product.stock:
-            problems.append(f"{line.sku}: only {product.stock} in stock")
+            problems.append(
+                Phrase.of(N_("%(sku)s: only %(stock)d in stock"), sku=line.sku, stock=product.stock)
+            )
             continue
         priced.append(
             OrderLine(product.id, product.sku, product.name, line.quantity, product.unit_price)
         )
     if problems:
-        raise OrderRejected("; ".join(problems) + ".")
+        raise OrderRejected(*problems)
     currencies = {line_product.currency for line_product in _products(lines, catalogue)}
     if len(currencies) != 1:
-        raise OrderRejected("These items cannot be ordered together (different currencies).")
+        raise OrderRejected(
+            Phrase.of(N_("These items cannot be ordered together (different currencies)"))
+        )
     return Order(lines=tuple(priced), currency=currencies.pop())
 
 

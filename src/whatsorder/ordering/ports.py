@@ -12,6 +12,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
+from whatsorder.ordering.customer import ConsentChange, Customer
 from whatsorder.ordering.model import (
     Catalogue,
     LedgerEntry,
@@ -143,6 +144,39 @@ class DeadLetterRepository(Protocol):
         ...
 
 
+class CustomerRepository(Protocol):
+    """What the customer's messages say about them: their last message and their language."""
+
+    async def seen(self, retailer_id: int, message_at: datetime) -> Customer:
+        """Note a message sent at ``message_at`` (the last message only ever moves forward:
+        a late retry of an older one leaves it) and return the customer as stored."""
+        ...
+
+    async def choose_language(self, retailer_id: int, language: str) -> None: ...
+
+
+class ConsentRepository(Protocol):
+    """The consent ledger: STOP and START once per provider message, the newest winning."""
+
+    async def record(
+        self,
+        retailer_id: int,
+        change: ConsentChange,
+        source: str,
+        source_ref: str,
+        occurred_at: datetime,
+        now: datetime,
+        detail: str | None = None,
+    ) -> bool:
+        """Note a change once per ``(source, source_ref)``; True if it was new. It moves the
+        customer's consent unless a change that happened later is already recorded."""
+        ...
+
+    async def opted_out(self, retailer_id: int) -> bool:
+        """Whether the customer has said STOP (and not START since)."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """``async with uow: …; await uow.commit()``: leaving the block without commit rolls back.
 
@@ -162,6 +196,12 @@ class UnitOfWork(Protocol):
 
     @property
     def dead_letters(self) -> DeadLetterRepository: ...
+
+    @property
+    def customers(self) -> CustomerRepository: ...
+
+    @property
+    def consent(self) -> ConsentRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

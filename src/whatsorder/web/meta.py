@@ -119,14 +119,24 @@ async def receive_delivery(request: Request) -> Response:
     for chunk in meta_statuses.chunks(delivery.statuses):
         content = meta_statuses.content(chunk)
         await batch.settle(partial(batch.process_statuses, chunk, content), content, len(chunk))
+    for preference in delivery.preferences:
+        await batch.settle(partial(batch.process_preference, preference), preference.canonical)
     if batch.unfinished:
-        raise batch.incomplete(len(delivery.messages) + len(delivery.statuses))
+        raise batch.incomplete(
+            len(delivery.messages) + len(delivery.statuses) + len(delivery.preferences)
+        )
     return _received(
-        len(delivery.messages), len(delivery.statuses), dead_lettered=batch.dead_lettered
+        len(delivery.messages),
+        len(delivery.statuses),
+        dead_lettered=batch.dead_lettered,
+        preferences=len(delivery.preferences),
     )
 
 
-def _received(messages: int, statuses: int, *, dead_lettered: int) -> Response:
-    return json_response(
-        {"received": messages, "statuses": statuses, "dead_lettered": dead_lettered}
-    )
+def _received(
+    messages: int, statuses: int, *, dead_lettered: int, preferences: int = 0
+) -> Response:
+    answer = {"received": messages, "statuses": statuses, "dead_lettered": dead_lettered}
+    if preferences:  # the user_preferences field: said only when the delivery had some
+        answer["preferences"] = preferences
+    return json_response(answer)

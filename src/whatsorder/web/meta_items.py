@@ -17,7 +17,8 @@ from functools import partial
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder.clock import utcnow
-from whatsorder.ordering import replies, services
+from whatsorder.ordering import services
+from whatsorder.ordering.customer import ConsentChange
 from whatsorder.ordering.model import OrderRejected, order_number
 from whatsorder.providers import meta
 from whatsorder.web import meta_statuses, webhooks
@@ -135,23 +136,22 @@ class DeliveryItems:
             nonlocal created
             now = utcnow()
             notes: dict[str, object] = {}
+            uow = runtime.unit_of_work(connection)
             if not await sender_limit.allows(runtime):
-                reply, order_id = replies.RATE_LIMITED, None
+                outcome = await services.answer_over_limit(uow, inbound, now)
+            elif message.cart is not None:
+                outcome = await services.place_catalogue_order(
+                    uow, inbound, message.requested_lines(), now
+                )
             else:
-                uow = runtime.unit_of_work(connection)
-                if message.cart is not None:
-                    outcome = await services.place_catalogue_order(
-                        uow, inbound, message.requested_lines(), now
-                    )
-                else:
-                    outcome = await services.receive_message(uow, inbound, now)
-                if outcome.refused:
-                    # Not kept, and nothing sent: the wamid's key stays free for its own
-                    # sender's redeliveries.
-                    return HandlerResult(json_stored({"order": None}), notes, keep=False)
-                created = outcome.order_id if outcome.created else None
-                reply, order_id = outcome.reply, outcome.order_id
-                notes.update(retailer_id=outcome.retailer_id, order_id=order_id)
+                outcome = await services.receive_message(uow, inbound, now)
+            if outcome.refused:
+                # Not kept, and nothing sent: the wamid's key stays free for its own sender's
+                # redeliveries.
+                return HandlerResult(json_stored({"order": None}), notes, keep=False)
+            created = outcome.order_id if outcome.created else None
+            reply, order_id = outcome.reply, outcome.order_id
+            notes.update(retailer_id=outcome.retailer_id, order_id=order_id)
             # The reply goes out through the outbox, in this transaction: it exists iff the
             # order does; the sender sends each part with its key as its Idempotency-Key.
             await services.queue_reply(
@@ -169,6 +169,28 @@ class DeliveryItems:
         result = await runtime.idempotency.execute(request, handle)
         webhooks.count_created_order(meta.SOURCE, created, result)
         return Processed(result, created)
+
+    async def process_preference(self, preference: meta.PreferenceChange) -> None:
+        """A customer's marketing preference into the consent ledger, once: its idempotency
+        record here, and the ledger's business key (``meta_preferences``, its reference)
+        when a redelivery comes after the record expired."""
+
+        async def handle(connection: AsyncConnection) -> HandlerResult:
+            added = await services.record_preference(
+                self.runtime.unit_of_work(connection),
+                preference.sender,
+                preference.profile_name,
+                ConsentChange.STOP if preference.stops else ConsentChange.START,
+                preference.reference,
+                preference.occurred_at,
+                preference.detail,
+                utcnow(),
+            )
+            change = "stop" if preference.stops else "start"
+            return HandlerResult(json_stored({"consent": change, "new": added}))
+
+        request = self._request(meta.WEBHOOK_TYPE_PREFERENCE, preference.key, preference.canonical)
+        await self.runtime.idempotency.execute(request, handle)
 
     async def process_statuses(self, chunk: meta_statuses.Chunk, content: bytes) -> None:
         """Record the sent messages' states of ``chunk`` in one transaction; none moves back."""

@@ -159,6 +159,10 @@ META_DELIVERY: dict[str, Any] = {
                                                 "contacts": {"type": "array", "items": _OBJECT},
                                                 "messages": {"type": "array", "items": _OBJECT},
                                                 "statuses": {"type": "array", "items": _OBJECT},
+                                                "user_preferences": {
+                                                    "type": "array",
+                                                    "items": _OBJECT,
+                                                },
                                             },
                                         },
                                     },

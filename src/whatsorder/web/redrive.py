@@ -92,6 +92,9 @@ async def process(runtime: Runtime, key: str, payload: str, source_ip: str) -> R
         content = meta_statuses.content(chunk)
         if whole or _hash(content) == key:
             parts.append(await _statuses(items, chunk, content))
+    for preference in delivery.preferences:
+        if whole or _hash(preference.canonical) == key:
+            parts.append(await _preference(items, preference))
     if not parts:
         if whole:
             return Redriven(True, "read this time: the delivery holds nothing to process")
@@ -129,6 +132,16 @@ def _said(processed: Processed) -> tuple[bool, str]:
     if order:
         return True, f"already processed: order {order} existed for this message"
     return True, "processed: the customer was answered, no order was placed"
+
+
+async def _preference(items: DeliveryItems, preference: meta.PreferenceChange) -> tuple[bool, str]:
+    reason = await items.attempt(partial(items.process_preference, preference))
+    if reason is not None:
+        return False, f"rejected again: {reason}"
+    if items.unfinished:
+        return False, NOT_NOW
+    change = "stop" if preference.stops else "resume"
+    return True, f"consent recorded (once): {change} of {preference.occurred_at:%Y-%m-%d %H:%M} UTC"
 
 
 async def _statuses(

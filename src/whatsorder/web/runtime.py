@@ -15,6 +15,7 @@ from whatsorder.db import migrate, reports
 from whatsorder.db.console_health import ConsoleHealth
 from whatsorder.db.console_money import ConsoleMoney
 from whatsorder.db.console_queries import ConsoleQueries
+from whatsorder.db.console_retailers import ConsoleRetailers
 from whatsorder.db.dead_letter_redrives import DeadLetterRedrives
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import webhook_idempotency
@@ -41,6 +42,7 @@ class Runtime:
     console_money: ConsoleMoney
     console_health: ConsoleHealth
     dead_letter_redrives: DeadLetterRedrives
+    console_retailers: ConsoleRetailers
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -73,6 +75,7 @@ class Runtime:
             ConsoleMoney(database),
             ConsoleHealth(database),
             DeadLetterRedrives(database),
+            ConsoleRetailers(database),
         )
 
     async def close(self) -> None:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from whatsorder import routes
 from whatsorder.clock import utcnow
-from whatsorder.ordering import replies, services
+from whatsorder.ordering import services
 from whatsorder.ordering.model import InboundMessage
 from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.providers import twilio
@@ -118,7 +118,8 @@ async def _answer_message(runtime: Runtime, inbound: _Inbound, uow: UnitOfWork) 
     message = inbound.message
     notes: dict[str, object] = {"provider_token": inbound.provider_token}
     if not await inbound.sender_limit.allows(runtime):
-        return Handled(HandlerResult(twiml_response(replies.RATE_LIMITED), notes))
+        refused = await services.answer_over_limit(uow, message, utcnow())
+        return Handled(HandlerResult(twiml_response(refused.reply), notes))
     outcome = await services.receive_message(uow, message, utcnow())
     notes.update(retailer_id=outcome.retailer_id, order_id=outcome.order_id)
     if outcome.refused:

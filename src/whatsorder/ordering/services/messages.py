@@ -6,7 +6,6 @@ behind. The answers are plain text; the web layer wraps them for the provider.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +13,8 @@ from datetime import datetime
 from whatsorder.ordering import replies
 from whatsorder.ordering.grammar import (
     CancelOrder,
+    ChangeConsent,
+    ChooseLanguage,
     PlaceOrder,
     ShowCatalogue,
     ShowHelp,
@@ -21,6 +22,7 @@ from whatsorder.ordering.grammar import (
     Unreadable,
     parse_message,
 )
+from whatsorder.ordering.i18n import N_, Phrase
 from whatsorder.ordering.model import (
     InboundMessage,
     Order,
@@ -35,6 +37,7 @@ from whatsorder.ordering.model import (
     reversal_for,
 )
 from whatsorder.ordering.ports import UnitOfWork
+from whatsorder.ordering.services.customers import change_consent, choose_language, register
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,23 +59,40 @@ class MessageOutcome:
 async def receive_message(
     uow: UnitOfWork, message: InboundMessage, now: datetime
 ) -> MessageOutcome:
-    """Register the sender if new, then do what the message asks and say what was done."""
-    retailer_id = await _register(uow, message, now)
+    """Register the sender if new, then do what the message asks and say what was done, in
+    the customer's language."""
+    customer = await register(uow, message, now)
+    retailer_id, language = customer.id, customer.language
     command = parse_message(message.text)
     if isinstance(command, PlaceOrder):
-        return await place_order(uow, retailer_id, command, message, now)
+        return await place_order(uow, retailer_id, command, message, now, language)
     if isinstance(command, CancelOrder):
-        return await cancel_order(uow, retailer_id, command.order_number, now)
+        return await cancel_order(uow, retailer_id, command.order_number, now, language)
     if isinstance(command, ShowStatus):
-        return await order_status(uow, retailer_id, command.order_number)
+        return await order_status(uow, retailer_id, command.order_number, language)
     if isinstance(command, ShowCatalogue):
         async with uow:
             catalogue = await uow.ordering.catalogue()
-        return MessageOutcome(replies.catalogue(catalogue.products.values()), retailer_id)
+        reply = replies.catalogue(catalogue.products.values(), language)
+        return MessageOutcome(reply, retailer_id)
+    if isinstance(command, ChooseLanguage):
+        return MessageOutcome(await choose_language(uow, customer, command), retailer_id)
+    if isinstance(command, ChangeConsent):
+        reply = await change_consent(uow, customer, command, message, now)
+        return MessageOutcome(reply, retailer_id)
     if isinstance(command, Unreadable):
-        return MessageOutcome(command.reason, retailer_id)
+        return MessageOutcome(command.why.said_in(language), retailer_id)
     assert isinstance(command, ShowHelp)
-    return MessageOutcome(replies.HELP, retailer_id)
+    return MessageOutcome(replies.said(replies.HELP, language), retailer_id)
+
+
+async def answer_over_limit(
+    uow: UnitOfWork, message: InboundMessage, now: datetime
+) -> MessageOutcome:
+    """A sender over the per-sender limit: noted as having written, asked (in their language)
+    to wait, and nothing else done."""
+    customer = await register(uow, message, now)
+    return MessageOutcome(replies.said(replies.RATE_LIMITED, customer.language), customer.id)
 
 
 async def place_catalogue_order(
@@ -83,23 +103,9 @@ async def place_catalogue_order(
     Only the products and quantities are taken from the cart: prices come from our catalogue,
     whatever the cart said, exactly as for a typed ORDER.
     """
-    retailer_id = await _register(uow, message, now)
-    return await place_order(uow, retailer_id, PlaceOrder(tuple(lines)), message, now)
-
-
-async def _register(uow: UnitOfWork, message: InboundMessage, now: datetime) -> int:
-    async with uow:
-        retailer_id = await uow.ordering.register_retailer(
-            message.sender, _retailer_name(message), now
-        )
-        await uow.commit()
-    return retailer_id
-
-
-def _retailer_name(message: InboundMessage) -> str:
-    """The profile name without control characters (PostgreSQL refuses NUL), else the number."""
-    name = "".join(char for char in message.sender_name if unicodedata.category(char) != "Cc")
-    return name.strip() or message.sender
+    customer = await register(uow, message, now)
+    command = PlaceOrder(tuple(lines))
+    return await place_order(uow, customer.id, command, message, now, customer.language)
 
 
 async def place_order(
@@ -108,24 +114,27 @@ async def place_order(
     command: PlaceOrder,
     message: InboundMessage,
     now: datetime,
+    language: str | None = None,
 ) -> MessageOutcome:
     """Create the order, take the stock and debit the account, once per source message."""
     async with uow:
         # The business key outlives idempotency records: a late retry finds the same order.
         existing = await uow.ordering.order_from_source(message.source, message.message_id)
         if existing is not None:
-            return _placed_before(existing, retailer_id)
+            return _placed_before(existing, retailer_id, language)
         catalogue = await uow.ordering.catalogue(line.sku for line in command.lines)
-        rejection: str | None = None
+        rejection: OrderRejected | None = None
         try:
             priced = price_order(command.lines, catalogue)
             # One lock order for every order: two orders naming the same SKUs never deadlock.
             for line in in_lock_order(priced.lines):
                 assert line.product_id is not None
                 if not await uow.ordering.take_stock(line.product_id, line.quantity):
-                    raise OrderRejected(f"{line.sku}: not enough left in stock.")
+                    raise OrderRejected(
+                        Phrase.of(N_("%(sku)s: not enough left in stock"), sku=line.sku)
+                    )
         except OrderRejected as rejected:
-            rejection = str(rejected)
+            rejection = rejected
         else:
             order = await uow.ordering.add_order(
                 retailer_id, priced, message.source, message.message_id, now
@@ -134,7 +143,7 @@ async def place_order(
                 await uow.ordering.add_ledger_entry(retailer_id, order.id, debit_for(order), now)
                 await uow.commit()
                 return MessageOutcome(
-                    replies.order_placed(order), retailer_id, order.id, created=True
+                    replies.order_placed(order, language), retailer_id, order.id, created=True
                 )
     # A copy of this message that came under another idempotency key may have placed it while
     # we waited: it found the order's key taken (add_order), or the stock it needed gone to
@@ -142,16 +151,18 @@ async def place_order(
     async with uow:
         existing = await uow.ordering.order_from_source(message.source, message.message_id)
     if existing is not None:
-        return _placed_before(existing, retailer_id)
+        return _placed_before(existing, retailer_id, language)
     assert rejection is not None  # add_order found an order, and orders are never deleted
-    return MessageOutcome(replies.order_rejected(rejection), retailer_id)
+    reply = replies.order_rejected(rejection.said_in(language), language)
+    return MessageOutcome(reply, retailer_id)
 
 
-def _placed_before(order: Order, retailer_id: int) -> MessageOutcome:
+def _placed_before(order: Order, retailer_id: int, language: str | None) -> MessageOutcome:
     """The answer to a message whose order exists: the same confirmation, to its sender only."""
     if order.retailer_id != retailer_id:
-        return MessageOutcome(replies.MESSAGE_ID_TAKEN, retailer_id, refused=True)
-    return MessageOutcome(replies.order_placed(order), retailer_id, order.id)
+        reply = replies.said(replies.MESSAGE_ID_TAKEN, language)
+        return MessageOutcome(reply, retailer_id, refused=True)
+    return MessageOutcome(replies.order_placed(order, language), retailer_id, order.id)
 
 
 def in_lock_order(lines: Iterable[OrderLine]) -> list[OrderLine]:
@@ -164,7 +175,7 @@ def in_lock_order(lines: Iterable[OrderLine]) -> list[OrderLine]:
 
 
 async def cancel_order(
-    uow: UnitOfWork, retailer_id: int, number: str, now: datetime
+    uow: UnitOfWork, retailer_id: int, number: str, now: datetime, language: str | None = None
 ) -> MessageOutcome:
     """Cancel an unpaid order: its stock comes back and its debit is reversed."""
     order_id = order_id_from_number(number)
@@ -175,20 +186,23 @@ async def cancel_order(
             else await uow.ordering.order_of_retailer(retailer_id, order_id)
         )
         if order is None or order.id is None:
-            return MessageOutcome(replies.no_such_order(number), retailer_id)
+            return MessageOutcome(replies.no_such_order(number, language), retailer_id)
         if not can_cancel(order) or not await uow.ordering.set_order_status(
             order.id, OrderStatus.PLACED, OrderStatus.CANCELLED, now
         ):
-            return MessageOutcome(replies.cannot_cancel(order), retailer_id, order.id)
+            reply = replies.cannot_cancel(order, language)
+            return MessageOutcome(reply, retailer_id, order.id)
         for line in in_lock_order(order.lines):
             assert line.product_id is not None
             await uow.ordering.return_stock(line.product_id, line.quantity)
         await uow.ordering.add_ledger_entry(retailer_id, order.id, reversal_for(order), now)
         await uow.commit()
-    return MessageOutcome(replies.order_cancelled(order), retailer_id, order.id)
+    return MessageOutcome(replies.order_cancelled(order, language), retailer_id, order.id)
 
 
-async def order_status(uow: UnitOfWork, retailer_id: int, number: str | None) -> MessageOutcome:
+async def order_status(
+    uow: UnitOfWork, retailer_id: int, number: str | None, language: str | None = None
+) -> MessageOutcome:
     async with uow:
         if number is None:
             order = await uow.ordering.latest_order(retailer_id)
@@ -200,5 +214,5 @@ async def order_status(uow: UnitOfWork, retailer_id: int, number: str | None) ->
                 else await uow.ordering.order_of_retailer(retailer_id, order_id)
             )
     if order is None:
-        return MessageOutcome(replies.no_such_order(number), retailer_id)
-    return MessageOutcome(replies.order_status(order), retailer_id, order.id)
+        return MessageOutcome(replies.no_such_order(number, language), retailer_id)
+    return MessageOutcome(replies.order_status(order, language), retailer_id, order.id)

@@ -7,8 +7,10 @@ keyed by its ``wamid``; a status needs no key, its effect only ever moves forwar
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from whatsorder.ordering.model import InboundMessage, RequestedLine
@@ -17,6 +19,7 @@ SOURCE = "meta"
 WEBHOOK_TYPE_MESSAGE = "meta_message"
 WEBHOOK_TYPE_STATUS = "meta_status"
 WEBHOOK_TYPE_DEAD_LETTER = "meta_dead_letter"
+WEBHOOK_TYPE_PREFERENCE = "meta_preference"
 
 # Messages that carry no request from the customer: acknowledged, never answered.
 SILENT_TYPES = frozenset({"reaction", "system"})
@@ -44,6 +47,7 @@ class MetaMessage:
     text: str | None  # type "text"
     cart: tuple[CartItem, ...] | None  # type "order"
     canonical: bytes  # the message's own JSON, canonical: what its fingerprint covers
+    sent_at: datetime | None = None  # its "timestamp": when the customer sent it
 
     @property
     def key(self) -> str:
@@ -79,6 +83,7 @@ class MetaMessage:
             sender=self.sender,
             sender_name=self.profile_name,
             text=self.text or "",
+            sent_at=self.sent_at,
         )
 
     def requested_lines(self) -> tuple[RequestedLine, ...]:
@@ -108,10 +113,36 @@ class Rejected:
 
 
 @dataclass(frozen=True, slots=True)
+class PreferenceChange:
+    """The customer stopped or resumed marketing messages in WhatsApp itself (the
+    ``user_preferences`` field): consent, recorded like their STOP or START."""
+
+    wa_id: str
+    profile_name: str
+    stops: bool  # "stop"; else "resume"
+    occurred_at: datetime
+    detail: str | None
+    reference: str  # "<wa_id>:<value>:<timestamp>": the same change redelivered, the same
+    canonical: bytes
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of recording it: the reference's hash, as the reference holds
+        the customer's number and keys are shown to operators."""
+        return "preference:" + hashlib.sha256(self.reference.encode()).hexdigest()
+
+    @property
+    def sender(self) -> str:
+        """Our retailer identity, spelled as `MetaMessage.sender` spells it."""
+        return f"whatsapp:+{self.wa_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     messages: tuple[MetaMessage, ...]
     statuses: tuple[StatusUpdate, ...]
     rejected: tuple[Rejected, ...]
+    preferences: tuple[PreferenceChange, ...] = ()
 
 
 def canonical_json(value: object) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -19,10 +20,12 @@ from whatsorder.providers.meta.delivery import (
     CartItem,
     Delivery,
     MetaMessage,
+    PreferenceChange,
     Rejected,
     StatusUpdate,
     canonical_json,
 )
+from whatsorder.providers.meta.preferences import LATEST_TIMESTAMP, parse_preferences
 from whatsorder_idempotency import InvalidKey, validate_key
 
 MAX_WAMID_CHARS = 200  # real ones are ~60; leaves room for "reply:" and ":status" in 255
@@ -55,6 +58,7 @@ def parse_delivery(body: bytes) -> Delivery:
     messages: list[MetaMessage] = []
     statuses: list[StatusUpdate] = []
     rejected: list[Rejected] = []
+    preferences: list[PreferenceChange] = []
     for entry in entries:
         changes = entry.get("changes") if isinstance(entry, dict) else None
         if not isinstance(changes, list):
@@ -64,10 +68,13 @@ def parse_delivery(body: bytes) -> Delivery:
             if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
                 rejected.append(Rejected("A change has no value object.", canonical_json(change)))
                 continue
-            if change.get("field", "messages") != "messages":
-                continue  # another subscription's notification (templates, account updates)
-            _parse_value(change["value"], messages, statuses, rejected)
-    return Delivery(tuple(messages), tuple(statuses), tuple(rejected))
+            field = change.get("field", "messages")
+            if field == "user_preferences":
+                parse_preferences(change["value"], preferences, rejected)
+            elif field == "messages":
+                _parse_value(change["value"], messages, statuses, rejected)
+            # else: another subscription's notification (templates, account updates)
+    return Delivery(tuple(messages), tuple(statuses), tuple(rejected), tuple(preferences))
 
 
 def _parse_value(
@@ -129,7 +136,18 @@ def _message(message: Mapping[str, Any], contacts: Sequence[Mapping[str, Any]]) 
         text=_text_body(message) if kind == "text" else None,
         cart=_cart(message, wamid) if kind == "order" else None,
         canonical=canonical_json(message),
+        sent_at=_sent_at(message.get("timestamp")),
     )
+
+
+def _sent_at(value: object) -> datetime | None:
+    """Meta's ``timestamp`` (Unix seconds, as a string): when the customer sent the message.
+    None when it is missing or no time at all: the message is still processed, as received."""
+    if isinstance(value, str) and value.strip().isdecimal() and len(value.strip()) <= 12:
+        value = int(value.strip())  # short: int() refuses strings over 4300 digits
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= LATEST_TIMESTAMP:
+        return None
+    return datetime.fromtimestamp(value, UTC)
 
 
 def _contact_of(
@@ -175,8 +193,8 @@ def _cart(message: Mapping[str, Any], wamid: str) -> tuple[CartItem, ...]:
         product = item.get("product_retailer_id")
         quantity = item.get("quantity")
         # Meta sends quantity as a number; a whole-number string is accepted as the same.
-        if isinstance(quantity, str) and quantity.strip().isdecimal():
-            quantity = int(quantity)
+        if isinstance(quantity, str) and quantity.strip().isdecimal() and len(quantity) <= 12:
+            quantity = int(quantity)  # short: int() raises on strings over 4300 digits
         if not isinstance(product, str) or not _PRODUCT_ID.fullmatch(product.strip()):
             raise MalformedWebhook(
                 f"Order message {wamid} has an item without a usable product id."

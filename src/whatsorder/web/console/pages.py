@@ -25,6 +25,7 @@ WEBHOOK_TYPES = (
     "meta_message",
     "meta_status",
     "meta_dead_letter",
+    "meta_preference",
     "stripe",
     "razorpay",
 )
