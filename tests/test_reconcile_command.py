@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner, Result
@@ -21,6 +22,10 @@ from whatsorder.db.tables import ledger_entries
 from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.ordering.model import InboundMessage
 from whatsorder.ordering.services import receive_message
+from whatsorder.providers.sweeps.stripe_sweep import StripeSweep
+from whatsorder.reconciliation import ReconcileScheduler
+from whatsorder.schedules import cron_schedule
+from whatsorder.settings import Settings
 
 CUSTOMER = "whatsapp:+919800000011"
 ATTA = 26_500  # one ATTA-5KG, the demo catalogue's price
@@ -131,3 +136,48 @@ def test_a_provider_that_refuses_is_reported_and_the_others_are_still_swept(
     assert "Invalid API Key provided" in result.output
     assert "razorpay" in result.output
     assert _credits(database_url) == ["razorpay"]
+
+
+async def test_the_service_sweeps_on_its_schedule(
+    database_url: str, db: AsyncEngine, fake: tuple[FakePaymentApis, str]
+) -> None:
+    apis, base = fake
+    message = InboundMessage("twilio", "SM-scheduled", CUSTOMER, "Meena", "1 x ATTA-5KG")
+    outcome = await receive_message(SqlUnitOfWork(db), message, utcnow())
+    number = f"ORD-{outcome.order_id:06d}"
+    apis.pay("stripe", number, ATTA, created=int(time.time()) - 3600)
+    settings = Settings(
+        database_url=database_url,
+        reconcile_schedule="* * * * *",
+        stripe_api_key=STRIPE_KEY,
+        stripe_api_url=base,
+    )
+    scheduler = ReconcileScheduler.from_settings(db, settings)
+    assert scheduler is not None
+    assert ReconcileScheduler.from_settings(db, Settings(database_url=database_url)) is None
+    fast = ReconcileScheduler(
+        db,
+        settings,
+        [StripeSweep(STRIPE_KEY, api_base=base)],
+        cron_schedule("* * * * *"),
+        clock=lambda: utcnow() + timedelta(seconds=(time.monotonic() - began) * 600),
+        poll_seconds=0.01,
+    )
+    began = time.monotonic()
+    fast.start()
+    try:
+        for _ in range(400):  # 20 s at most
+            if "stripe" in await _credits_in(db):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await fast.stop()
+    assert await _credits_in(db) == ["stripe"]
+
+
+async def _credits_in(db: AsyncEngine) -> list[str]:
+    async with db.connect() as connection:
+        rows = await connection.scalars(
+            select(ledger_entries.c.source).where(ledger_entries.c.entry_type == "payment_credit")
+        )
+        return sorted(rows.all())

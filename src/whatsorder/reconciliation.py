@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +25,7 @@ from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.ordering.reconcile_ports import PaymentSource, SweepFailed
 from whatsorder.ordering.services.reconciliation import SweepReport, sweep
 from whatsorder.providers.links.configured import payment_sources
+from whatsorder.schedules import NextRun, ScheduledJob, cron_schedule
 from whatsorder.settings import Settings
 
 log = logging.getLogger("whatsorder.reconciliation")
@@ -89,6 +91,48 @@ async def run_reconcile(
                 continue
             run.reports.append(report)
     return run
+
+
+class ReconcileScheduler(ScheduledJob):
+    """Sweeps on ``WHATSORDER_RECONCILE_SCHEDULE`` in the background, until stopped."""
+
+    name = "whatsorder-reconcile"
+
+    def __init__(
+        self,
+        database: AsyncEngine,
+        settings: Settings,
+        sources: Sequence[PaymentSource],
+        next_run: NextRun,
+        **timing: Any,
+    ) -> None:
+        super().__init__(next_run, **timing)
+        self._database = database
+        self._settings = settings
+        self._sources = list(sources)
+
+    @classmethod
+    def from_settings(cls, database: AsyncEngine, settings: Settings) -> ReconcileScheduler | None:
+        """The sweep the settings ask for; None when the schedule is empty or no provider's
+        keys are set (there is nothing to ask)."""
+        sources = payment_sources(settings)
+        if not settings.reconcile_schedule or not sources:
+            return None
+        return cls(database, settings, sources, cron_schedule(settings.reconcile_schedule))
+
+    async def run_once(self) -> None:
+        run = await run_reconcile(
+            self._database, self._settings, now=self._clock(), sources=self._sources
+        )
+        for report in run.reports:
+            log.info(
+                "Reconciliation sweep",
+                extra={
+                    "provider": report.provider,
+                    "found": report.found,
+                    "outcomes": dict(report.tally),
+                },
+            )
 
 
 @asynccontextmanager

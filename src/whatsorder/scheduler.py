@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from cronsim import CronSim, CronSimError
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder import observability
-from whatsorder.clock import as_utc, utcnow
+from whatsorder.clock import utcnow
 from whatsorder.db.dead_letter_redrives import DeadLetterRedrives
 from whatsorder.db.tables import idempotency_cleanup_runs, webhook_idempotency
+from whatsorder.schedules import Clock, NextRun, ScheduledJob, cron_schedule
 from whatsorder.settings import Settings
 from whatsorder_idempotency import SqlStore
 from whatsorder_idempotency.cleanup import DEFAULT_BATCH_SIZE, delete_expired
@@ -30,27 +30,6 @@ from whatsorder_idempotency.cleanup import DEFAULT_BATCH_SIZE, delete_expired
 log = logging.getLogger(__name__)
 
 Trigger = Literal["schedule", "cli", "console"]
-NextRun = Callable[[datetime], datetime]
-Clock = Callable[[], datetime]
-
-
-def cron_schedule(expression: str) -> NextRun:
-    """The first time after a moment that ``expression`` names (5 fields, or 6 with seconds).
-
-    Raises ``ValueError`` at once for an expression that is invalid or never due.
-    """
-
-    def next_run(after: datetime) -> datetime:
-        try:
-            due = next(CronSim(expression, as_utc(after)), None)
-        except CronSimError as error:
-            raise ValueError(f"{expression!r} is not a valid cron expression: {error}") from error
-        if due is None:
-            raise ValueError(f"{expression!r} is never due")
-        return due
-
-    next_run(utcnow())
-    return next_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +153,11 @@ async def _record(database: AsyncEngine, run: CleanupRun) -> None:
         )
 
 
-class CleanupScheduler:
-    """Runs the cleanup whenever ``next_run`` says, in the background, until stopped.
+class CleanupScheduler(ScheduledJob):
+    """Runs the cleanup whenever ``next_run`` says, in the background, until stopped; a
+    shutdown stops it after the batch in progress (the rest of the run is left for the next)."""
 
-    ``clock`` and ``poll_seconds`` exist for tests: waiting rechecks the clock at least every
-    ``poll_seconds``, so a fast clock runs an every-minute schedule in milliseconds (and a
-    clock that jumps is noticed within a poll).
-    """
+    name = "whatsorder-cleanup"
 
     def __init__(
         self,
@@ -193,15 +170,12 @@ class CleanupScheduler:
         stop_timeout: timedelta = timedelta(seconds=10),
         payload_days: int | None = None,
     ) -> None:
+        super().__init__(
+            next_run, clock=clock, poll_seconds=poll_seconds, stop_timeout=stop_timeout
+        )
         self._database = database
         self._payload_days = payload_days
-        self._next_run = next_run
         self._batch_size = batch_size
-        self._clock = clock
-        self._poll_seconds = poll_seconds
-        self._stop_timeout = stop_timeout.total_seconds()
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, database: AsyncEngine, settings: Settings) -> CleanupScheduler | None:
@@ -215,55 +189,19 @@ class CleanupScheduler:
             payload_days=settings.dead_letter_payload_days,
         )
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run_on_schedule(), name="whatsorder-cleanup"
-            )
+    async def run_once(self) -> None:
+        await run_cleanup(
+            self._database,
+            trigger="schedule",
+            batch_size=self._batch_size,
+            stop=self._stop,
+            clock=self._clock,
+            payload_days=self._payload_days,
+        )
 
-    async def stop(self) -> None:
-        """Stop after the batch in progress; past ``stop_timeout`` cancel it (it rolls back)."""
-        self._stop.set()
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(self._task, timeout=self._stop_timeout)
-        except TimeoutError:
-            log.warning("Idempotency cleanup cancelled at shutdown; its last batch rolled back")
-
-    async def _run_on_schedule(self) -> None:
-        while not self._stop.is_set():
-            try:
-                due = self._next_run(self._clock())
-                if not await self._wait_until(due):
-                    return
-                await run_cleanup(
-                    self._database,
-                    trigger="schedule",
-                    batch_size=self._batch_size,
-                    stop=self._stop,
-                    clock=self._clock,
-                    payload_days=self._payload_days,
-                )
-            except Exception as error:
-                log.error(
-                    "Error in idempotency",
-                    exc_info=True,
-                    extra={"operation": "cleanup_schedule", "error": type(error).__name__},
-                )
-                await self._pause(self._poll_seconds)  # never a tight loop of failures
-
-    async def _wait_until(self, due: datetime) -> bool:
-        """Sleep until ``due`` by the clock; ``False`` if stopped first."""
-        while (remaining := (due - self._clock()).total_seconds()) > 0:
-            if await self._pause(min(remaining, self._poll_seconds)):
-                return False
-        return not self._stop.is_set()
-
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; ``True`` if stopped meanwhile."""
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
+    def log_failure(self, error: Exception) -> None:
+        log.error(
+            "Error in idempotency",
+            exc_info=True,
+            extra={"operation": "cleanup_schedule", "error": type(error).__name__},
+        )
