@@ -21,7 +21,7 @@ MAX_ERROR_CHARS = 500  # payment_links.last_error
 
 
 class PaymentLinkRepository:
-    """Implements `whatsorder.ordering.link_ports.PaymentLinkRepository`."""
+    """Implements `whatsorder.ordering.ports.PaymentLinkRepository`."""
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection

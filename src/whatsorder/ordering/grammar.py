@@ -5,6 +5,7 @@ MENU | CATALOG                  → ShowCatalogue
 ORDER 2 x ATTA-5KG, 1 TOOR-1KG  → PlaceOrder (the word ORDER is optional)
 STATUS [ORD-000123]             → ShowStatus
 CANCEL ORD-000123               → CancelOrder
+PAY ORD-000123                  → RequestPayment (a payment link for what is left to pay)
 LANGUAGE HI | भाषा हिंदी          → ChooseLanguage (EN, English, अंग्रेज़ी…; anything else: the choices)
 STOP | START (the whole message) → ChangeConsent (see whatsorder.ordering.customer)
 HELP | anything else            → ShowHelp
@@ -57,6 +58,11 @@ class CancelOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestPayment:
+    order_number: str
+
+
+@dataclass(frozen=True, slots=True)
 class ShowHelp:
     pass
 
@@ -93,6 +99,7 @@ Command = (
     | PlaceOrder
     | ShowStatus
     | CancelOrder
+    | RequestPayment
     | ChooseLanguage
     | ChangeConsent
     | ShowHelp
@@ -138,6 +145,11 @@ def parse_message(text: str) -> Command:
             return _unreadable(N_("Say which order to cancel, for example: CANCEL ORD-000123"))
         number = _order_number(rest)
         return CancelOrder(number) if number is not None else _not_an_order_number(rest)
+    if word == "PAY":
+        if not rest.strip():
+            return _unreadable(N_("Say which order to pay, for example: PAY ORD-000123"))
+        number = _order_number(rest)
+        return RequestPayment(number) if number is not None else _not_an_order_number(rest)
     if word == "ORDER":
         return _parse_items(rest, explicit=True)
     return _parse_items(stripped, explicit=False)

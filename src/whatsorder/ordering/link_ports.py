@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
-
-from whatsorder.ordering.payment_model import StoredLink
-from whatsorder.ordering.ports import UnitOfWork
 
 # Razorpay's reference_id is at most 40 characters; Stripe's keys may be longer. One shape for
 # both: "ORD-000123-49900-INR" fits, and is readable in either dashboard.
@@ -67,28 +63,3 @@ class PaymentLinks(Protocol):
     async def create(self, request: LinkRequest) -> CreatedLink:
         """The link for ``request``: created now, or the one an earlier repeat created."""
         ...
-
-
-class PaymentLinkRepository(Protocol):
-    """Payment links as stored, one per ``(provider, reference)``."""
-
-    async def find(self, provider: str, reference: str) -> StoredLink | None: ...
-
-    async def of_order(self, order_id: int) -> list[StoredLink]: ...
-
-    async def store_live(
-        self, link: StoredLink, provider_link_id: str, url: str, now: datetime
-    ) -> StoredLink:
-        """Keep the provider's link; a row already live keeps what it has."""
-        ...
-
-    async def store_failure(self, link: StoredLink, error: str, now: datetime) -> None:
-        """Note the provider's refusal for the operator, unless a link for it is live."""
-        ...
-
-
-class LinkUnitOfWork(UnitOfWork, Protocol):
-    """A unit of work that also holds payment links."""
-
-    @property
-    def payment_links(self) -> PaymentLinkRepository: ...

@@ -20,7 +20,12 @@ from whatsorder.ordering.model import (
     Order,
     OrderStatus,
 )
-from whatsorder.ordering.payment_model import PayableOrder, PaymentEvent, PaymentException
+from whatsorder.ordering.payment_model import (
+    PayableOrder,
+    PaymentEvent,
+    PaymentException,
+    StoredLink,
+)
 
 
 class OrderingRepository(Protocol):
@@ -177,6 +182,24 @@ class ConsentRepository(Protocol):
         ...
 
 
+class PaymentLinkRepository(Protocol):
+    """Payment links as stored, one per ``(provider, reference)`` (issue #17)."""
+
+    async def find(self, provider: str, reference: str) -> StoredLink | None: ...
+
+    async def of_order(self, order_id: int) -> list[StoredLink]: ...
+
+    async def store_live(
+        self, link: StoredLink, provider_link_id: str, url: str, now: datetime
+    ) -> StoredLink:
+        """Keep the provider's link; a row already live keeps what it has."""
+        ...
+
+    async def store_failure(self, link: StoredLink, error: str, now: datetime) -> None:
+        """Note the provider's refusal for the operator, unless a link for it is live."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """``async with uow: …; await uow.commit()``: leaving the block without commit rolls back.
 
@@ -202,6 +225,9 @@ class UnitOfWork(Protocol):
 
     @property
     def consent(self) -> ConsentRepository: ...
+
+    @property
+    def payment_links(self) -> PaymentLinkRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

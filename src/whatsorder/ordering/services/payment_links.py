@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from whatsorder.ordering import link_replies, replies
-from whatsorder.ordering.link_ports import LinkFailed, LinkRequest, LinkUnitOfWork, PaymentLinks
+from whatsorder.ordering.link_ports import LinkFailed, LinkRequest, PaymentLinks
 from whatsorder.ordering.model import OrderStatus, order_id_from_number
 from whatsorder.ordering.payment_model import (
     LinkStatus,
@@ -22,6 +22,7 @@ from whatsorder.ordering.payment_model import (
     StoredLink,
     link_reference,
 )
+from whatsorder.ordering.ports import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +37,13 @@ class LinkOutcome:
 
 
 async def request_payment_link(
-    uow: LinkUnitOfWork,
+    uow: UnitOfWork,
     links: PaymentLinks | None,
     number: str,
     now: datetime,
     *,
     retailer_id: int | None = None,
+    language: str | None = None,
 ) -> LinkOutcome:
     """The link for order ``number``'s outstanding amount; ``retailer_id`` None: an operator
     asks, for any order; else only the retailer's own orders are found."""
@@ -49,12 +51,12 @@ async def request_payment_link(
     async with uow:
         order = None if order_id is None else await uow.payments.order(order_id)
         if order is None or (retailer_id is not None and order.retailer_id != retailer_id):
-            return LinkOutcome(replies.no_such_order(number))
-        refusal = _nothing_to_pay(order)
+            return LinkOutcome(replies.no_such_order(number, language))
+        refusal = _nothing_to_pay(order, language)
         if refusal is not None:
             return LinkOutcome(refusal, order.id)
         if links is None:
-            return LinkOutcome(link_replies.links_not_set_up(), order.id)
+            return LinkOutcome(link_replies.links_not_set_up(language), order.id)
         wanted = StoredLink(
             order.id,
             links.provider,
@@ -65,7 +67,7 @@ async def request_payment_link(
         stored = await uow.payment_links.find(wanted.provider, wanted.reference)
     if stored is not None and stored.status is LinkStatus.LIVE and stored.url:
         return LinkOutcome(
-            link_replies.pay_by_link(order, stored.amount, stored.url), order.id, stored
+            link_replies.pay_by_link(order, stored.amount, stored.url, language), order.id, stored
         )
     request = LinkRequest(
         order.number, wanted.amount, wanted.currency, f"Order {order.number}", wanted.reference
@@ -75,25 +77,29 @@ async def request_payment_link(
     except LinkFailed as failure:
         if not failure.permanent:
             return LinkOutcome(
-                link_replies.link_unavailable_now(order), order.id, failure=str(failure)
+                link_replies.link_unavailable_now(order, language), order.id, failure=str(failure)
             )
         async with uow:
             await uow.payment_links.store_failure(wanted, str(failure), now)
             await uow.commit()
-        return LinkOutcome(link_replies.link_refused(order), order.id, failure=str(failure))
+        return LinkOutcome(
+            link_replies.link_refused(order, language), order.id, failure=str(failure)
+        )
     async with uow:
         stored = await uow.payment_links.store_live(wanted, made.link_id, made.url, now)
         await uow.commit()
     assert stored.url is not None
-    return LinkOutcome(link_replies.pay_by_link(order, stored.amount, stored.url), order.id, stored)
+    return LinkOutcome(
+        link_replies.pay_by_link(order, stored.amount, stored.url, language), order.id, stored
+    )
 
 
-def _nothing_to_pay(order: PayableOrder) -> str | None:
+def _nothing_to_pay(order: PayableOrder, language: str | None) -> str | None:
     """Why an order takes no payment now; None when it awaits one."""
     if order.status is OrderStatus.PAID:
-        return link_replies.already_paid(order)
+        return link_replies.already_paid(order, language)
     if order.status is not OrderStatus.PLACED:
-        return link_replies.not_payable(order)
+        return link_replies.not_payable(order, language)
     if order.total <= 0:
-        return link_replies.nothing_outstanding(order)
+        return link_replies.nothing_outstanding(order, language)
     return None
