@@ -265,7 +265,7 @@ async def test_without_twilio_credentials_nothing_is_sent_and_the_backlog_still_
     waiting = await row(db, key)
     assert (waiting["status"], waiting["attempts"]) == ("pending", 0)
     assert [record.getMessage() for record in caplog.records] == [
-        "Outbox not sent: no Twilio WHATSORDER_TWILIO_ACCOUNT_SID is configured"
+        "Outbox not sent: Twilio sending is not configured: set WHATSORDER_TWILIO_ACCOUNT_SID"
     ]
 
 

@@ -20,9 +20,9 @@ Crash window: neither provider documents send-side idempotency, so a sender that
 the provider's acceptance and our commit leaves the row pending, and the next claim sends it
 again (Meta's with the same ``Idempotency-Key``, the row's key). Nothing but that commit sits
 in the window: the connection that records it is checked out before the send, so no wait for
-the pool falls inside it, and a failed commit is tried again while the lease lasts. Every
-acceptance counts in ``outbox_messages.sends``, so a message sent twice shows in the audit;
-docs/reliability.md gives the measured figure.
+the pool falls inside it, and a failed commit is tried again (``outbox_outcomes``). Every
+acceptance recorded counts in ``outbox_messages.sends``, so a row accepted twice shows in the
+audit; docs/reliability.md (§8) gives the measured window.
 
 Backlog: after each round the sender counts its provider's pending rows and publishes how many
 and how long the oldest has waited. It does so without credentials too, sending nothing.
@@ -157,8 +157,10 @@ class ChannelSender:
             message.language,
             message.params,
         )
+        # A reply is sent whatever its customer's state: only a notification reads it.
         recipient = await recipient_of(connection, message) if message.proactive else None
-        decision = decide(notice, recipient and recipient.customer, now, self.templates)
+        customer = recipient.customer if recipient is not None else None
+        decision = decide(notice, customer, now, self.templates)
         if isinstance(decision, Hold):
             await hold(connection, message, decision.reason, attempted=False)
             observability.record_outbox_send("held")

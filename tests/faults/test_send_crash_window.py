@@ -29,13 +29,14 @@ from sqlalchemy import func, insert, select
 
 from fake_graph import FakeGraph, serving
 from fake_twilio import FakeTwilio
-from faults.harness import TESTS, _pythonpath
 from faults.modes import report, scaled
 from whatsorder.clock import utcnow
 from whatsorder.db.engine import open_database
 from whatsorder.db.tables import outbox_messages
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+TESTS = Path(__file__).resolve().parent.parent
 
 NOTIFICATIONS = scaled(60, 1500)
 KILLS = scaled(4, 100)
@@ -92,7 +93,8 @@ def _unsent(url: str) -> int:
 def _start(
     url: str, provider: str, api_url: str, timings: Path, log: Path, kill_after_accept: bool
 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": _pythonpath()}
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    env = {**os.environ, "PYTHONPATH": path}
     env.pop("WHATSORDER_TEST_KILL_AFTER_ACCEPT", None)
     if kill_after_accept:
         env["WHATSORDER_TEST_KILL_AFTER_ACCEPT"] = "1"
@@ -150,11 +152,12 @@ def test_senders_killed_around_their_sends_lose_nothing_and_duplicates_are_count
         targeted = len(accepted())
         # Then kills at random moments while the sender is at work.
         while kills < KILLS and time.monotonic() - started < DEADLINE / 2:
+            if _unsent(postgres_url) == 0:
+                break
             process = _start(postgres_url, provider, api_url, timings, log, False)
             before = len(accepted())
-            if not _wait_for(lambda: len(accepted()) > before, 30):  # noqa: B023
-                break  # nothing left to send
-            time.sleep(rng.uniform(0.0, 0.25))
+            if _wait_for(lambda: len(accepted()) > before, 30):  # noqa: B023
+                time.sleep(rng.uniform(0.0, 0.25))  # a random moment of its sending
             _kill(process)
             kills += 1
         process = _start(postgres_url, provider, api_url, timings, log, False)

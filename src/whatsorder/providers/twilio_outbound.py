@@ -67,7 +67,7 @@ class TwilioChannel:
             )
             if not value
         ]
-        return f"no Twilio {', '.join(missing)} is configured" if missing else None
+        return f"Twilio sending is not configured: set {' and '.join(missing)}" if missing else None
 
     async def send(self, outbound: Outbound) -> str | None:
         fields: dict[str, Any] = {"to": whatsapp_address(outbound.recipient), "from_": self._from}
