@@ -34,6 +34,7 @@ from support import PUBLIC_URL, STATUS_PATH, encode, signed_headers, status_form
 from whatsorder.clock import as_utc, utcnow
 from whatsorder.db.consent import ConsentChange, ConsentRepository
 from whatsorder.db.engine import open_database
+from whatsorder.db.outbox import OutboxRepository
 from whatsorder.db.tables import message_statuses, outbox_messages
 from whatsorder.outbound.templates import parse_templates
 from whatsorder.outbox import ChannelSender, RetryPolicy
@@ -329,3 +330,33 @@ async def test_two_twilio_senders_at_once_send_each_row_once(
     assert Counter(send.body for send in fake.sends) == Counter(bodies)
     rows: list[dict[str, Any]] = [await row(db, key) for key in keys]
     assert [(found["status"], found["sends"]) for found in rows] == [("sent", 1)] * len(keys)
+
+
+async def test_an_acceptance_whose_record_fails_once_is_recorded_on_the_next_try(
+    db: AsyncEngine,
+    twilio: tuple[FakeTwilio, str],
+    sender: ChannelSender,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake, _ = twilio
+    await customer(db, CUSTOMER, last_inbound_at=utcnow())
+    key = await queue(db, "twilio", CUSTOMER, DISPATCHED, params=PARAMS)
+    mark_sent = OutboxRepository.mark_sent
+    failures = [ConnectionError("the database went away after Twilio accepted")]
+
+    async def mark_sent_failing_once(self: OutboxRepository, *args: Any) -> bool:
+        if failures:
+            raise failures.pop()
+        return await mark_sent(self, *args)
+
+    monkeypatch.setattr(OutboxRepository, "mark_sent", mark_sent_failing_once)
+    assert await sender.send_due() == 1
+    assert await sender.send_due(utcnow() + timedelta(hours=1)) == 0
+
+    sent = await row(db, key)
+    assert (sent["status"], sent["sends"], sent["provider_message_id"]) == (
+        "sent",
+        1,
+        fake.sids[0],
+    )
+    assert len(fake.sends) == 1  # not sent again: no duplicate from the database's hiccup

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -21,6 +22,7 @@ from whatsorder.db.consent import ConsentChange, ConsentRepository
 from whatsorder.db.outbox import OutboxMessage, OutboxRepository
 from whatsorder.db.outbox_holds import hold, recipient_of
 from whatsorder.outbound.forms import Refusal, SendFailed
+from whatsorder_idempotency.stores.sql import AUTOCOMMIT_OPTION
 
 log = logging.getLogger("whatsorder.outbox")
 
@@ -49,15 +51,17 @@ async def record_sent(
 ) -> None:
     """Commit the provider's acceptance, trying again (bounded) if the database fails.
 
-    Past the last try the error propagates: the row is sent again after its lease, a
-    duplicate the provider will deliver (docs/reliability.md, §8).
+    This is the crash window: one statement that commits itself (no BEGIN and COMMIT round
+    trips around it). Past the last try the error propagates: the row is sent again after its
+    lease, a duplicate the provider will deliver (docs/reliability.md, §8).
     """
+    await connection.execution_options(**_lone_statement(connection.dialect.name))
     for attempt in range(1, RECORD_TRIES + 1):
         try:
-            async with connection.begin():
-                await OutboxRepository(connection).mark_sent(
-                    message, provider_message_id, now(), sent_as
-                )
+            await OutboxRepository(connection).mark_sent(
+                message, provider_message_id, now(), sent_as
+            )
+            await connection.commit()  # the statement committed itself; this ends ours
             return
         except Exception:
             if attempt == RECORD_TRIES:
@@ -66,6 +70,15 @@ async def record_sent(
             await asyncio.sleep(0.2 * attempt)
             with contextlib.suppress(Exception):
                 await connection.invalidate()  # the next try takes a fresh connection
+            with contextlib.suppress(Exception):
+                await connection.rollback()  # what was begun on the old one is gone
+
+
+def _lone_statement(dialect: str) -> dict[str, Any]:
+    """Execution options for a statement that commits itself (SQLite: no BEGIN IMMEDIATE)."""
+    if dialect == "postgresql":
+        return {"isolation_level": "AUTOCOMMIT"}
+    return {AUTOCOMMIT_OPTION: True}
 
 
 async def record_failure(
