@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -43,6 +44,11 @@ from whatsorder.providers.twilio_outbound import TwilioChannel
 CUSTOMER = "whatsapp:+919876543210"
 DISPATCHED = "Your order ORD-000042 is on its way."
 STATUS_CALLBACK = PUBLIC_URL + STATUS_PATH
+
+
+def held_count() -> float:
+    """``whatsorder_outbox_sends_total{outcome="held"}`` as this process counts it."""
+    return REGISTRY.get_sample_value("whatsorder_outbox_sends_total", {"outcome": "held"}) or 0.0
 
 
 @pytest.fixture
@@ -171,8 +177,10 @@ async def test_a_notification_with_no_template_is_held_with_the_reason_and_never
     fake, _ = twilio
     await customer(db, CUSTOMER, last_inbound_at=None)
     key = await queue(db, "twilio", CUSTOMER, "Packed.", event="packed", language="hi")
+    held_before = held_count()
 
     assert await sender.send_due() == 0
+    assert held_count() == held_before + 1
     assert await sender.send_due(utcnow() + timedelta(days=1)) == 0
 
     held = await row(db, key)

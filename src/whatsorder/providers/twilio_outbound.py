@@ -95,8 +95,10 @@ class TwilioChannel:
 
     def _messages(self) -> Any:
         if self._client is None:
-            # Made inside the running loop: the SDK's aiohttp session belongs to it.
-            self._http = AsyncTwilioHttpClient(logger=_SDK_LOG)
+            # Made inside the running loop: the SDK's aiohttp session belongs to it. The SDK's
+            # own retries stay off: they would resend what Twilio may have accepted, outside
+            # the outbox's lease and backoff.
+            self._http = AsyncTwilioHttpClient(logger=_SDK_LOG, max_retries=None)
             self._client = Client(self._account_sid, self._auth_token, http_client=self._http)
             self._client.api.base_url = self._api_url
         return self._client.messages
