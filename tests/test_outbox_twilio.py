@@ -10,12 +10,14 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,7 +33,15 @@ from outbox_support import (
     queue,
     row,
 )
-from support import PUBLIC_URL, STATUS_PATH, encode, signed_headers, status_form
+from support import (
+    PUBLIC_URL,
+    STATUS_PATH,
+    TWILIO_TOKEN,
+    encode,
+    free_port,
+    signed_headers,
+    status_form,
+)
 from whatsorder.clock import as_utc, utcnow
 from whatsorder.db.consent import ConsentChange, ConsentRepository
 from whatsorder.db.engine import open_database
@@ -44,6 +54,7 @@ from whatsorder.providers.twilio_outbound import TwilioChannel
 CUSTOMER = "whatsapp:+919876543210"
 DISPATCHED = "Your order ORD-000042 is on its way."
 STATUS_CALLBACK = PUBLIC_URL + STATUS_PATH
+EXAMPLE_TEMPLATES = Path(__file__).parents[1] / "deploy" / "notification-templates.example.json"
 
 
 def held_count() -> float:
@@ -368,3 +379,42 @@ async def test_an_acceptance_whose_record_fails_once_is_recorded_on_the_next_try
         fake.sids[0],
     )
     assert len(fake.sends) == 1  # not sent again: no duplicate from the database's hiccup
+
+
+async def test_an_unreachable_twilio_is_retried_later_and_nothing_is_lost(
+    db: AsyncEngine,
+) -> None:
+    await customer(db, CUSTOMER, last_inbound_at=utcnow())
+    key = await queue(db, "twilio", CUSTOMER, DISPATCHED, params=PARAMS)
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    async with ChannelSender(db, channel(nowhere)) as unreachable:
+        assert await unreachable.send_due() == 0
+
+    waiting = await row(db, key)
+    assert (waiting["status"], waiting["attempts"], waiting["sends"]) == ("pending", 1, 0)
+    assert waiting["last_error"].startswith("ClientConnectorError")
+    assert as_utc(waiting["next_attempt_at"]) > utcnow()
+
+
+async def test_the_service_starts_a_twilio_sender_from_its_settings(
+    app_factory: Callable[..., FastAPI], db: AsyncEngine, twilio: tuple[FakeTwilio, str]
+) -> None:
+    fake, base_url = twilio
+    await customer(db, CUSTOMER, last_inbound_at=utcnow() - timedelta(days=3))
+    key = await queue(db, "twilio", CUSTOMER, DISPATCHED, params={"order_number": "ORD-7"})
+    app = app_factory(
+        twilio_account_sid=ACCOUNT_SID,
+        twilio_whatsapp_from=WHATSAPP_FROM,
+        twilio_api_url=base_url,
+        notification_templates=str(EXAMPLE_TEMPLATES),
+    )
+    async with app.router.lifespan_context(app), asyncio.timeout(15):
+        while not fake.delivered:  # noqa: ASYNC110 (set from the server's thread)
+            await asyncio.sleep(0.02)
+
+    [send] = fake.delivered
+    assert send.authorization == (ACCOUNT_SID, TWILIO_TOKEN)
+    assert send.fields["StatusCallback"] == PUBLIC_URL + STATUS_PATH
+    assert send.fields["ContentSid"] == "HX00000000000000000000000000000003"  # the example's
+    assert json.loads(send.fields["ContentVariables"]) == {"1": "ORD-7"}
+    assert (await row(db, key))["status"] == "sent"

@@ -117,7 +117,8 @@ def whatsapp_address(number: str) -> str:
 
 def _failure(status: int, code: object, message: object) -> SendFailed:
     """``HTTP 400 (21211: Invalid 'To' Phone Number)``, retryable or not, held or not."""
-    number = code if isinstance(code, int) else None
+    # Without Twilio's JSON (a proxy's 502 page) the SDK gives the HTTP status as the code.
+    number = code if isinstance(code, int) and code != status else None
     text = str(message or "").removeprefix("Unable to create record: ")
     reason = f"HTTP {status} ({number}: {redacted(text, 200)})" if number else f"HTTP {status}"
     retryable = status >= 500 or status in RETRYABLE_STATUSES
