@@ -6,12 +6,14 @@ is named."""
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from outbox_support import PARAMS, TEMPLATES
+from support import free_port, server_env, whatsorder_command
 from whatsorder.outbound.decision import Customer, Hold, Notice, Send, decide
 from whatsorder.outbound.forms import MetaTemplate, Text, TwilioTemplate
 from whatsorder.outbound.templates import TemplatesInvalid, load_templates, parse_templates
@@ -197,3 +199,23 @@ def test_a_bad_templates_setting_stops_the_settings_with_its_reason(tmp_path: Pa
     assert Settings(notification_templates=str(EXAMPLE)).notification_catalogue.find(
         "dispatched", "en", "twilio"
     )
+
+
+def test_serve_with_a_broken_templates_file_stops_with_one_clear_line(tmp_path: Path) -> None:
+    broken = tmp_path / "templates.json"
+    broken.write_text(json.dumps({"dispatched": {"hi": {"whatsapp": {}}}}))
+    env = server_env(
+        f"sqlite:///{tmp_path / 'whatsorder.db'}",
+        WHATSORDER_NOTIFICATION_TEMPLATES=str(broken),
+    )
+    finished = subprocess.run(
+        whatsorder_command("serve", "--port", str(free_port())),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 2, finished.stderr
+    assert finished.stderr.startswith("error: WHATSORDER_NOTIFICATION_TEMPLATES: ")
+    assert "dispatched.hi names the provider 'whatsapp'; use meta or twilio" in finished.stderr
+    assert "Traceback" not in finished.stderr
