@@ -34,11 +34,13 @@ from outbox_support import (
     row,
 )
 from support import (
+    INBOUND_PATH,
     PUBLIC_URL,
     STATUS_PATH,
     TWILIO_TOKEN,
     encode,
     free_port,
+    inbound_form,
     signed_headers,
     status_form,
 )
@@ -46,7 +48,7 @@ from whatsorder.clock import as_utc, utcnow
 from whatsorder.db.consent import ConsentChange, ConsentRepository
 from whatsorder.db.engine import open_database
 from whatsorder.db.outbox import OutboxRepository
-from whatsorder.db.tables import message_statuses, outbox_messages
+from whatsorder.db.tables import message_statuses, orders, outbox_messages
 from whatsorder.outbound.templates import parse_templates
 from whatsorder.outbox import ChannelSender, RetryPolicy
 from whatsorder.providers.twilio_outbound import TwilioChannel
@@ -418,3 +420,28 @@ async def test_the_service_starts_a_twilio_sender_from_its_settings(
     assert send.fields["ContentSid"] == "HX00000000000000000000000000000003"  # the example's
     assert json.loads(send.fields["ContentVariables"]) == {"1": "ORD-7"}
     assert (await row(db, key))["status"] == "sent"
+
+
+async def test_a_notification_finds_its_customer_through_its_order(
+    client: httpx.AsyncClient,
+    db: AsyncEngine,
+    twilio: tuple[FakeTwilio, str],
+    sender: ChannelSender,
+) -> None:
+    fake, _ = twilio
+    pairs = inbound_form("ORDER 1 x ATTA-5KG")  # from CUSTOMER, through the front door
+    response = await client.post(
+        INBOUND_PATH, content=encode(pairs), headers=signed_headers(INBOUND_PATH, pairs)
+    )
+    assert response.status_code == 200, response.text
+    async with db.connect() as connection:
+        [order_id] = (await connection.scalars(select(orders.c.id))).all()
+    await customer(db, CUSTOMER, last_inbound_at=utcnow() - timedelta(hours=1))
+    # The recipient spelled without the channel prefix: only the order leads to the customer.
+    key = await queue(db, "twilio", "+919876543210", DISPATCHED, order_id=order_id)
+
+    assert await sender.send_due() == 1
+
+    [send] = fake.delivered
+    assert (send.fields["To"], send.fields["Body"]) == (CUSTOMER, DISPATCHED)  # in the window
+    assert (await row(db, key))["sent_as"] == "text"
