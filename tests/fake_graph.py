@@ -21,6 +21,12 @@ from starlette.routing import Route
 
 from support import free_port
 
+ERROR_TITLES = {
+    131000: "Something went wrong",
+    131047: "Re-engagement message",
+    131050: "Unable to deliver the message: the user stopped marketing messages",
+}
+
 
 @dataclass(frozen=True)
 class Send:
@@ -34,7 +40,8 @@ class Send:
 class FakeGraph:
     sends: list[Send] = field(default_factory=list)  # every request, repeats included
     delivered: list[Send] = field(default_factory=list)  # what a customer would receive
-    failures: list[int] = field(default_factory=list)  # statuses to answer before succeeding
+    # Answers before succeeding: a status (Meta's error 131000), or a status and an error code.
+    failures: list[int | tuple[int, int]] = field(default_factory=list)
     _ids: dict[str, str] = field(default_factory=dict)  # idempotency key → message id
 
     @property
@@ -52,8 +59,10 @@ class FakeGraph:
         )
         self.sends.append(send)
         if self.failures:
-            error = {"message": "(#131000) Something went wrong", "code": 131000}
-            return JSONResponse({"error": error}, status_code=self.failures.pop(0))
+            failure = self.failures.pop(0)
+            status, code = failure if isinstance(failure, tuple) else (failure, 131000)
+            error = {"message": f"(#{code}) {ERROR_TITLES.get(code, 'Error')}", "code": code}
+            return JSONResponse({"error": error}, status_code=status)
         key = send.idempotency_key
         message_id = self._ids.get(key) if key else None
         if message_id is None:

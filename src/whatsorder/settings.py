@@ -11,6 +11,8 @@ from cronsim import CronSim, CronSimError
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from whatsorder.outbound.templates import TemplateCatalogue, load_templates
+
 DEFAULT_DATABASE_URL = "sqlite:///./var/whatsorder.db"
 
 
@@ -31,6 +33,15 @@ class Settings(BaseSettings):
     meta_access_token: SecretStr | None = None
     meta_phone_number_id: str | None = None
     meta_graph_url: str = "https://graph.facebook.com/v21.0"
+    # Replies and notifications to Twilio users go out through Twilio's Messages API, from
+    # this WhatsApp sender (``whatsapp:+…``), with twilio_auth_token (unset: kept pending).
+    twilio_account_sid: str | None = None
+    twilio_whatsapp_from: str | None = None
+    twilio_api_url: str = "https://api.twilio.com"
+    # The approved templates notifications go out as outside WhatsApp's 24-hour window: a JSON
+    # file (deploy/notification-templates.example.json). Unset: none, so such notifications
+    # are held with the reason.
+    notification_templates: str | None = None
     stripe_webhook_secret: SecretStr | None = None
     razorpay_webhook_secret: SecretStr | None = None
     # Payment links and the reconciliation sweep (issue #17). The provider that makes links:
@@ -108,6 +119,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} {value!r} is never due")
         return value
 
+    @field_validator("notification_templates")
+    @classmethod
+    def _check_templates(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            load_templates(value)  # raises TemplatesInvalid (a ValueError) naming the place
+            return value.strip()
+        return None
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -116,6 +135,11 @@ class Settings(BaseSettings):
     @cached_property
     def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         return tuple(ip_network(entry, strict=False) for entry in self.trusted_proxies)
+
+    @cached_property
+    def notification_catalogue(self) -> TemplateCatalogue:
+        """The approved templates, read from ``notification_templates`` once."""
+        return load_templates(self.notification_templates)
 
     def public_url_for(self, path: str) -> str:
         """The URL a provider called for ``path``: what it signed."""

@@ -45,6 +45,7 @@ def serve(host: str, port: int, workers: int, log_format: str, graceful_timeout:
     """
     import uvicorn
 
+    Settings()  # a bad setting stops here as one clear line, not in every worker
     # Workers share no memory: each writes its metrics to files here, /metrics adds them up.
     # prometheus_client reads the variable on import, so it is set before anything imports it.
     metrics_dir = None

@@ -8,6 +8,7 @@ no transaction open, and then records what happened.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,6 +26,7 @@ class OutboxStatus(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
+    HELD = "held"  # not sent, never will be: held_reason says why (whatsorder.outbound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,12 @@ class OutboxMessage:
     body: str
     idempotency_key: str
     attempts: int
+    # A notification's own (migration 0008); a reply has none of them and is not proactive.
+    order_id: int | None = None
+    event: str | None = None
+    language: str | None = None
+    params: dict[str, object] | None = None
+    proactive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +119,26 @@ class OutboxRepository:
                 table.c.body,
                 table.c.idempotency_key,
                 table.c.attempts,
+                table.c.order_id,
+                table.c.event,
+                table.c.language,
+                table.c.params,
+                table.c.proactive,
             )
         )
         claimed = {
             row.id: OutboxMessage(
-                row.id, provider, row.recipient, row.body, row.idempotency_key, row.attempts
+                row.id,
+                provider,
+                row.recipient,
+                row.body,
+                row.idempotency_key,
+                row.attempts,
+                row.order_id,
+                row.event,
+                row.language,
+                _params(row.params),
+                bool(row.proactive),
             )
             for row in rows
         }
@@ -142,7 +165,11 @@ class OutboxRepository:
         return OutboxBacklog(pending, max(0.0, (now - as_utc(oldest)).total_seconds()))
 
     async def mark_sent(
-        self, message: OutboxMessage, provider_message_id: str | None, now: datetime
+        self,
+        message: OutboxMessage,
+        provider_message_id: str | None,
+        now: datetime,
+        sent_as: str | None = None,
     ) -> bool:
         """Record that the provider accepted the reply; True if this made the row sent.
 
@@ -164,6 +191,7 @@ class OutboxRepository:
                 ),
                 sent_at=case((first, now), else_=table.c.sent_at),
                 last_error=case((first, None), else_=table.c.last_error),
+                sent_as=case((first, sent_as), else_=table.c.sent_as),
             )
             .returning(table.c.sends)
         )
@@ -202,3 +230,14 @@ async def replies_sent_twice(connection: AsyncConnection) -> list[str]:
         select(table.c.idempotency_key, table.c.sends).where(table.c.sends > 1).order_by(table.c.id)
     )
     return [f"outbox reply {row.idempotency_key!r} was accepted {row.sends} times" for row in rows]
+
+
+def _params(stored: str | None) -> dict[str, object] | None:
+    """A notification's ``params`` (JSON text); None for a reply or anything but an object."""
+    if stored is None:
+        return None
+    try:
+        found = json.loads(stored)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None

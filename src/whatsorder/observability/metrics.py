@@ -74,11 +74,12 @@ PAYMENT_EVENTS = Counter(
 )
 OUTBOX_SENDS = Counter(
     "whatsorder_outbox_sends",
-    "Replies POSTed to the Graph API, by outcome: sent; retry (failed, to be sent again later);"
-    " failed (refused for good, or out of attempts).",
+    "Outbox messages sent to a provider (Meta's Graph API, Twilio's Messages API), by outcome:"
+    " sent; retry (failed, to be sent again later); failed (refused for good, or out of"
+    " attempts); held (not sent: consent, the 24-hour window or a missing template).",
     ["outcome"],
 )
-OUTBOX_OUTCOMES: Final = ("sent", "retry", "failed")
+OUTBOX_OUTCOMES: Final = ("sent", "retry", "failed", "held")
 CLEANUP_RUNS = Counter(
     "whatsorder_cleanup_runs", "Idempotency cleanup runs by outcome.", ["outcome"]
 )

@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from whatsorder import observability
-from whatsorder.outbox import OutboxSender
+from whatsorder import observability, routes
+from whatsorder.outbox import ChannelSender
+from whatsorder.providers.meta.outbound import MetaChannel
+from whatsorder.providers.twilio_outbound import TwilioChannel
 from whatsorder.scheduler import CleanupScheduler
 from whatsorder.settings import Settings, secret
 from whatsorder.web import meta, metrics, operations, payments, problems, twilio
@@ -32,14 +34,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(runtime.outcomes.run(runtime.database, stopping)),
             asyncio.create_task(runtime.inbox.run(runtime.database, stopping)),
         ]
-        sender = _outbox_sender(runtime)
-        background.append(asyncio.create_task(sender.run(stopping, interval=2.0)))
+        senders = _outbox_senders(runtime)
+        background += [asyncio.create_task(sender.run(stopping, 2.0)) for sender in senders]
         try:
             yield
         finally:
             stopping.set()
             await asyncio.gather(*background)  # the last counts flushed, the last send finished
-            await sender.aclose()
+            for sender in senders:
+                await sender.aclose()
             if cleanup is not None:
                 await cleanup.stop()  # after the batch in progress, never the whole run
             await runtime.close()
@@ -62,13 +65,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _outbox_sender(runtime: Runtime) -> OutboxSender:
-    """The sender of replies to Meta users. Without Meta's sending credentials it sends nothing
-    but still publishes the backlog: replies piling up unsent must show on the dashboard."""
+def _outbox_senders(runtime: Runtime) -> list[ChannelSender]:
+    """A sender per provider: Meta's Graph API and Twilio's Messages API. Without a provider's
+    sending credentials its sender sends nothing but still publishes the backlog: messages
+    piling up unsent must show on the dashboard."""
     settings = runtime.settings
-    return OutboxSender(
-        runtime.database,
-        settings.meta_graph_url,
-        secret(settings.meta_access_token),
-        settings.meta_phone_number_id,
+    meta_channel = MetaChannel(
+        settings.meta_graph_url, secret(settings.meta_access_token), settings.meta_phone_number_id
     )
+    twilio_channel = TwilioChannel(
+        settings.twilio_account_sid,
+        secret(settings.twilio_auth_token),
+        settings.twilio_whatsapp_from,
+        status_callback=settings.public_url_for(routes.TWILIO_STATUS),
+        api_url=settings.twilio_api_url,
+    )
+    templates = settings.notification_catalogue
+    return [
+        ChannelSender(runtime.database, channel, templates=templates)
+        for channel in (meta_channel, twilio_channel)
+    ]
