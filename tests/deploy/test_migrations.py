@@ -41,11 +41,13 @@ from support import (
 from whatsorder.cli import commands
 from whatsorder.db import migrate, reports
 from whatsorder.db.consent import ConsentChange, ConsentRepository
+from whatsorder.db.console_fulfilment import operator_transition
 from whatsorder.db.console_money import ConsoleMoney
 from whatsorder.db.engine import open_database
 from whatsorder.db.migrate import MIGRATIONS
 from whatsorder.db.operators import add_operator
-from whatsorder.db.tables import metadata, order_transitions
+from whatsorder.db.tables import metadata
+from whatsorder.ordering.fulfilment import Action
 from whatsorder.scheduler import run_cleanup
 
 Rows = dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]
@@ -94,12 +96,9 @@ async def _use_every_table(app: FastAPI, database: AsyncEngine) -> None:
 async def _fulfil_and_stop(database: AsyncEngine) -> None:
     """An order's fulfilment moves on, and its customer says STOP (migration 0008's tables)."""
     now = datetime.now(UTC)
+    # A transition row, its notification in the outbox and its line in the audit trail.
+    await operator_transition(database, 1, Action.CONFIRM, "asha", now)
     async with database.begin() as connection:
-        await connection.execute(
-            order_transitions.insert().values(
-                order_id=1, from_state="placed", to_state="confirmed", actor="asha", created_at=now
-            )
-        )
         consent = ConsentRepository(connection)
         await consent.record(1, ConsentChange.STOP, "twilio", "SM-stop", now, now, "STOP")
 

@@ -1,8 +1,8 @@
 """``whatsorder``: the operator's command line.
 
 One module per group of commands: ``service`` (serve, migrate, seed-demo), ``reports`` (orders,
-audit, stats), ``cleanup``, ``operators`` (the console's operators) and ``simulation`` (send,
-pay). Commands import what they need when they run: ``serve`` must set up metrics storage before
+audit, stats), ``cleanup``, ``operators`` (the console's operators), ``fulfilment`` (order
+confirm|pack|dispatch|deliver|cancel) and ``simulation`` (send, pay). Commands import what they need when they run: ``serve`` must set up metrics storage before
 anything imports ``prometheus_client``.
 """
 
@@ -13,6 +13,7 @@ import sys
 import click
 
 from whatsorder.cli.cleanup import cleanup
+from whatsorder.cli.fulfilment import order
 from whatsorder.cli.operators import operator
 from whatsorder.cli.reports import audit, orders, stats
 from whatsorder.cli.service import migrate, seed_demo, serve
@@ -24,7 +25,19 @@ def commands() -> None:
     """whatsorder: WhatsApp orders whose webhooks take effect exactly once."""
 
 
-for _command in (serve, migrate, seed_demo, send, orders, audit, cleanup, stats, pay, operator):
+for _command in (
+    serve,
+    migrate,
+    seed_demo,
+    send,
+    orders,
+    audit,
+    cleanup,
+    stats,
+    pay,
+    operator,
+    order,
+):
     commands.add_command(_command)
 
 

@@ -13,6 +13,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from whatsorder.db.dead_letters import DeadLetterRepository
+from whatsorder.db.fulfilment import FulfilmentRepository
 from whatsorder.db.outbox import OutboxRepository
 from whatsorder.db.payments import PaymentRepository
 from whatsorder.db.repository import OrderingRepository
@@ -28,6 +29,7 @@ class SqlUnitOfWork:
     payments: PaymentRepository
     outbox: OutboxRepository
     dead_letters: DeadLetterRepository
+    fulfilment: FulfilmentRepository
 
     def __init__(self, source: AsyncEngine | AsyncConnection) -> None:
         self._source = source
@@ -45,6 +47,7 @@ class SqlUnitOfWork:
         self.payments = PaymentRepository(self._connection)
         self.outbox = OutboxRepository(self._connection)
         self.dead_letters = DeadLetterRepository(self._connection)
+        self.fulfilment = FulfilmentRepository(self._connection)
         return self
 
     async def __aexit__(

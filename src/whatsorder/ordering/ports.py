@@ -14,11 +14,13 @@ from typing import Protocol, Self
 
 from whatsorder.ordering.model import (
     Catalogue,
+    Fulfilment,
     LedgerEntry,
     MessageState,
     Order,
     OrderStatus,
 )
+from whatsorder.ordering.notifications import Customer, Notification
 from whatsorder.ordering.payment_model import PayableOrder, PaymentEvent, PaymentException
 
 
@@ -116,13 +118,42 @@ class PaymentRepository(Protocol):
         ...
 
 
+class FulfilmentRepository(Protocol):
+    """Orders' fulfilment states and the transitions that moved them."""
+
+    async def order(self, order_id: int) -> Order | None:
+        """The order, whoever's it is (an operator's view)."""
+        ...
+
+    async def customer(self, order_id: int) -> Customer:
+        """Who hears about the order: its retailer, and the provider it came through."""
+        ...
+
+    async def move(
+        self, order_id: int, expected: Fulfilment, new: Fulfilment, now: datetime
+    ) -> bool:
+        """Move the order from ``expected`` to ``new``; False if it was no longer ``expected``."""
+        ...
+
+    async def add_transition(
+        self, order_id: int, from_state: Fulfilment, to_state: Fulfilment, actor: str, now: datetime
+    ) -> bool:
+        """Note the transition unless the order reached ``to_state`` before; True if new."""
+        ...
+
+
 class OutboxRepository(Protocol):
-    """Replies to send once the unit of work commits (whatsorder.outbox sends them)."""
+    """Replies and notifications to send once the unit of work commits (whatsorder.outbox
+    sends them)."""
 
     async def enqueue(
         self, provider: str, recipient: str, body: str, idempotency_key: str, now: datetime
     ) -> bool:
         """Add a reply unless one with this key exists; True if it was added."""
+        ...
+
+    async def enqueue_notification(self, notification: Notification, now: datetime) -> bool:
+        """Add a (proactive) notification unless its key exists; True if it was added."""
         ...
 
 
@@ -159,6 +190,9 @@ class UnitOfWork(Protocol):
 
     @property
     def outbox(self) -> OutboxRepository: ...
+
+    @property
+    def fulfilment(self) -> FulfilmentRepository: ...
 
     @property
     def dead_letters(self) -> DeadLetterRepository: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from whatsorder.ordering.model import Order, OrderStatus, Product
+from whatsorder.ordering.model import Fulfilment, Order, OrderStatus, Product
 
 CURRENCY_SYMBOLS = {"INR": "₹"}
 
@@ -79,6 +79,8 @@ def order_cancelled(order: Order) -> str:
 def cannot_cancel(order: Order) -> str:
     if order.status is OrderStatus.CANCELLED:
         return f"Order {order.number} was already cancelled."
+    if order.fulfilment in (Fulfilment.DISPATCHED, Fulfilment.DELIVERED):
+        return f"Order {order.number} is {order.fulfilment.value} and can no longer be cancelled."
     return f"Order {order.number} is {order.status.value} and can no longer be cancelled."
 
 

@@ -3,7 +3,8 @@
 - `messages`: a customer's message places, cancels or shows an order;
 - `statuses`: outbound messages' delivery states, only forward;
 - `payments` and `refunds`: a provider's payment event, once per payment and per refund;
-- `deliveries`: replies to the outbox, and dead letters.
+- `deliveries`: replies to the outbox, and dead letters;
+- `fulfilment`: an order moved on by an operator, its customer notified once.
 
 Each takes a `whatsorder.ordering.ports.UnitOfWork` and commits explicitly.
 """
@@ -14,6 +15,11 @@ from whatsorder.ordering.services.deliveries import (
     queue_reply,
     reply_keys,
     reply_prefix,
+)
+from whatsorder.ordering.services.fulfilment import (
+    NoSuchOrder,
+    TransitionOutcome,
+    transition,
 )
 from whatsorder.ordering.services.messages import (
     MessageOutcome,
@@ -29,6 +35,8 @@ from whatsorder.ordering.services.statuses import record_message_states, record_
 __all__ = [
     "InboundMessage",
     "MessageOutcome",
+    "NoSuchOrder",
+    "TransitionOutcome",
     "apply_payment",
     "cancel_order",
     "keep_dead_letter",
@@ -41,4 +49,5 @@ __all__ = [
     "record_message_status",
     "reply_keys",
     "reply_prefix",
+    "transition",
 ]
