@@ -104,10 +104,13 @@ def test_a_paid_order_is_refunded_before_it_can_be_cancelled() -> None:
 # The service, in memory.
 
 
-async def placed(uow: FakeUnitOfWork, text: str = "ORDER 2 x ATTA-5KG", source: str = "twilio") -> int:
+async def placed(
+    uow: FakeUnitOfWork, text: str = "ORDER 2 x ATTA-5KG", source: str = "twilio"
+) -> int:
     message = InboundMessage(source, f"{source}-1", ALICE, "Alice", text)
     outcome = await services.receive_message(uow, message, NOW)
-    assert outcome.created and outcome.order_id is not None
+    assert outcome.created
+    assert outcome.order_id is not None
     return outcome.order_id
 
 
@@ -140,7 +143,8 @@ async def test_the_same_transition_again_changes_nothing_and_notifies_nobody() -
     assert again.changed is False
     assert again.summary == "ORD-000001 was already confirmed: nothing changed."
     assert uow.commits == commits
-    assert len(uow.books.transitions) == 1 and len(uow.books.notifications) == 1
+    assert len(uow.books.transitions) == 1
+    assert len(uow.books.notifications) == 1
 
 
 async def test_an_illegal_transition_changes_nothing() -> None:
@@ -149,7 +153,8 @@ async def test_an_illegal_transition_changes_nothing() -> None:
     with pytest.raises(IllegalTransition):
         await services.transition(uow, order_id, Action.DISPATCH, "asha", NOW)
     assert uow.books.orders[order_id].fulfilment is F.PLACED
-    assert not uow.books.transitions and not uow.books.notifications
+    assert not uow.books.transitions
+    assert not uow.books.notifications
 
 
 async def test_an_unknown_order_is_named() -> None:

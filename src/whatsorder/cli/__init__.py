@@ -2,8 +2,9 @@
 
 One module per group of commands: ``service`` (serve, migrate, seed-demo), ``reports`` (orders,
 audit, stats), ``cleanup``, ``operators`` (the console's operators), ``fulfilment`` (order
-confirm|pack|dispatch|deliver|cancel) and ``simulation`` (send, pay). Commands import what they need when they run: ``serve`` must set up metrics storage before
-anything imports ``prometheus_client``.
+confirm|pack|dispatch|deliver|cancel) and ``simulation`` (send, pay). Commands import what
+they need when they run: ``serve`` must set up metrics storage before anything imports
+``prometheus_client``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Stock, order totals, the ledger against the orders, business keys that must be unique, answers
 given to the right retailer, dead letters and replies kept once, the money against what the
-providers reported (``payment_audit``) and fulfilment (``fulfilment_audit``). Read-only: it never repairs what it finds.
+providers reported (``payment_audit``) and fulfilment (``fulfilment_audit``). Read-only: it
+never repairs what it finds.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder.clock import utcnow
 from whatsorder.db import operators as operator_rows
-from whatsorder.db.console_health import bounded_count, counted
 from whatsorder.db.console_fulfilment import notifications_of, transitions_of
+from whatsorder.db.console_health import bounded_count, counted
 from whatsorder.db.console_replies import order_replies
 from whatsorder.db.tables import (
     dead_letters,

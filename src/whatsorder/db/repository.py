@@ -244,11 +244,15 @@ async def one_order(connection: AsyncConnection, condition: object) -> Order | N
         return None
     item_rows = (
         await connection.execute(
-            select(order_items).where(order_items.c.order_id == row["id"]).order_by(order_items.c.id)
+            select(order_items)
+            .where(order_items.c.order_id == row["id"])
+            .order_by(order_items.c.id)
         )
     ).mappings()
     lines = tuple(
-        OrderLine(item["product_id"], item["sku"], item["name"], item["quantity"], item["unit_price"])
+        OrderLine(
+            item["product_id"], item["sku"], item["name"], item["quantity"], item["unit_price"]
+        )
         for item in item_rows
     )
     return Order(

@@ -98,8 +98,9 @@ async def move_order(
     *,
     notify: bool,
 ) -> tuple[Order, bool]:
-    """Move the order ``find`` reads (``number``) to ``wanted``, each attempt in a transaction of its own;
-    the order as it was decided on, and whether this call moved it (False: the repeat).
+    """Move the order ``find`` reads (``number``) to ``wanted``, each attempt in a transaction
+    of its own; the order as it was decided on, and whether this call moved it (False: the
+    repeat).
 
     ``notify``: queue the customer's notification (not for the customer's own CANCEL, whose
     reply tells them). Raises `NoSuchOrder` or `TransitionRefused`.
@@ -124,7 +125,8 @@ async def _apply(
     uow: UnitOfWork, order: Order, wanted: Fulfilment, actor: str, now: datetime, *, notify: bool
 ) -> bool:
     """The writes of one transition; False (the caller must not commit) if a race was lost."""
-    assert order.id is not None and order.retailer_id is not None
+    assert order.id is not None
+    assert order.retailer_id is not None
     if not await uow.fulfilment.move(order.id, order.fulfilment, wanted, now):
         return False
     if not await uow.fulfilment.add_transition(order.id, order.fulfilment, wanted, actor, now):
@@ -143,7 +145,8 @@ async def _apply(
 
 async def give_back(uow: UnitOfWork, order: Order, now: datetime) -> None:
     """What cancelling an order undoes: its stock comes back and its debit is reversed."""
-    assert order.id is not None and order.retailer_id is not None
+    assert order.id is not None
+    assert order.retailer_id is not None
     for line in in_lock_order(order.lines):
         assert line.product_id is not None
         await uow.ordering.return_stock(line.product_id, line.quantity)

@@ -7,11 +7,12 @@ behind. The answers are plain text; the web layer wraps them for the provider.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from whatsorder.ordering import replies
+from whatsorder.ordering.fulfilment import TransitionRefused
 from whatsorder.ordering.grammar import (
     CancelOrder,
     PlaceOrder,
@@ -21,7 +22,6 @@ from whatsorder.ordering.grammar import (
     Unreadable,
     parse_message,
 )
-from whatsorder.ordering.fulfilment import TransitionRefused
 from whatsorder.ordering.model import (
     Fulfilment,
     InboundMessage,
