@@ -14,11 +14,26 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from support import INBOUND_PATH, encode, inbound_form, signed_headers
+from fake_graph import FakeGraph
+from support import (
+    INBOUND_PATH,
+    META_APP_SECRET,
+    META_PATH,
+    META_SENDER,
+    META_VERIFY_TOKEN,
+    encode,
+    inbound_form,
+    meta_delivery,
+    meta_headers,
+    meta_status,
+    meta_text_message,
+    signed_headers,
+)
 from whatsorder.db.audit import audit
 from whatsorder.db.operators import add_operator
 from whatsorder.db.tables import operator_actions, order_transitions, outbox_messages
 from whatsorder.operators import hash_password
+from whatsorder.outbox import OutboxSender
 
 PASSWORD = "correct horse battery"
 ORDER = "/console/orders/ORD-000001"
@@ -30,7 +45,11 @@ async def shop(
 ) -> AsyncIterator[Callable[[str], httpx.AsyncClient]]:
     """The app with one order placed through Twilio's webhook; ``shop(name)`` is a client signed
     in as that operator (asha, ravi: operators; vik: a viewer)."""
-    app = app_factory(console_secret="a console secret for tests, long enough")
+    app = app_factory(
+        console_secret="a console secret for tests, long enough",
+        meta_app_secret=META_APP_SECRET,
+        meta_verify_token=META_VERIFY_TOKEN,
+    )
     async with db.begin() as connection:
         for name, role in (("asha", "operator"), ("ravi", "admin"), ("vik", "viewer")):
             await add_operator(connection, name, role, hash_password(PASSWORD), datetime.now(UTC))
@@ -192,3 +211,45 @@ async def test_a_viewer_sees_no_buttons_and_a_form_without_its_token_is_refused(
     forged = await asha.post(f"{ORDER}/fulfilment/confirm", data={"csrf_token": "forged"})
     assert forged.status_code == 403
     assert await counts(db) == (0, 0, 0)
+
+
+def notifications_table(page: httpx.Response) -> list[list[str]]:
+    section = page.text.split("<h2>Notifications</h2>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>", 1)[1], flags=re.S)
+    return [
+        [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+        for row in rows
+    ]
+
+
+async def test_a_meta_customers_notification_is_sent_once_and_its_delivery_shows_on_the_order(
+    shop: Callable[[str], httpx.AsyncClient], db: AsyncEngine
+) -> None:
+    asha = await signed_in(shop, "asha")
+    body = meta_delivery([meta_text_message("ORDER 1 x OIL-1L")])
+    placed = await asha.post(META_PATH, content=body, headers=meta_headers(body))
+    assert placed.status_code == 200, placed.text
+    await press(asha, "confirm", "ORD-000002")
+    await press(asha, "confirm", "ORD-000002")  # a double click
+
+    graph = FakeGraph()
+    transport = httpx.ASGITransport(app=graph.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://graph.test") as http:
+        sender = OutboxSender(db, "http://graph.test/v21.0", "token", "1065403", client=http)
+        await sender.send_due()
+        await sender.send_due()
+
+    notices = [send for send in graph.delivered if send.idempotency_key == "notify:2:confirmed"]
+    assert len(notices) == 1
+    assert notices[0].payload["to"] == META_SENDER
+    assert notices[0].payload["text"]["body"].startswith("Your order ORD-000002")
+    message_id = f"wamid.fake-{graph.delivered.index(notices[0]) + 1}"
+    status = meta_delivery(statuses=[meta_status(message_id, "delivered")])
+    answer = await asha.post(META_PATH, content=status, headers=meta_headers(status))
+    assert answer.status_code == 200, answer.text
+
+    page = await asha.get("/console/orders/ORD-000002")
+    (shown,) = notifications_table(page)
+    assert shown[1] == "confirmed"
+    assert shown[2].startswith("sent")
+    assert shown[4] == "delivered"
