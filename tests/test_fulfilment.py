@@ -4,6 +4,8 @@ that give back once, and the audit that checks every change has its one notifica
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +30,7 @@ from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.ordering import services
 from whatsorder.ordering.fulfilment import Action, TransitionRefused
 from whatsorder.ordering.model import InboundMessage, OrderStatus
+from whatsorder.ordering.payment_model import PaymentEvent, PaymentKind
 from whatsorder.ordering.services import TransitionOutcome
 
 CUSTOMER = "whatsapp:+919876543210"
@@ -129,6 +132,8 @@ async def test_each_transition_from_the_cli_is_made_once_notified_once_and_audit
         "reversals": 0,
         "atta_stock": stock,
     }
+    listed = await cli(database_url, "orders")
+    assert re.search(r"ORD-000001 +placed +delivered ", listed.output), listed.output
     async with db.connect() as connection:
         assert await audit(connection) == []
 
@@ -331,3 +336,82 @@ async def test_the_audit_catches_a_state_its_transitions_do_not_explain(db: Asyn
         problems = await audit(connection)
 
     assert problems == ["ORD-000001 is packed but no transition took it there"]
+
+
+async def test_operators_pressing_every_button_at_once_leave_a_chain_the_audit_accepts(
+    db: AsyncEngine,
+) -> None:
+    """Eight presses of different buttons at the same moment: each change is one step of one
+    chain (every transition starts where the one before ended), each has one notification, and
+    a press the machine refuses changes nothing."""
+    order_id = await place(db)
+    actions = [Action.CONFIRM, Action.PACK, Action.CANCEL, Action.CONFIRM] * 2
+
+    async def press(action: Action, name: str) -> TransitionOutcome | TransitionRefused:
+        try:
+            return await operator_transition(db, order_id, action, name, now())
+        except TransitionRefused as refused:
+            return refused
+
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(press(action, f"op{i}") for i, action in enumerate(actions))),
+        timeout=60,
+    )
+
+    async with db.connect() as connection:
+        chain = [
+            (row.from_state, row.to_state)
+            for row in await connection.execute(
+                select(order_transitions)
+                .where(order_transitions.c.order_id == order_id)
+                .order_by(order_transitions.c.id)
+            )
+        ]
+        problems = await audit(connection)
+    changes = [o for o in outcomes if isinstance(o, TransitionOutcome) and o.changed]
+    assert len(changes) == len(chain)
+    assert chain[0][0] == "placed"
+    assert all(before[1] == after[0] for before, after in itertools.pairwise(chain))
+    seen = await facts(db, order_id)
+    assert seen["fulfilment"] == chain[-1][1]
+    assert len(seen["notifications"]) == len(chain)
+    assert seen["reversals"] == (1 if seen["fulfilment"] == "cancelled" else 0)
+    assert problems == []
+
+
+async def test_a_payment_and_a_cancel_at_once_never_leave_a_paid_order_cancelled_unrefunded(
+    db: AsyncEngine,
+) -> None:
+    """Whichever commits first decides: paid (and the cancel is refused: refund it first), or
+    cancelled (and the payment is an exception for an operator, as for any cancelled order)."""
+    order_id = await place(db)
+    total = 2 * 26_500
+    event = PaymentEvent(
+        "stripe", "evt_race", PaymentKind.SUCCEEDED, "pi_race", "ORD-000001", total, "INR"
+    )
+
+    async def cancel() -> TransitionOutcome | TransitionRefused:
+        try:
+            return await operator_transition(db, order_id, Action.CANCEL, "asha", now())
+        except TransitionRefused as refused:
+            return refused
+
+    cancelled, _paid = await asyncio.wait_for(
+        asyncio.gather(cancel(), services.apply_payment(SqlUnitOfWork(db), event, now())),
+        timeout=30,
+    )
+
+    seen = await facts(db, order_id)
+    if isinstance(cancelled, TransitionOutcome):
+        assert (seen["status"], seen["fulfilment"], seen["reversals"]) == (
+            "cancelled",
+            "cancelled",
+            1,
+        )
+    else:
+        assert "refund it" in str(cancelled)
+        assert (seen["status"], seen["fulfilment"], seen["reversals"]) == ("paid", "placed", 0)
+        assert seen["transitions"] == []
+        assert seen["notifications"] == []
+    async with db.connect() as connection:
+        assert await audit(connection) == []
