@@ -46,8 +46,10 @@ from whatsorder.db.console_money import ConsoleMoney
 from whatsorder.db.engine import open_database
 from whatsorder.db.migrate import MIGRATIONS
 from whatsorder.db.operators import add_operator
+from whatsorder.db.payment_links import PaymentLinkRepository
 from whatsorder.db.tables import metadata
 from whatsorder.ordering.fulfilment import Action
+from whatsorder.ordering.payment_model import StoredLink, link_reference
 from whatsorder.scheduler import run_cleanup
 
 Rows = dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]
@@ -94,13 +96,18 @@ async def _use_every_table(app: FastAPI, database: AsyncEngine) -> None:
 
 
 async def _fulfil_and_stop(database: AsyncEngine) -> None:
-    """An order's fulfilment moves on, and its customer says STOP (migration 0008's tables)."""
+    """An order's fulfilment moves on, its customer says STOP (migration 0008's tables), and a
+    payment link is made for another order (0009's)."""
     now = datetime.now(UTC)
     # A transition row, its notification in the outbox and its line in the audit trail.
     await operator_transition(database, 1, Action.CONFIRM, "asha", now)
     async with database.begin() as connection:
         consent = ConsentRepository(connection)
         await consent.record(1, ConsentChange.STOP, "twilio", "SM-stop", now, now, "STOP")
+        link = StoredLink(2, "stripe", link_reference(2, 9_900, "INR"), 9_900, "INR")
+        await PaymentLinkRepository(connection).store_live(
+            link, "cs_test_1", "https://pay.test/1", now
+        )
 
 
 async def _rows(url: str) -> Rows:

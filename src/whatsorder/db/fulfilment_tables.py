@@ -1,11 +1,12 @@
-"""The tables of what follows an order (migration 0008): fulfilment transitions and consent.
+"""The tables of what follows an order: fulfilment transitions and consent (migration 0008),
+payment links (0009).
 
 ``whatsorder.db.tables`` re-exports them, with every other table.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, ForeignKey, String, Table, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, String, Table, UniqueConstraint
 
 from whatsorder.db.metadata import Id, metadata
 
@@ -42,4 +43,24 @@ consent_events = Table(
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     _created_at(),
     UniqueConstraint("source", "source_ref", name="uq_consent_events_source_ref"),
+)
+
+# Payment links (migration 0009): one per provider and reference (the order, the amount, the
+# currency), the key the provider deduplicates on too.
+payment_links = Table(
+    "payment_links",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("order_id", Id, ForeignKey("orders.id"), nullable=False, index=True),
+    Column("provider", String(32), nullable=False),
+    Column("reference", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("provider_link_id", String(255)),
+    Column("url", String(1000)),
+    Column("status", String(16), nullable=False),  # live, paid, expired, cancelled, failed
+    Column("last_error", String(500)),
+    _created_at(),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("provider", "reference", name="uq_payment_links_provider_reference"),
 )

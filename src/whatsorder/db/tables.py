@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 
 from whatsorder.db.delivery_tables import dead_letters, inbound_deliveries, outbox_messages
-from whatsorder.db.fulfilment_tables import consent_events, order_transitions
+from whatsorder.db.fulfilment_tables import consent_events, order_transitions, payment_links
 from whatsorder.db.metadata import Id, metadata
 from whatsorder.db.operator_tables import OPERATOR_ROLES, operator_actions, operators
 from whatsorder_idempotency import idempotency_table
@@ -35,6 +35,7 @@ __all__ = [
     "operators",
     "order_transitions",
     "outbox_messages",
+    "payment_links",
 ]
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from whatsorder.db.dead_letters import DeadLetterRepository
 from whatsorder.db.fulfilment import FulfilmentRepository
 from whatsorder.db.outbox import OutboxRepository
+from whatsorder.db.payment_links import PaymentLinkRepository
 from whatsorder.db.payments import PaymentRepository
 from whatsorder.db.repository import OrderingRepository
 
@@ -30,6 +31,7 @@ class SqlUnitOfWork:
     outbox: OutboxRepository
     dead_letters: DeadLetterRepository
     fulfilment: FulfilmentRepository
+    payment_links: PaymentLinkRepository
 
     def __init__(self, source: AsyncEngine | AsyncConnection) -> None:
         self._source = source
@@ -48,6 +50,7 @@ class SqlUnitOfWork:
         self.outbox = OutboxRepository(self._connection)
         self.dead_letters = DeadLetterRepository(self._connection)
         self.fulfilment = FulfilmentRepository(self._connection)
+        self.payment_links = PaymentLinkRepository(self._connection)
         return self
 
     async def __aexit__(

@@ -110,6 +110,37 @@ class PaymentOutcome:
         return None if self.order_id is None else order_number(self.order_id)
 
 
+class LinkStatus(enum.StrEnum):
+    """A payment link's state: live until paid, expired or cancelled; failed when the provider
+    refused to make it (its message kept for the operator)."""
+
+    LIVE = "live"
+    PAID = "paid"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLink:
+    """A payment link for ``amount`` of an order, keyed by provider and reference."""
+
+    order_id: int
+    provider: str
+    reference: str  # the order, the amount and the currency: ORD-000123-53000-INR
+    amount: int
+    currency: str
+    status: LinkStatus = LinkStatus.LIVE
+    url: str | None = None
+    provider_link_id: str | None = None
+    last_error: str | None = None
+
+
+def link_reference(order_id: int, amount: int, currency: str) -> str:
+    """The key a link is made and found by, here and at the provider."""
+    return f"{order_number(order_id)}-{amount}-{currency.upper()}"
+
+
 def same_currency(first: str, second: str) -> bool:
     return first.strip().upper() == second.strip().upper()
 

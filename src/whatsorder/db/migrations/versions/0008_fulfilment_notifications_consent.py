@@ -135,9 +135,9 @@ def downgrade() -> None:
         for name in ("sent_as", "held_reason", "proactive", "params", "language", "event"):
             batch_op.drop_column(name)
         batch_op.drop_column("order_id")
-    with op.batch_alter_table("retailers", schema=None) as batch_op:
-        for name in ("consent_changed_at", "opted_out_at", "last_inbound_at", "language"):
-            batch_op.drop_column(name)
-    with op.batch_alter_table("orders", schema=None) as batch_op:
-        batch_op.drop_column("fulfilment_changed_at")
-        batch_op.drop_column("fulfilment")
+    # Other tables refer to retailers and orders: a batch would copy and drop them, which
+    # SQLite's foreign keys refuse. A plain DROP COLUMN (SQLite 3.35 and later) leaves them be.
+    for name in ("consent_changed_at", "opted_out_at", "last_inbound_at", "language"):
+        op.drop_column("retailers", name)
+    op.drop_column("orders", "fulfilment_changed_at")
+    op.drop_column("orders", "fulfilment")
