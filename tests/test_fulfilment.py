@@ -9,12 +9,13 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from support import server_env
+from support import INBOUND_PATH, encode, inbound_form, new_sid, server_env, signed_headers
 from whatsorder.cli import commands
 from whatsorder.db.audit import audit
 from whatsorder.db.console_fulfilment import operator_transition
@@ -413,5 +414,41 @@ async def test_a_payment_and_a_cancel_at_once_never_leave_a_paid_order_cancelled
         assert (seen["status"], seen["fulfilment"], seen["reversals"]) == ("paid", "placed", 0)
         assert seen["transitions"] == []
         assert seen["notifications"] == []
+    async with db.connect() as connection:
+        assert await audit(connection) == []
+
+
+async def test_a_customers_cancel_through_the_webhook_is_one_transition_however_often_it_comes(
+    client: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    async def message(text: str, sid: str) -> str:
+        pairs = inbound_form(text, sid=sid)
+        answer = await client.post(
+            INBOUND_PATH, content=encode(pairs), headers=signed_headers(INBOUND_PATH, pairs)
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.text
+
+    await message("ORDER 1 x OIL-1L", new_sid())  # ORD-000001
+    await message("ORDER 1 x OIL-1L", new_sid())  # ORD-000002
+    for action in (Action.CONFIRM, Action.PACK, Action.DISPATCH):
+        await operator_transition(db, 2, action, "asha", now())
+    cancel = new_sid()
+
+    first = await message("CANCEL ORD-000001", cancel)
+    retried = await message("CANCEL ORD-000001", cancel)  # Twilio's retry of the same message
+    refused = await message("CANCEL ORD-000002", new_sid())
+
+    assert "Order ORD-000001 is cancelled." in first
+    assert retried == first
+    assert "Order ORD-000002 is dispatched and can no longer be cancelled." in refused
+    cancelled = await facts(db, 1)
+    assert (cancelled["fulfilment"], cancelled["status"], cancelled["reversals"]) == (
+        "cancelled",
+        "cancelled",
+        1,
+    )
+    assert cancelled["transitions"] == [("cancelled", "customer")]
+    assert (await facts(db, 2))["fulfilment"] == "dispatched"
     async with db.connect() as connection:
         assert await audit(connection) == []

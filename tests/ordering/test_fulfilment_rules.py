@@ -12,6 +12,7 @@ from whatsorder.ordering.fulfilment import (
     Action,
     IllegalTransition,
     RefundFirst,
+    TransitionRefused,
     decide,
     next_actions,
     next_states,
@@ -154,6 +155,18 @@ async def test_an_illegal_transition_changes_nothing() -> None:
         await services.transition(uow, order_id, Action.DISPATCH, "asha", NOW)
     assert uow.books.orders[order_id].fulfilment is F.PLACED
     assert not uow.books.transitions
+    assert not uow.books.notifications
+
+
+async def test_a_transition_the_books_already_hold_changes_nothing_and_says_why() -> None:
+    uow = FakeUnitOfWork()
+    order_id = await placed(uow)
+    uow.books.transitions[(order_id, F.CONFIRMED)] = (F.PLACED, "someone, by hand")
+
+    with pytest.raises(TransitionRefused, match="has a transition to confirmed already"):
+        await services.transition(uow, order_id, Action.CONFIRM, "asha", NOW)
+
+    assert uow.books.orders[order_id].fulfilment is F.PLACED
     assert not uow.books.notifications
 
 

@@ -130,7 +130,11 @@ async def _apply(
     if not await uow.fulfilment.move(order.id, order.fulfilment, wanted, now):
         return False
     if not await uow.fulfilment.add_transition(order.id, order.fulfilment, wanted, actor, now):
-        return False
+        # The state was reached before, yet the order is not past it: books changed by hand.
+        raise TransitionRefused(
+            f"{order.number} has a transition to {wanted.value} already, yet it is "
+            f"{order.fulfilment.value}: nothing was changed; whatsorder audit names the problem."
+        )
     if wanted is Fulfilment.CANCELLED:
         if not await uow.ordering.set_order_status(
             order.id, OrderStatus.PLACED, OrderStatus.CANCELLED, now
