@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated
+from typing import Annotated, Literal
 
 from cronsim import CronSim, CronSimError
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/whatsorder.db"
@@ -33,6 +33,22 @@ class Settings(BaseSettings):
     meta_graph_url: str = "https://graph.facebook.com/v21.0"
     stripe_webhook_secret: SecretStr | None = None
     razorpay_webhook_secret: SecretStr | None = None
+    # Payment links and the reconciliation sweep (issue #17). The provider that makes links:
+    # stripe, razorpay, development (links to this service's own page, for make run), or
+    # empty (PAY answers that links are not set up). The API URLs point tests at fakes.
+    payment_link_provider: Literal["", "stripe", "razorpay", "development"] = ""
+    stripe_api_key: SecretStr | None = None
+    stripe_api_url: str | None = None
+    razorpay_key_id: str | None = None
+    razorpay_key_secret: SecretStr | None = None
+    razorpay_api_url: str | None = None
+    # Where Stripe Checkout sends the customer after paying (default: PUBLIC_URL + /paid).
+    payment_success_url: str | None = None
+    # The sweep asks each configured provider about the payments and refunds of the last
+    # lookback hours, leaving those younger than the grace minutes to their webhooks.
+    reconcile_schedule: str = "*/15 * * * *"  # cron, in UTC; empty disables
+    reconcile_lookback_hours: int = Field(default=72, ge=1, le=24 * 90)
+    reconcile_grace_minutes: int = Field(default=15, ge=0, le=24 * 60)
     admin_token: SecretStr | None = None
     # Signs the operator console's session cookies; unset, /console answers 503 and says so.
     console_secret: SecretStr | None = None
@@ -75,20 +91,21 @@ class Settings(BaseSettings):
             ip_network(entry, strict=False)  # raises ValueError naming the bad entry
         return value
 
-    @field_validator("cleanup_schedule")
+    @field_validator("cleanup_schedule", "reconcile_schedule")
     @classmethod
-    def _check_schedule(cls, value: str) -> str:
+    def _check_schedule(cls, value: str, info: ValidationInfo) -> str:
         value = value.strip()
+        name = f"WHATSORDER_{str(info.field_name).upper()}"
         if value:
             try:
                 due = next(CronSim(value, datetime.now(UTC)), None)
             except CronSimError as error:
                 raise ValueError(
-                    f"WHATSORDER_CLEANUP_SCHEDULE {value!r} is not a valid cron expression "
+                    f"{name} {value!r} is not a valid cron expression "
                     f"({error}); use five fields like '0 * * * *', or empty to disable"
                 ) from error
             if due is None:
-                raise ValueError(f"WHATSORDER_CLEANUP_SCHEDULE {value!r} is never due")
+                raise ValueError(f"{name} {value!r} is never due")
         return value
 
     @field_validator("public_url")
