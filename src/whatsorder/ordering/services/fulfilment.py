@@ -46,16 +46,13 @@ class TransitionRaced(TransitionRefused):
 @dataclass(frozen=True, slots=True)
 class TransitionOutcome:
     """What a transition did: ``changed`` False is the repeat of one that already happened
-    (nothing was written); ``before`` is the state the order was in when it was decided."""
+    (nothing was written); ``from_state`` is the state the order was in when it was decided
+    (on a repeat, where it is now)."""
 
     number: str
     action: Action
-    before: Fulfilment
+    from_state: Fulfilment
     changed: bool
-
-    @property
-    def from_state(self) -> Fulfilment:
-        return self.before
 
     @property
     def to_state(self) -> Fulfilment:
@@ -67,7 +64,7 @@ class TransitionOutcome:
         wanted = self.to_state.value
         if self.changed:
             return f"{self.number} {wanted} (it was {self.from_state.value})."
-        now = "" if self.before is self.to_state else f"; it is {self.before.value} now"
+        now = "" if self.from_state is self.to_state else f"; it is {self.from_state.value} now"
         return f"{self.number} was already {wanted}{now}: nothing changed."
 
 
