@@ -21,6 +21,7 @@ from whatsorder.ordering.demo import DEMO_CATALOGUE
 from whatsorder.ordering.model import (
     Catalogue,
     EntryType,
+    Fulfilment,
     LedgerEntry,
     MessageState,
     Order,
@@ -29,6 +30,7 @@ from whatsorder.ordering.model import (
     message_status_rank,
     order_number,
 )
+from whatsorder.ordering.notifications import Notification, Recipient
 from whatsorder.ordering.payment_model import PayableOrder, PaymentEvent, PaymentException
 
 K = TypeVar("K")
@@ -63,6 +65,10 @@ class Books:
     payment_events: dict[tuple[str, str], PaymentEvent] = field(default_factory=dict)
     payment_exceptions: dict[tuple[str, str, str], PaymentException] = field(default_factory=dict)
     outbox: dict[str, QueuedReply] = field(default_factory=dict)  # by idempotency key
+    notifications: dict[str, Notification] = field(default_factory=dict)  # the same key space
+    # (order id, to state) → (from state, actor): a state is reached once.
+    transitions: dict[tuple[int, Fulfilment], tuple[Fulfilment, str]] = field(default_factory=dict)
+    languages: dict[int, str] = field(default_factory=dict)  # retailer id → language, if chosen
     dead_letters: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     customers: CustomerBooks = field(default_factory=CustomerBooks)  # language, consent
 
@@ -245,8 +251,48 @@ class InMemoryOutbox:
     async def enqueue(
         self, provider: str, recipient: str, body: str, idempotency_key: str, now: datetime
     ) -> bool:
+        if idempotency_key in self._books.notifications:
+            return False
         reply = QueuedReply(provider, recipient, body)
         return _add_once(self._books.outbox, idempotency_key, reply)
+
+    async def enqueue_notification(self, notification: Notification, now: datetime) -> bool:
+        key = notification.idempotency_key
+        if key in self._books.outbox:
+            return False
+        return _add_once(self._books.notifications, key, notification)
+
+
+class InMemoryFulfilment:
+    """`whatsorder.ordering.ports.FulfilmentRepository` over `Books`."""
+
+    def __init__(self, books: Books) -> None:
+        self._books = books
+
+    async def order(self, order_id: int) -> Order | None:
+        return self._books.orders.get(order_id)
+
+    async def customer(self, order_id: int) -> Recipient:
+        books = self._books
+        order = books.orders[order_id]
+        (source,) = (source for (source, _), oid in books.order_sources.items() if oid == order_id)
+        (whatsapp_id,) = (wid for wid, rid in books.retailers.items() if rid == order.retailer_id)
+        assert order.retailer_id is not None
+        return Recipient(whatsapp_id, source, books.languages.get(order.retailer_id))
+
+    async def move(
+        self, order_id: int, expected: Fulfilment, new: Fulfilment, now: datetime
+    ) -> bool:
+        order = self._books.orders.get(order_id)
+        if order is None or order.fulfilment is not expected:
+            return False
+        self._books.orders[order_id] = replace(order, fulfilment=new)
+        return True
+
+    async def add_transition(
+        self, order_id: int, from_state: Fulfilment, to_state: Fulfilment, actor: str, now: datetime
+    ) -> bool:
+        return _add_once(self._books.transitions, (order_id, to_state), (from_state, actor))
 
 
 class InMemoryDeadLetters:
@@ -276,6 +322,7 @@ class FakeUnitOfWork:
     dead_letters: InMemoryDeadLetters
     customers: InMemoryCustomers
     consent: InMemoryConsent
+    fulfilment: InMemoryFulfilment
 
     def __init__(self, books: Books | None = None) -> None:
         self.books = Books.with_demo_catalogue() if books is None else books
@@ -290,6 +337,7 @@ class FakeUnitOfWork:
         self.dead_letters = InMemoryDeadLetters(self._working)
         self.customers = InMemoryCustomers(self._working.customers)
         self.consent = InMemoryConsent(self._working.customers)
+        self.fulfilment = InMemoryFulfilment(self._working)
         return self
 
     async def __aexit__(

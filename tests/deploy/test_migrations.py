@@ -41,12 +41,14 @@ from support import (
 from whatsorder.cli import commands
 from whatsorder.db import migrate, reports
 from whatsorder.db.consent import ConsentChange, ConsentRepository
+from whatsorder.db.console_fulfilment import operator_transition
 from whatsorder.db.console_money import ConsoleMoney
 from whatsorder.db.engine import open_database
 from whatsorder.db.migrate import MIGRATIONS
 from whatsorder.db.operators import add_operator
 from whatsorder.db.payment_links import PaymentLinkRepository
-from whatsorder.db.tables import metadata, order_transitions
+from whatsorder.db.tables import metadata
+from whatsorder.ordering.fulfilment import Action
 from whatsorder.ordering.payment_model import StoredLink, link_reference
 from whatsorder.scheduler import run_cleanup
 
@@ -97,12 +99,9 @@ async def _fulfil_and_stop(database: AsyncEngine) -> None:
     """An order's fulfilment moves on, its customer says STOP (migration 0008's tables), and a
     payment link is made for another order (0009's)."""
     now = datetime.now(UTC)
+    # A transition row, its notification in the outbox and its line in the audit trail.
+    await operator_transition(database, 1, Action.CONFIRM, "asha", now)
     async with database.begin() as connection:
-        await connection.execute(
-            order_transitions.insert().values(
-                order_id=1, from_state="placed", to_state="confirmed", actor="asha", created_at=now
-            )
-        )
         consent = ConsentRepository(connection)
         await consent.record(1, ConsentChange.STOP, "twilio", "SM-stop", now, now, "STOP")
         link = StoredLink(2, "stripe", link_reference(2, 9_900, "INR"), 9_900, "INR")

@@ -1,9 +1,10 @@
 """``whatsorder``: the operator's command line.
 
 One module per group of commands: ``service`` (serve, migrate, seed-demo), ``reports`` (orders,
-audit, stats), ``cleanup``, ``operators`` (the console's operators), ``simulation`` (send, pay)
-and ``reconcile`` (what the payment providers know). Commands import what they need when they
-run: ``serve`` must set up metrics storage before anything imports ``prometheus_client``.
+audit, stats), ``cleanup``, ``operators`` (the console's operators), ``fulfilment`` (order
+confirm|pack|dispatch|deliver|cancel), ``simulation`` (send, pay) and ``reconcile`` (what the
+payment providers know). Commands import what they need when they run: ``serve`` must set up
+metrics storage before anything imports ``prometheus_client``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import click
 
 from whatsorder.cli.cleanup import cleanup
+from whatsorder.cli.fulfilment import order
 from whatsorder.cli.operators import operator
 from whatsorder.cli.reconcile import reconcile
 from whatsorder.cli.reports import audit, orders, stats
@@ -36,6 +38,7 @@ for _command in (
     stats,
     pay,
     operator,
+    order,
     reconcile,
 ):
     commands.add_command(_command)

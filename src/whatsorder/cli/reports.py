@@ -29,14 +29,20 @@ def orders(limit: int, as_json: bool) -> None:
     if not rows:
         click.echo("no orders yet")
         return
-    header = f"{'order':<12} {'status':<10} {'total':>12}  {'retailer':<24} {'created':<20}"
+    header = (
+        f"{'order':<12} {'status':<10} {'fulfilment':<10} {'total':>12}  {'retailer':<24} "
+        f"{'created':<20}"
+    )
     click.echo(header)
     click.echo("-" * len(header))
     for row in rows:
         total = money(row["total"], row["currency"])
         created = (row["created_at"] or "")[:19]
         retailer = row["retailer"][:24]
-        click.echo(f"{row['number']:<12} {row['status']:<10} {total:>12}  {retailer:<24} {created}")
+        click.echo(
+            f"{row['number']:<12} {row['status']:<10} {row['fulfilment']:<10} {total:>12}  "
+            f"{retailer:<24} {created}"
+        )
 
 
 @click.command()

@@ -1,8 +1,9 @@
 """The audit of the books: every invariant the data must hold, checked by reading it.
 
 Stock, order totals, the ledger against the orders, business keys that must be unique, answers
-given to the right retailer, dead letters and replies kept once, and the money against what the
-providers reported (``payment_audit``). Read-only: it never repairs what it finds.
+given to the right retailer, dead letters and replies kept once, the money against what the
+providers reported (``payment_audit``) and fulfilment (``fulfilment_audit``). Read-only: it
+never repairs what it finds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from whatsorder.db.fulfilment_audit import fulfilment_audit
 from whatsorder.db.outbox import replies_sent_twice
 from whatsorder.db.payment_audit import payment_audit
 from whatsorder.db.tables import (
@@ -33,8 +35,9 @@ async def audit(connection: AsyncConnection) -> list[str]:
 
     Stock (initial - ordered + restocked), order totals, one debit per order (and a reversal if
     cancelled), unique business keys, answers given to the right retailer, dead letters kept
-    once, replies accepted once, and the money against what the providers reported
-    (payment_audit.py).
+    once, replies accepted once, the money against what the providers reported
+    (payment_audit.py), and fulfilment against its transitions and notifications
+    (fulfilment_audit.py).
     """
     checks: tuple[Check, ...] = (
         _stock_off_its_movements,
@@ -46,6 +49,7 @@ async def audit(connection: AsyncConnection) -> list[str]:
         _dead_letters_kept_twice,
         replies_sent_twice,
         payment_audit,
+        fulfilment_audit,
     )
     problems: list[str] = []
     for check in checks:

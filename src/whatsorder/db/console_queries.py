@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder.clock import utcnow
 from whatsorder.db import operators as operator_rows
+from whatsorder.db.console_fulfilment import notifications_of, transitions_of
 from whatsorder.db.console_health import bounded_count, counted
 from whatsorder.db.console_replies import order_replies
 from whatsorder.db.tables import (
@@ -24,7 +25,8 @@ from whatsorder.db.tables import (
     webhook_idempotency,
 )
 from whatsorder.operators import StaleEdit
-from whatsorder.ordering.model import order_id_from_number, order_number
+from whatsorder.ordering.fulfilment import next_actions
+from whatsorder.ordering.model import Fulfilment, order_id_from_number, order_number
 
 PAGE_SIZE = 50
 DEAD_LETTER_TYPE = "meta_dead_letter"  # whatsorder.providers.meta.WEBHOOK_TYPE_DEAD_LETTER
@@ -61,6 +63,7 @@ class ConsoleQueries:
         self,
         *,
         status: str | None = None,
+        fulfilment: str | None = None,
         retailer_id: int | None = None,
         search: str | None = None,
         since: datetime | None = None,
@@ -73,6 +76,8 @@ class ConsoleQueries:
         conditions = []
         if status:
             conditions.append(orders.c.status == status)
+        if fulfilment:
+            conditions.append(orders.c.fulfilment == fulfilment)
         if retailer_id is not None:
             conditions.append(orders.c.retailer_id == retailer_id)
         if since is not None:
@@ -167,8 +172,8 @@ class ConsoleQueries:
             )
 
     async def order_detail(self, number: str) -> dict[str, Any] | None:
-        """An order with its lines, ledger entries, payments, every delivery that touched it and
-        the replies sent about it."""
+        """An order with its lines, ledger entries, payments, every delivery that touched it,
+        the replies sent about it, its fulfilment (transitions, notifications, next steps)."""
         order_id = order_id_from_number(number)
         if order_id is None:
             return None
@@ -211,6 +216,9 @@ class ConsoleQueries:
             detail["replies"] = await order_replies(
                 connection, order_id, detail["source"], detail["source_message_id"]
             )
+            detail["transitions"] = await transitions_of(connection, order_id)
+            detail["notifications"] = await notifications_of(connection, order_id)
+        detail["next_actions"] = next_actions(Fulfilment(detail["fulfilment"]))
         return detail
 
     async def deliveries(

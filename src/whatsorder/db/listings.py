@@ -17,6 +17,7 @@ async def recent_orders(connection: AsyncConnection, limit: int = 50) -> list[di
         select(
             orders.c.id,
             orders.c.status,
+            orders.c.fulfilment,
             orders.c.total,
             orders.c.currency,
             orders.c.source,
@@ -31,6 +32,7 @@ async def recent_orders(connection: AsyncConnection, limit: int = 50) -> list[di
         {
             "number": order_number(row.id),
             "status": row.status,
+            "fulfilment": row.fulfilment,
             "total": row.total,
             "currency": row.currency,
             "retailer": row.retailer,

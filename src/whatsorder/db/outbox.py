@@ -1,4 +1,5 @@
-"""The reply outbox: replies written with the order they answer, sent afterwards.
+"""The outbox: replies written with the order they answer, and notifications with the
+transition they announce, sent afterwards.
 
 Rows are added inside the webhook's transaction (``enqueue``), so a reply exists exactly when
 its order does. The sender claims due rows in a short transaction of its own, sends them with
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from whatsorder.clock import as_utc
 from whatsorder.db.dialect import upsert
 from whatsorder.db.tables import outbox_messages
+from whatsorder.ordering.notifications import Notification
 
 MAX_ERROR_CHARS = 500  # outbox_messages.last_error
 
@@ -76,6 +78,32 @@ class OutboxRepository:
                 attempts=0,
                 next_attempt_at=now,
                 created_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        )
+        return result.rowcount == 1
+
+    async def enqueue_notification(self, notification: Notification, now: datetime) -> bool:
+        """Add a notification of an order's change unless its key exists; True if added.
+
+        Proactive: consent and WhatsApp's 24-hour window apply to it, unlike a reply.
+        """
+        result = await self._connection.execute(
+            upsert(self._connection, outbox_messages)
+            .values(
+                provider=notification.provider,
+                recipient=notification.recipient,
+                body=notification.body,
+                idempotency_key=notification.idempotency_key,
+                status=OutboxStatus.PENDING.value,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                order_id=notification.order_id,
+                event=notification.event.value,
+                language=notification.language,
+                params=json.dumps(dict(notification.params), sort_keys=True),
+                proactive=True,
             )
             .on_conflict_do_nothing(index_elements=["idempotency_key"])
         )

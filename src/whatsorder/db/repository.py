@@ -20,6 +20,7 @@ from whatsorder.db.tables import (
 from whatsorder.ordering.model import (
     MESSAGE_STATUS_RANK,
     Catalogue,
+    Fulfilment,
     LedgerEntry,
     MessageState,
     Order,
@@ -148,34 +149,7 @@ class OrderingRepository:
         return await self._one_order(orders.c.id == latest)
 
     async def _one_order(self, condition: object) -> Order | None:
-        row = (
-            (await self._connection.execute(select(orders).where(condition)))  # type: ignore[arg-type]
-            .mappings()
-            .first()
-        )
-        if row is None:
-            return None
-        item_rows = (
-            await self._connection.execute(
-                select(order_items)
-                .where(order_items.c.order_id == row["id"])
-                .order_by(order_items.c.id)
-            )
-        ).mappings()
-        lines = tuple(
-            OrderLine(
-                item["product_id"], item["sku"], item["name"], item["quantity"], item["unit_price"]
-            )
-            for item in item_rows
-        )
-        return Order(
-            lines=lines,
-            currency=row["currency"],
-            status=OrderStatus(row["status"]),
-            id=row["id"],
-            number=order_number(row["id"]),
-            retailer_id=row["retailer_id"],
-        )
+        return await one_order(self._connection, condition)
 
     async def set_order_status(
         self, order_id: int, expected: OrderStatus, new: OrderStatus, now: datetime
@@ -257,6 +231,39 @@ class OrderingRepository:
             )
             added += result.rowcount
         return added
+
+
+async def one_order(connection: AsyncConnection, condition: object) -> Order | None:
+    """The order matching ``condition`` with its lines; None if there is none."""
+    row = (
+        (await connection.execute(select(orders).where(condition)))  # type: ignore[arg-type]
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    item_rows = (
+        await connection.execute(
+            select(order_items)
+            .where(order_items.c.order_id == row["id"])
+            .order_by(order_items.c.id)
+        )
+    ).mappings()
+    lines = tuple(
+        OrderLine(
+            item["product_id"], item["sku"], item["name"], item["quantity"], item["unit_price"]
+        )
+        for item in item_rows
+    )
+    return Order(
+        lines=lines,
+        currency=row["currency"],
+        status=OrderStatus(row["status"]),
+        id=row["id"],
+        number=order_number(row["id"]),
+        retailer_id=row["retailer_id"],
+        fulfilment=Fulfilment(row["fulfilment"]),
+    )
 
 
 def ledger_row(

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from whatsorder.db.consent import ConsentRepository
 from whatsorder.db.customers import CustomerRepository
 from whatsorder.db.dead_letters import DeadLetterRepository
+from whatsorder.db.fulfilment import FulfilmentRepository
 from whatsorder.db.outbox import OutboxRepository
 from whatsorder.db.payment_links import PaymentLinkRepository
 from whatsorder.db.payments import PaymentRepository
@@ -31,6 +32,7 @@ class SqlUnitOfWork:
     payments: PaymentRepository
     outbox: OutboxRepository
     dead_letters: DeadLetterRepository
+    fulfilment: FulfilmentRepository
     payment_links: PaymentLinkRepository
     customers: CustomerRepository
     consent: ConsentRepository
@@ -51,6 +53,7 @@ class SqlUnitOfWork:
         self.payments = PaymentRepository(self._connection)
         self.outbox = OutboxRepository(self._connection)
         self.dead_letters = DeadLetterRepository(self._connection)
+        self.fulfilment = FulfilmentRepository(self._connection)
         self.payment_links = PaymentLinkRepository(self._connection)
         self.customers = CustomerRepository(self._connection)
         self.consent = ConsentRepository(self._connection)

@@ -94,6 +94,18 @@ class OrderStatus(enum.StrEnum):
     REFUNDED = "refunded"
 
 
+class Fulfilment(enum.StrEnum):
+    """Where the goods are, apart from the payment (``OrderStatus``); the rules of moving
+    between these are in ``whatsorder.ordering.fulfilment``."""
+
+    PLACED = "placed"
+    CONFIRMED = "confirmed"
+    PACKED = "packed"
+    DISPATCHED = "dispatched"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+
+
 class EntryType(enum.StrEnum):
     ORDER_DEBIT = "order_debit"
     ORDER_REVERSAL = "order_reversal"
@@ -140,6 +152,7 @@ class Order:
     id: int | None = None
     number: str | None = None
     retailer_id: int | None = None
+    fulfilment: Fulfilment = Fulfilment.PLACED
 
     @property
     def total(self) -> int:
@@ -259,5 +272,10 @@ def reversal_for(order: Order) -> LedgerEntry:
     return LedgerEntry(EntryType.ORDER_REVERSAL, order.total, order.currency, "order", order.number)
 
 
-def can_cancel(order: Order) -> bool:
-    return order.status is OrderStatus.PLACED
+def in_lock_order(lines: Iterable[OrderLine]) -> list[OrderLine]:
+    """Lines in the one order every transaction locks product rows in (by SKU).
+
+    Placing and cancelling both lock several products; taken in any other order, two of them
+    could each hold a row the other waits for, and PostgreSQL would end one as a deadlock.
+    """
+    return sorted(lines, key=lambda line: line.sku)

@@ -15,11 +15,13 @@ from typing import Protocol, Self
 from whatsorder.ordering.customer import ConsentChange, Customer
 from whatsorder.ordering.model import (
     Catalogue,
+    Fulfilment,
     LedgerEntry,
     MessageState,
     Order,
     OrderStatus,
 )
+from whatsorder.ordering.notifications import Notification, Recipient
 from whatsorder.ordering.payment_model import (
     PayableOrder,
     PaymentEvent,
@@ -122,13 +124,42 @@ class PaymentRepository(Protocol):
         ...
 
 
+class FulfilmentRepository(Protocol):
+    """Orders' fulfilment states and the transitions that moved them."""
+
+    async def order(self, order_id: int) -> Order | None:
+        """The order, whoever's it is (an operator's view)."""
+        ...
+
+    async def customer(self, order_id: int) -> Recipient:
+        """Who hears about the order: its retailer, and the provider it came through."""
+        ...
+
+    async def move(
+        self, order_id: int, expected: Fulfilment, new: Fulfilment, now: datetime
+    ) -> bool:
+        """Move the order from ``expected`` to ``new``; False if it was no longer ``expected``."""
+        ...
+
+    async def add_transition(
+        self, order_id: int, from_state: Fulfilment, to_state: Fulfilment, actor: str, now: datetime
+    ) -> bool:
+        """Note the transition unless the order reached ``to_state`` before; True if new."""
+        ...
+
+
 class OutboxRepository(Protocol):
-    """Replies to send once the unit of work commits (whatsorder.outbox sends them)."""
+    """Replies and notifications to send once the unit of work commits (whatsorder.outbox
+    sends them)."""
 
     async def enqueue(
         self, provider: str, recipient: str, body: str, idempotency_key: str, now: datetime
     ) -> bool:
         """Add a reply unless one with this key exists; True if it was added."""
+        ...
+
+    async def enqueue_notification(self, notification: Notification, now: datetime) -> bool:
+        """Add a (proactive) notification unless its key exists; True if it was added."""
         ...
 
 
@@ -216,6 +247,9 @@ class UnitOfWork(Protocol):
 
     @property
     def outbox(self) -> OutboxRepository: ...
+
+    @property
+    def fulfilment(self) -> FulfilmentRepository: ...
 
     @property
     def dead_letters(self) -> DeadLetterRepository: ...

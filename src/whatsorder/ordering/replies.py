@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from whatsorder.ordering.i18n import ENDONYMS, LANGUAGES, N_, translator
-from whatsorder.ordering.model import Order, OrderStatus, Product
+from whatsorder.ordering.model import Fulfilment, Order, OrderStatus, Product
 
 CURRENCY_SYMBOLS = {"INR": "₹"}
 
@@ -60,6 +60,19 @@ def _status_name(status: OrderStatus, language: str | None) -> str:
         OrderStatus.REFUNDED: pgettext("order status", "refunded"),
     }
     return names[status]
+
+
+def _fulfilment_name(state: Fulfilment, language: str | None) -> str:
+    pgettext = translator(language).pgettext
+    names = {
+        Fulfilment.PLACED: pgettext("fulfilment", "placed"),
+        Fulfilment.CONFIRMED: pgettext("fulfilment", "confirmed"),
+        Fulfilment.PACKED: pgettext("fulfilment", "packed"),
+        Fulfilment.DISPATCHED: pgettext("fulfilment", "dispatched"),
+        Fulfilment.DELIVERED: pgettext("fulfilment", "delivered"),
+        Fulfilment.CANCELLED: pgettext("fulfilment", "cancelled"),
+    }
+    return names[state]
 
 
 def money(amount: int, currency: str) -> str:
@@ -123,6 +136,11 @@ def cannot_cancel(order: Order, language: str | None = None) -> str:
     _ = translator(language).gettext
     if order.status is OrderStatus.CANCELLED:
         return _("Order %(number)s was already cancelled.") % {"number": order.number}
+    if order.fulfilment in (Fulfilment.DISPATCHED, Fulfilment.DELIVERED):
+        return _("Order %(number)s is %(status)s and can no longer be cancelled.") % {
+            "number": order.number,
+            "status": _fulfilment_name(order.fulfilment, language),
+        }
     return _("Order %(number)s is %(status)s and can no longer be cancelled.") % {
         "number": order.number,
         "status": _status_name(order.status, language),

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder import observability
 from whatsorder.db import migrate, reports
+from whatsorder.db.console_fulfilment import ConsoleFulfilment
 from whatsorder.db.console_health import ConsoleHealth
 from whatsorder.db.console_money import ConsoleMoney
 from whatsorder.db.console_queries import ConsoleQueries
@@ -43,6 +44,7 @@ class Runtime:
     console_health: ConsoleHealth
     dead_letter_redrives: DeadLetterRedrives
     console_retailers: ConsoleRetailers
+    console_fulfilment: ConsoleFulfilment
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -76,6 +78,7 @@ class Runtime:
             ConsoleHealth(database),
             DeadLetterRedrives(database),
             ConsoleRetailers(database),
+            ConsoleFulfilment(database),
         )
 
     async def close(self) -> None:

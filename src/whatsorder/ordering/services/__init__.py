@@ -4,7 +4,8 @@
 - `customers`: who wrote and when, their language and their consent (STOP, START);
 - `statuses`: outbound messages' delivery states, only forward;
 - `payments` and `refunds`: a provider's payment event, once per payment and per refund;
-- `deliveries`: replies to the outbox, and dead letters.
+- `deliveries`: replies to the outbox, and dead letters;
+- `fulfilment`: an order moved on by an operator, its customer notified once.
 
 Each takes a `whatsorder.ordering.ports.UnitOfWork` and commits explicitly.
 """
@@ -16,6 +17,11 @@ from whatsorder.ordering.services.deliveries import (
     queue_reply,
     reply_keys,
     reply_prefix,
+)
+from whatsorder.ordering.services.fulfilment import (
+    NoSuchOrder,
+    TransitionOutcome,
+    transition,
 )
 from whatsorder.ordering.services.messages import (
     MessageOutcome,
@@ -33,6 +39,8 @@ __all__ = [
     "META_PREFERENCES",
     "InboundMessage",
     "MessageOutcome",
+    "NoSuchOrder",
+    "TransitionOutcome",
     "answer_over_limit",
     "apply_payment",
     "cancel_order",
@@ -47,4 +55,5 @@ __all__ = [
     "record_preference",
     "reply_keys",
     "reply_prefix",
+    "transition",
 ]

@@ -6,11 +6,12 @@ behind. The answers are plain text; the web layer wraps them for the provider.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from whatsorder.ordering import replies
+from whatsorder.ordering.fulfilment import TransitionRefused
 from whatsorder.ordering.grammar import (
     CancelOrder,
     ChangeConsent,
@@ -24,20 +25,19 @@ from whatsorder.ordering.grammar import (
 )
 from whatsorder.ordering.i18n import N_, Phrase
 from whatsorder.ordering.model import (
+    Fulfilment,
     InboundMessage,
     Order,
-    OrderLine,
     OrderRejected,
-    OrderStatus,
     RequestedLine,
-    can_cancel,
     debit_for,
+    in_lock_order,
     order_id_from_number,
     price_order,
-    reversal_for,
 )
 from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.ordering.services.customers import change_consent, choose_language, register
+from whatsorder.ordering.services.fulfilment import CUSTOMER, NoSuchOrder, move_order
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,39 +165,32 @@ def _placed_before(order: Order, retailer_id: int, language: str | None) -> Mess
     return MessageOutcome(replies.order_placed(order, language), retailer_id, order.id)
 
 
-def in_lock_order(lines: Iterable[OrderLine]) -> list[OrderLine]:
-    """Lines in the one order every transaction locks product rows in (by SKU).
-
-    Placing and cancelling both lock several products; taken in any other order, two of them
-    could each hold a row the other waits for, and PostgreSQL would end one as a deadlock.
-    """
-    return sorted(lines, key=lambda line: line.sku)
-
-
 async def cancel_order(
     uow: UnitOfWork, retailer_id: int, number: str, now: datetime, language: str | None = None
 ) -> MessageOutcome:
-    """Cancel an unpaid order: its stock comes back and its debit is reversed."""
+    """Cancel an unpaid order not yet dispatched: its stock comes back, its debit is reversed,
+    and its fulfilment is cancelled by the customer (the reply is their notification)."""
     order_id = order_id_from_number(number)
-    async with uow:
-        order = (
-            None
-            if order_id is None
-            else await uow.ordering.order_of_retailer(retailer_id, order_id)
+    if order_id is None:
+        return MessageOutcome(replies.no_such_order(number, language), retailer_id)
+
+    async def find(unit: UnitOfWork) -> Order | None:
+        return await unit.ordering.order_of_retailer(retailer_id, order_id)
+
+    try:
+        order, cancelled = await move_order(
+            uow, number, find, Fulfilment.CANCELLED, CUSTOMER, now, notify=False
         )
-        if order is None or order.id is None:
-            return MessageOutcome(replies.no_such_order(number, language), retailer_id)
-        if not can_cancel(order) or not await uow.ordering.set_order_status(
-            order.id, OrderStatus.PLACED, OrderStatus.CANCELLED, now
-        ):
-            reply = replies.cannot_cancel(order, language)
-            return MessageOutcome(reply, retailer_id, order.id)
-        for line in in_lock_order(order.lines):
-            assert line.product_id is not None
-            await uow.ordering.return_stock(line.product_id, line.quantity)
-        await uow.ordering.add_ledger_entry(retailer_id, order.id, reversal_for(order), now)
-        await uow.commit()
-    return MessageOutcome(replies.order_cancelled(order, language), retailer_id, order.id)
+    except NoSuchOrder:
+        return MessageOutcome(replies.no_such_order(number, language), retailer_id)
+    except TransitionRefused:
+        async with uow:
+            refused = await find(uow)
+        assert refused is not None  # orders are never deleted
+        return MessageOutcome(replies.cannot_cancel(refused, language), retailer_id, order_id)
+    if not cancelled:
+        return MessageOutcome(replies.cannot_cancel(order, language), retailer_id, order_id)
+    return MessageOutcome(replies.order_cancelled(order, language), retailer_id, order_id)
 
 
 async def order_status(

@@ -20,7 +20,13 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whatsorder.settings import secret
-from whatsorder.web.console import dead_letter_pages, health_pages, pages, retailer_pages
+from whatsorder.web.console import (
+    dead_letter_pages,
+    fulfilment_pages,
+    health_pages,
+    pages,
+    retailer_pages,
+)
 from whatsorder.web.console.rendering import NotAllowed, SignInRequired, index_routes, render
 from whatsorder.web.runtime import Runtime
 
@@ -49,10 +55,15 @@ def build_console(runtime: Runtime) -> ASGIApp:
     console.include_router(health_pages.router)
     console.include_router(dead_letter_pages.router)
     console.include_router(retailer_pages.router)
-    index_routes(
-        console,
-        [pages.router, health_pages.router, dead_letter_pages.router, retailer_pages.router],
-    )
+    console.include_router(fulfilment_pages.router)
+    routers = [
+        pages.router,
+        health_pages.router,
+        dead_letter_pages.router,
+        retailer_pages.router,
+        fulfilment_pages.router,
+    ]
+    index_routes(console, routers)
 
     @console.exception_handler(SignInRequired)
     async def sign_in_first(request: Request, _error: SignInRequired) -> Response:

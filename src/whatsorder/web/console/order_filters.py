@@ -13,6 +13,7 @@ from typing import Literal
 from urllib.parse import urlencode
 
 ORDER_STATUSES = ("placed", "paid", "cancelled")
+FULFILMENT_STATES = ("placed", "confirmed", "packed", "dispatched", "delivered", "cancelled")
 MAX_SEARCH_CHARS = 100  # an order number, some digits or a name; longer is not a search
 
 
@@ -23,6 +24,7 @@ class BadFilter(ValueError):
 @dataclass(frozen=True, slots=True)
 class OrderFilters:
     status: str | None = None
+    fulfilment: str | None = None
     retailer_id: int | None = None
     search: str | None = None
     placed_from: date | None = None
@@ -35,6 +37,7 @@ class OrderFilters:
         *,
         status: str | None,
         retailer: str | None,
+        fulfilment: str | None = None,
         search: str | None,
         placed_from: str | None,
         placed_to: str | None,
@@ -43,6 +46,8 @@ class OrderFilters:
         """The filters of a request's query string; ``BadFilter`` says what is wrong."""
         if status and status not in ORDER_STATUSES:
             raise BadFilter(f"Status must be one of {', '.join(ORDER_STATUSES)}.")
+        if fulfilment and fulfilment not in FULFILMENT_STATES:
+            raise BadFilter(f"Fulfilment must be one of {', '.join(FULFILMENT_STATES)}.")
         search = (search or "").strip() or None
         if search is not None and len(search) > MAX_SEARCH_CHARS:
             raise BadFilter(f"Search for at most {MAX_SEARCH_CHARS} characters.")
@@ -51,6 +56,7 @@ class OrderFilters:
             raise BadFilter(f"From ({first}) is after To ({last}): no day is in between.")
         return cls(
             status=status or None,
+            fulfilment=fulfilment or None,
             retailer_id=_whole(retailer, "Retailer", "a retailer from the list"),
             search=search,
             placed_from=first,
@@ -76,6 +82,7 @@ class OrderFilters:
         changed, or dropped with None, if ``retailer`` says so)."""
         values = {
             "status": self.status,
+            "fulfilment": self.fulfilment,
             "retailer": self.retailer_id if retailer == "kept" else retailer,
             "q": self.search,
             "from": self.placed_from,

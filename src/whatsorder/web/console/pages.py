@@ -9,7 +9,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from whatsorder.operators import StaleEdit, password_matches
 from whatsorder.web.console import sessions
-from whatsorder.web.console.order_filters import ORDER_STATUSES, BadFilter, OrderFilters
+from whatsorder.web.console.order_filters import (
+    FULFILMENT_STATES,
+    ORDER_STATUSES,
+    BadFilter,
+    OrderFilters,
+)
 from whatsorder.web.console.rendering import NotAllowed, may_change, render, signed_in
 from whatsorder.web.console.sessions import Operator
 from whatsorder.web.guards import client_ip
@@ -92,6 +97,7 @@ async def orders_page(
     request: Request,
     operator: SignedIn,
     status: str | None = None,
+    fulfilment: str | None = None,
     retailer: str | None = None,
     q: str | None = None,
     placed_from: Annotated[str | None, Query(alias="from")] = None,
@@ -101,9 +107,11 @@ async def orders_page(
     queries = runtime_of(request).console_queries
     context: dict[str, Any] = {
         "statuses": ORDER_STATUSES,
+        "fulfilment_states": FULFILMENT_STATES,
         # What the operator typed goes back into the form, even when it is wrong.
         "typed": {
             "status": status or "",
+            "fulfilment": fulfilment or "",
             "q": q or "",
             "from": placed_from or "",
             "to": placed_to or "",
@@ -113,6 +121,7 @@ async def orders_page(
     try:
         chosen = OrderFilters.read(
             status=status,
+            fulfilment=fulfilment,
             retailer=retailer,
             search=q,
             placed_from=placed_from,
@@ -128,6 +137,7 @@ async def orders_page(
         return render(request, "orders.html", context, operator=operator, status=400)
     rows, total = await queries.orders(
         status=chosen.status,
+        fulfilment=chosen.fulfilment,
         retailer_id=chosen.retailer_id,
         search=chosen.search,
         since=chosen.since,
