@@ -46,6 +46,8 @@ run: $(STAMP)
 	@echo "    a development operator:      dev-admin / $(DEV_OPERATOR_PASSWORD) (add your own:"
 	@echo "                                 $(BIN)/whatsorder operator add NAME --role admin)"
 	@echo "  try it from another shell:     $(BIN)/whatsorder send \"ORDER 2 x ATTA-5KG\""
+	@echo "    then a (development) link:   $(BIN)/whatsorder send \"PAY ORD-000001\""
+	@echo "    and move the order on:       $(BIN)/whatsorder order confirm ORD-000001"
 	@echo
 	WHATSORDER_REQUIRE_HTTPS=false \
 	WHATSORDER_TWILIO_AUTH_TOKEN=$${WHATSORDER_TWILIO_AUTH_TOKEN:-$(DEV_TWILIO_TOKEN)} \
@@ -55,6 +57,7 @@ run: $(STAMP)
 	WHATSORDER_RAZORPAY_WEBHOOK_SECRET=$${WHATSORDER_RAZORPAY_WEBHOOK_SECRET:-$(DEV_RAZORPAY_SECRET)} \
 	WHATSORDER_PUBLIC_URL=$${WHATSORDER_PUBLIC_URL:-http://127.0.0.1:8000} \
 	WHATSORDER_CONSOLE_SECRET=$${WHATSORDER_CONSOLE_SECRET:-$(DEV_CONSOLE_SECRET)} \
+	WHATSORDER_PAYMENT_LINK_PROVIDER=$${WHATSORDER_PAYMENT_LINK_PROVIDER-development} \
 	$(BIN)/whatsorder serve --host 127.0.0.1 --port 8000
 
 ## make test: lint, format check, type check, the import rules and the whole test suite (the quick mode of the fault suite

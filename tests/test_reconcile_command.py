@@ -4,6 +4,9 @@ APIs on 127.0.0.1, a real database, and what the command prints and exits with (
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -90,9 +93,24 @@ def test_without_provider_keys_it_says_there_is_nothing_to_ask(database_url: str
 
 
 def test_a_provider_named_without_all_its_keys_is_one_clear_error(database_url: str) -> None:
-    result = _run(database_url, WHATSORDER_RAZORPAY_KEY_ID="rzp_test_only_the_id")
-    assert result.exit_code == 2
-    assert "WHATSORDER_RAZORPAY_KEY_SECRET must both be set" in result.output
+    environment = {
+        **os.environ,
+        "WHATSORDER_DATABASE_URL": database_url,
+        "WHATSORDER_RAZORPAY_KEY_ID": "rzp_test_only_the_id",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "whatsorder", "reconcile"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: WHATSORDER_RAZORPAY_KEY_ID and WHATSORDER_RAZORPAY_KEY_SECRET go together: "
+        "set both, or neither"
+    )
 
 
 def test_a_dry_run_says_what_it_would_credit_and_the_run_credits_it_once(

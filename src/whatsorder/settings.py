@@ -8,7 +8,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
 
 from cronsim import CronSim, CronSimError
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from whatsorder.outbound.templates import TemplateCatalogue, load_templates
@@ -126,6 +126,29 @@ class Settings(BaseSettings):
             load_templates(value)  # raises TemplatesInvalid (a ValueError) naming the place
             return value.strip()
         return None
+
+    @model_validator(mode="after")
+    def _check_payment_link_keys(self) -> Settings:
+        """A link provider named without its keys fails at start, not on every PAY."""
+        provider = self.payment_link_provider
+        if provider == "stripe" and secret(self.stripe_api_key) is None:
+            raise ValueError(
+                "WHATSORDER_PAYMENT_LINK_PROVIDER is stripe but WHATSORDER_STRIPE_API_KEY is "
+                "not set"
+            )
+        if provider == "razorpay" and not (
+            self.razorpay_key_id and secret(self.razorpay_key_secret)
+        ):
+            raise ValueError(
+                "WHATSORDER_PAYMENT_LINK_PROVIDER is razorpay but WHATSORDER_RAZORPAY_KEY_ID and "
+                "WHATSORDER_RAZORPAY_KEY_SECRET are not both set"
+            )
+        if bool(self.razorpay_key_id) != bool(secret(self.razorpay_key_secret)):
+            raise ValueError(
+                "WHATSORDER_RAZORPAY_KEY_ID and WHATSORDER_RAZORPAY_KEY_SECRET go together: "
+                "set both, or neither"
+            )
+        return self
 
     @field_validator("public_url")
     @classmethod

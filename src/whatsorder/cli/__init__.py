@@ -52,6 +52,10 @@ def main() -> None:
         commands()
     except ValidationError as error:
         for problem in error.errors():
+            message = str(problem["msg"]).removeprefix("Value error, ")
+            if not problem["loc"]:  # a rule over several settings names them itself
+                click.echo(f"error: {message}", err=True)
+                continue
             name = "WHATSORDER_" + "_".join(str(part) for part in problem["loc"]).upper()
-            click.echo(f"error: {name}: {problem['msg']}", err=True)
+            click.echo(f"error: {name}: {message}", err=True)
         sys.exit(2)

@@ -12,9 +12,10 @@ from whatsorder import observability, routes
 from whatsorder.outbox import ChannelSender
 from whatsorder.providers.meta.outbound import MetaChannel
 from whatsorder.providers.twilio_outbound import TwilioChannel
+from whatsorder.reconciliation import ReconcileScheduler
 from whatsorder.scheduler import CleanupScheduler
 from whatsorder.settings import Settings, secret
-from whatsorder.web import meta, metrics, operations, payments, problems, twilio
+from whatsorder.web import dev_payments, meta, metrics, operations, payments, problems, twilio
 from whatsorder.web.console.app import build_console
 from whatsorder.web.runtime import Runtime
 
@@ -26,9 +27,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        cleanup = CleanupScheduler.from_settings(runtime.database, runtime.settings)
-        if cleanup is not None:
-            cleanup.start()
+        jobs = [
+            job
+            for job in (
+                CleanupScheduler.from_settings(runtime.database, runtime.settings),
+                ReconcileScheduler.from_settings(runtime.database, runtime.settings),
+            )
+            if job is not None
+        ]
+        for job in jobs:
+            job.start()
         stopping = asyncio.Event()
         background = [
             asyncio.create_task(runtime.outcomes.run(runtime.database, stopping)),
@@ -43,8 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*background)  # the last counts flushed, the last send finished
             for sender in senders:
                 await sender.aclose()
-            if cleanup is not None:
-                await cleanup.stop()  # after the batch in progress, never the whole run
+            for job in jobs:
+                await job.stop()  # after the batch or payment in progress, never the whole run
             await runtime.close()
 
     app = FastAPI(
@@ -60,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(payments.router)
     app.include_router(operations.router)
     app.include_router(metrics.router)
+    if runtime.settings.payment_link_provider == "development":
+        app.include_router(dev_payments.router)
     app.mount("/console", build_console(runtime))
     app.add_middleware(metrics.RequestObserver)
     return app

@@ -144,7 +144,7 @@ class DeliveryItems:
                     uow, inbound, message.requested_lines(), now
                 )
             else:
-                outcome = await services.receive_message(uow, inbound, now)
+                outcome = await services.receive_message(uow, inbound, now, runtime.payment_links)
             if outcome.refused:
                 # Not kept, and nothing sent: the wamid's key stays free for its own sender's
                 # redeliveries.

@@ -22,7 +22,9 @@ from whatsorder.db.engine import open_database
 from whatsorder.db.tables import webhook_idempotency
 from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.inbox import DeliveryLog
+from whatsorder.ordering.link_ports import PaymentLinks
 from whatsorder.ordering.ports import UnitOfWork
+from whatsorder.providers.links.configured import payment_links as configured_links
 from whatsorder.settings import Settings
 from whatsorder.statistics import OutcomeCounter
 from whatsorder.web.console.sessions import SignInLimits
@@ -45,6 +47,8 @@ class Runtime:
     dead_letter_redrives: DeadLetterRedrives
     console_retailers: ConsoleRetailers
     console_fulfilment: ConsoleFulfilment
+    # The provider that makes payment links (PAY); None when none is configured.
+    payment_links: PaymentLinks | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -79,6 +83,7 @@ class Runtime:
             DeadLetterRedrives(database),
             ConsoleRetailers(database),
             ConsoleFulfilment(database),
+            configured_links(settings),
         )
 
     async def close(self) -> None:

@@ -120,7 +120,7 @@ async def _answer_message(runtime: Runtime, inbound: _Inbound, uow: UnitOfWork) 
     if not await inbound.sender_limit.allows(runtime):
         refused = await services.answer_over_limit(uow, message, utcnow())
         return Handled(HandlerResult(twiml_response(refused.reply), notes))
-    outcome = await services.receive_message(uow, message, utcnow())
+    outcome = await services.receive_message(uow, message, utcnow(), runtime.payment_links)
     notes.update(retailer_id=outcome.retailer_id, order_id=outcome.order_id)
     if outcome.refused:
         # Not kept: the message id's key stays free for its own sender's retries.

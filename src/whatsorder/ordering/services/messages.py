@@ -17,6 +17,7 @@ from whatsorder.ordering.grammar import (
     ChangeConsent,
     ChooseLanguage,
     PlaceOrder,
+    RequestPayment,
     ShowCatalogue,
     ShowHelp,
     ShowStatus,
@@ -24,6 +25,7 @@ from whatsorder.ordering.grammar import (
     parse_message,
 )
 from whatsorder.ordering.i18n import N_, Phrase
+from whatsorder.ordering.link_ports import PaymentLinks
 from whatsorder.ordering.model import (
     Fulfilment,
     InboundMessage,
@@ -38,6 +40,7 @@ from whatsorder.ordering.model import (
 from whatsorder.ordering.ports import UnitOfWork
 from whatsorder.ordering.services.customers import change_consent, choose_language, register
 from whatsorder.ordering.services.fulfilment import CUSTOMER, NoSuchOrder, move_order
+from whatsorder.ordering.services.payment_links import request_payment_link
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +60,14 @@ class MessageOutcome:
 
 
 async def receive_message(
-    uow: UnitOfWork, message: InboundMessage, now: datetime
+    uow: UnitOfWork,
+    message: InboundMessage,
+    now: datetime,
+    links: PaymentLinks | None = None,
 ) -> MessageOutcome:
     """Register the sender if new, then do what the message asks and say what was done, in
-    the customer's language."""
+    the customer's language. ``links``: the provider that makes payment links (None: PAY
+    answers that paying by link is not set up)."""
     customer = await register(uow, message, now)
     retailer_id, language = customer.id, customer.language
     command = parse_message(message.text)
@@ -68,6 +75,11 @@ async def receive_message(
         return await place_order(uow, retailer_id, command, message, now, language)
     if isinstance(command, CancelOrder):
         return await cancel_order(uow, retailer_id, command.order_number, now, language)
+    if isinstance(command, RequestPayment):
+        paying = await request_payment_link(
+            uow, links, command.order_number, now, retailer_id=retailer_id, language=language
+        )
+        return MessageOutcome(paying.reply, retailer_id, paying.order_id)
     if isinstance(command, ShowStatus):
         return await order_status(uow, retailer_id, command.order_number, language)
     if isinstance(command, ShowCatalogue):
