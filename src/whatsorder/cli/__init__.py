@@ -2,9 +2,10 @@
 
 One module per group of commands: ``service`` (serve, migrate, seed-demo), ``reports`` (orders,
 audit, stats), ``cleanup``, ``operators`` (the console's operators), ``fulfilment`` (order
-confirm|pack|dispatch|deliver|cancel), ``simulation`` (send, pay) and ``reconcile`` (what the
-payment providers know). Commands import what they need when they run: ``serve`` must set up
-metrics storage before anything imports ``prometheus_client``.
+confirm|pack|dispatch|deliver|cancel), ``simulation`` (send, pay), ``payment_links``
+(payment-link) and ``reconcile`` (what the payment providers know). Commands import what they
+need when they run: ``serve`` must set up metrics storage before anything imports
+``prometheus_client``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import click
 from whatsorder.cli.cleanup import cleanup
 from whatsorder.cli.fulfilment import order
 from whatsorder.cli.operators import operator
+from whatsorder.cli.payment_links import payment_link
 from whatsorder.cli.reconcile import reconcile
 from whatsorder.cli.reports import audit, orders, stats
 from whatsorder.cli.service import migrate, seed_demo, serve
@@ -40,6 +42,7 @@ for _command in (
     operator,
     order,
     reconcile,
+    payment_link,
 ):
     commands.add_command(_command)
 

@@ -19,6 +19,7 @@ from whatsorder.db.tables import (
     ledger_entries,
     order_items,
     orders,
+    payment_links,
     payments,
     products,
     retailers,
@@ -173,7 +174,8 @@ class ConsoleQueries:
 
     async def order_detail(self, number: str) -> dict[str, Any] | None:
         """An order with its lines, ledger entries, payments, every delivery that touched it,
-        the replies sent about it, its fulfilment (transitions, notifications, next steps)."""
+        the replies sent about it, its fulfilment (transitions, notifications, next steps) and its
+        payment links."""
         order_id = order_id_from_number(number)
         if order_id is None:
             return None
@@ -193,6 +195,7 @@ class ConsoleQueries:
                 ("lines", order_items),
                 ("ledger", ledger_entries),
                 ("payments", payments),
+                ("payment_links", payment_links),
             ):
                 rows = await connection.execute(
                     select(table).where(table.c.order_id == order_id).order_by(table.c.id)

@@ -11,10 +11,12 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder import observability
+from whatsorder.clock import utcnow
 from whatsorder.db import migrate, reports
 from whatsorder.db.console_fulfilment import ConsoleFulfilment
 from whatsorder.db.console_health import ConsoleHealth
 from whatsorder.db.console_money import ConsoleMoney
+from whatsorder.db.console_payment_links import operator_payment_link
 from whatsorder.db.console_queries import ConsoleQueries
 from whatsorder.db.console_retailers import ConsoleRetailers
 from whatsorder.db.dead_letter_redrives import DeadLetterRedrives
@@ -24,6 +26,7 @@ from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.inbox import DeliveryLog
 from whatsorder.ordering.link_ports import PaymentLinks
 from whatsorder.ordering.ports import UnitOfWork
+from whatsorder.ordering.services.payment_links import LinkOutcome
 from whatsorder.providers.links.configured import payment_links as configured_links
 from whatsorder.settings import Settings
 from whatsorder.statistics import OutcomeCounter
@@ -96,6 +99,14 @@ class Runtime:
     def unit_of_work(self, connection: AsyncConnection) -> UnitOfWork:
         """The unit of work on the idempotency claim's own transaction."""
         return SqlUnitOfWork(connection)
+
+    async def make_payment_link(
+        self, number: str, operator: str, address: str | None
+    ) -> LinkOutcome:
+        """An operator's payment link for order ``number`` (audited)."""
+        return await operator_payment_link(
+            self.database, self.payment_links, number, operator, utcnow(), address
+        )
 
     # What the operators' routes read.
 

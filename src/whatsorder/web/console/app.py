@@ -25,6 +25,7 @@ from whatsorder.web.console import (
     fulfilment_pages,
     health_pages,
     pages,
+    payment_link_pages,
     retailer_pages,
 )
 from whatsorder.web.console.rendering import NotAllowed, SignInRequired, index_routes, render
@@ -56,12 +57,14 @@ def build_console(runtime: Runtime) -> ASGIApp:
     console.include_router(dead_letter_pages.router)
     console.include_router(retailer_pages.router)
     console.include_router(fulfilment_pages.router)
+    console.include_router(payment_link_pages.router)
     routers = [
         pages.router,
         health_pages.router,
         dead_letter_pages.router,
         retailer_pages.router,
         fulfilment_pages.router,
+        payment_link_pages.router,
     ]
     index_routes(console, routers)
 
