@@ -86,10 +86,23 @@ def _credits(database_url: str) -> list[str]:
     return asyncio.run(with_engine(database_url, read))
 
 
-def test_without_provider_keys_it_says_there_is_nothing_to_ask(database_url: str) -> None:
+def test_without_provider_keys_it_says_there_is_nothing_to_ask_and_what_awaits_payment(
+    database_url: str,
+) -> None:
     result = _run(database_url)
     assert result.exit_code == 0, result.output
     assert "reconcile skipped: no payment provider's API keys are set" in result.output
+    assert "orders awaiting payment, placed before" in result.output
+    assert result.output.rstrip().endswith(": 0")
+
+    async def place_two_hours_ago(db: AsyncEngine) -> None:
+        message = InboundMessage("twilio", "SM-old", CUSTOMER, "Meena", "1 x ATTA-5KG")
+        await receive_message(SqlUnitOfWork(db), message, utcnow() - timedelta(hours=2))
+
+    asyncio.run(with_engine(database_url, place_two_hours_ago))
+    dry = _run(database_url, "--dry-run")
+    assert ": 1\n  ORD-000001 ₹265.00, placed " in dry.output
+    assert dry.output.rstrip().endswith(": no payment link")
 
 
 def test_a_provider_named_without_all_its_keys_is_one_clear_error(database_url: str) -> None:

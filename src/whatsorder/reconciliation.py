@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from whatsorder.clock import utcnow
+from whatsorder.db.payment_links import awaiting_payment
 from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.ordering.reconcile_ports import PaymentSource, SweepFailed
 from whatsorder.ordering.services.reconciliation import SweepReport, sweep
@@ -47,6 +48,10 @@ class ReconcileRun:
     reports: list[SweepReport] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # provider → the provider's message
     skipped: str | None = None
+    # Orders still unpaid, placed before the window's end: how many, and the oldest few with
+    # their live payment link (what is left to chase after the sweep).
+    awaiting_count: int = 0
+    awaiting: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def run_reconcile(
@@ -67,6 +72,7 @@ async def run_reconcile(
     chosen = list(payment_sources(settings) if sources is None else sources)
     if not chosen:
         run.skipped = NO_SOURCES
+        await _note_awaiting(database, run)
         return run
     async with _one_sweeper(database) as acquired:
         if not acquired:
@@ -90,7 +96,13 @@ async def run_reconcile(
                 )
                 continue
             run.reports.append(report)
+    await _note_awaiting(database, run)
     return run
+
+
+async def _note_awaiting(database: AsyncEngine, run: ReconcileRun) -> None:
+    async with database.connect() as connection:
+        run.awaiting_count, run.awaiting = await awaiting_payment(connection, run.until)
 
 
 class ReconcileScheduler(ScheduledJob):

@@ -36,6 +36,7 @@ def reconcile(dry_run: bool) -> None:
     window = f"{run.since:%Y-%m-%d %H:%M} to {run.until:%Y-%m-%d %H:%M} UTC"
     if run.skipped is not None:
         click.echo(f"reconcile skipped: {run.skipped}")
+        _awaiting(run)
         return
     for report in run.reports:
         counts = ", ".join(f"{verdict} {count}" for verdict, count in sorted(report.tally.items()))
@@ -47,10 +48,30 @@ def reconcile(dry_run: bool) -> None:
             click.echo(f"  {line}")
     for provider, reason in run.failures.items():
         click.echo(f"{provider}: not swept: {reason}", err=True)
+    _awaiting(run)
     if dry_run:
         click.echo("dry run: nothing was changed")
     if run.failures:
         sys.exit(1)
+
+
+def _awaiting(run: ReconcileRun) -> None:
+    """The orders still unpaid that were placed before the window's end."""
+    from whatsorder.ordering.model import order_number
+    from whatsorder.ordering.replies import money
+
+    click.echo(
+        f"orders awaiting payment, placed before {run.until:%Y-%m-%d %H:%M} UTC: "
+        f"{run.awaiting_count}"
+    )
+    for order in run.awaiting:
+        link = f"{order['provider']} link {order['url']}" if order["url"] else "no payment link"
+        click.echo(
+            f"  {order_number(order['id'])} {money(order['total'], order['currency'])}, "
+            f"placed {order['created_at']:%Y-%m-%d %H:%M}: {link}"
+        )
+    if run.awaiting_count > len(run.awaiting):
+        click.echo(f"  … and {run.awaiting_count - len(run.awaiting)} more")
 
 
 async def _reconcile(settings: Settings, dry_run: bool) -> ReconcileRun:

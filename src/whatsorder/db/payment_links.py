@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder.db.dialect import upsert
-from whatsorder.db.tables import payment_links
+from whatsorder.db.tables import orders, payment_links
+from whatsorder.ordering.model import OrderStatus
 from whatsorder.ordering.payment_model import LinkStatus, StoredLink
 
 MAX_ERROR_CHARS = 500  # payment_links.last_error
@@ -116,3 +117,28 @@ def _link(row: Row[Any]) -> StoredLink:
         provider_link_id=row.provider_link_id,
         last_error=row.last_error,
     )
+
+
+async def awaiting_payment(
+    connection: AsyncConnection, placed_before: datetime, limit: int = 20
+) -> tuple[int, list[dict[str, Any]]]:
+    """Orders still unpaid that were placed before ``placed_before``: how many, and the oldest
+    ``limit`` with their live payment link if they have one (what a sweep leaves to chase)."""
+    unpaid = (orders.c.status == OrderStatus.PLACED.value) & (orders.c.created_at < placed_before)
+    count = await connection.scalar(select(func.count()).select_from(orders).where(unpaid))
+    live = payment_links.c.status == LinkStatus.LIVE.value
+    rows = await connection.execute(
+        select(
+            orders.c.id,
+            orders.c.total,
+            orders.c.currency,
+            orders.c.created_at,
+            payment_links.c.provider,
+            payment_links.c.url,
+        )
+        .outerjoin(payment_links, (payment_links.c.order_id == orders.c.id) & live)
+        .where(unpaid)
+        .order_by(orders.c.created_at, orders.c.id)
+        .limit(limit)
+    )
+    return int(count or 0), [dict(row._mapping) for row in rows]
