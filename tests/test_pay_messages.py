@@ -11,18 +11,27 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_graph import serving
 from fake_payment_apis import STRIPE_KEY, FakePaymentApis
 from support import (
     INBOUND_PATH,
+    META_APP_SECRET,
+    META_PATH,
+    META_VERIFY_TOKEN,
     PUBLIC_URL,
     app_client,
     encode,
     inbound_form,
+    meta_delivery,
+    meta_headers,
+    meta_text_message,
     reply_text,
     signed_headers,
 )
+from whatsorder.db.tables import outbox_messages
 
 
 @pytest.fixture
@@ -143,3 +152,23 @@ async def test_the_development_page_is_not_served_unless_chosen(
 ) -> None:
     async with client_with() as http:
         assert (await http.get("/dev/pay/ORD-000001-53000-INR")).status_code == 404
+
+
+async def test_a_meta_customer_gets_the_link_through_the_outbox(
+    client_with: Callable[..., Any], db: AsyncEngine
+) -> None:
+    async with client_with(
+        payment_link_provider="development",
+        meta_app_secret=META_APP_SECRET,
+        meta_verify_token=META_VERIFY_TOKEN,
+    ) as http:
+        for text in ("ORDER 2 x ATTA-5KG", "PAY ORD-000001"):
+            body = meta_delivery([meta_text_message(text)])
+            answer = await http.post(META_PATH, content=body, headers=meta_headers(body))
+            assert answer.status_code == 200, answer.text
+    async with db.connect() as connection:
+        bodies = (
+            await connection.scalars(select(outbox_messages.c.body).order_by(outbox_messages.c.id))
+        ).all()
+    assert len(bodies) == 2
+    assert "/dev/pay/ORD-000001-53000-INR" in bodies[1]
