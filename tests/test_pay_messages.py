@@ -172,3 +172,40 @@ async def test_a_meta_customer_gets_the_link_through_the_outbox(
         ).all()
     assert len(bodies) == 2
     assert "/dev/pay/ORD-000001-53000-INR" in bodies[1]
+
+
+async def test_a_slow_provider_holds_up_no_other_customer(
+    client_with: Callable[..., Any], fake: tuple[FakePaymentApis, str], database_url: str
+) -> None:
+    """Stripe answers only after 4 s. The link is made inside the PAY message's transaction,
+    which on SQLite holds the one writer's lock: there the call is cut at 3 s ("try again in a
+    minute"), inside other webhooks' wait for the lock; PostgreSQL locks only the message's
+    own key and waits for Stripe. Either way another customer's order placed meanwhile goes
+    through, and a later PAY gets the one link Stripe made."""
+    apis, base = fake
+    apis.delay = 4.0
+    settings = {
+        "payment_link_provider": "stripe",
+        "stripe_api_key": STRIPE_KEY,
+        "stripe_api_url": base,
+    }
+    async with client_with(**settings) as http:
+        number = await _ordered(http)
+        other = inbound_form("ORDER 1 x ATTA-5KG", sender="whatsapp:+919811111111")
+
+        async def other_customer_orders() -> httpx.Response:
+            await asyncio.sleep(0.5)  # while the PAY waits for Stripe
+            return await http.post(
+                INBOUND_PATH, content=encode(other), headers=signed_headers(INBOUND_PATH, other)
+            )
+
+        paid, ordered = await asyncio.gather(_say(http, f"PAY {number}"), other_customer_orders())
+        assert ordered.status_code == 200
+        assert "placed" in reply_text(ordered)
+        if database_url.startswith("sqlite"):
+            assert "again in a minute" in paid
+            await asyncio.sleep(1.5)  # Stripe finishes the session it was making
+            apis.delay = 0.0
+            paid = await _say(http, f"PAY {number}")
+        (link,) = apis.links("stripe")
+        assert link["url"] in paid

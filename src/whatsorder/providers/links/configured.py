@@ -15,10 +15,16 @@ from whatsorder.providers.sweeps.razorpay_sweep import RazorpaySweep
 from whatsorder.providers.sweeps.stripe_sweep import StripeSweep
 from whatsorder.settings import Settings, secret
 
-# A link is made while a customer's message waits for its answer (Twilio waits 15 s): each try
-# is bounded, and so is the number of tries, to stay well inside that.
+# A link is made while a customer's message waits for its answer (Twilio waits 15 s), inside
+# the message's transaction: each try is bounded, and so is the number of tries. On SQLite that
+# transaction holds the one writer's lock, so every other webhook waits for the provider: there
+# the whole call is cut at 3 s, well inside the other writers' wait for the lock (5 s by
+# default): a slow provider gets "try again in a minute", and the retry is given the link the
+# provider made meanwhile. A quick retry (Stripe's 409 while a concurrent request with the same
+# key is in flight) still fits.
 LINK_TIMEOUT_SECONDS = 4.0
 LINK_RETRIES = 1
+SQLITE_LINK_BUDGET_SECONDS = 3.0
 
 
 class PaymentSettingsMissing(ValueError):
@@ -32,6 +38,7 @@ def payment_links(settings: Settings) -> PaymentLinks | None:
         return None
     if provider == "development":
         return DevelopmentLinks(settings.public_url)
+    budget = SQLITE_LINK_BUDGET_SECONDS if settings.database_url.startswith("sqlite") else None
     if provider == "stripe":
         return StripeLinks(
             _stripe_key(settings),
@@ -39,6 +46,7 @@ def payment_links(settings: Settings) -> PaymentLinks | None:
             api_base=settings.stripe_api_url,
             timeout=LINK_TIMEOUT_SECONDS,
             max_network_retries=LINK_RETRIES,
+            budget=budget,
         )
     key_id, key_secret = _razorpay_keys(settings)
     return RazorpayLinks(
@@ -47,6 +55,7 @@ def payment_links(settings: Settings) -> PaymentLinks | None:
         api_base=settings.razorpay_api_url,
         timeout=LINK_TIMEOUT_SECONDS,
         attempts=LINK_RETRIES + 1,
+        budget=budget,
     )
 
 

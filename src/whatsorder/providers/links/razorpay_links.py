@@ -42,14 +42,27 @@ class RazorpayLinks:
         timeout: float = 10.0,
         attempts: int = 3,
         first_delay: float = 0.5,
+        budget: float | None = None,
     ) -> None:
         options = {"base_url": api_base} if api_base else {}
         self._client = razorpay.Client(auth=(key_id, key_secret), **options)
         self._timeout = timeout
         self._attempts = max(1, attempts)
         self._first_delay = first_delay
+        self._budget = budget  # the whole of create(), tries and waits; None: not bounded apart
 
     async def create(self, request: LinkRequest) -> CreatedLink:
+        if self._budget is None:
+            return await self._create(request)
+        try:
+            async with asyncio.timeout(self._budget):
+                return await self._create(request)
+        except TimeoutError as error:
+            raise LinkFailed(
+                f"Razorpay did not answer within {self._budget:.0f} s", permanent=False
+            ) from error
+
+    async def _create(self, request: LinkRequest) -> CreatedLink:
         delay = self._first_delay
         for attempt in range(1, self._attempts + 1):
             try:
@@ -105,7 +118,14 @@ class RazorpayLinks:
 
     async def _call(self, method: Any, body: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            answer = await asyncio.to_thread(method, dict(body), timeout=self._timeout)
+            # requests' timeout bounds each read, not the call: the thread is not waited beyond
+            # twice that (it ends on its own; a link it made is found by its reference).
+            async with asyncio.timeout(2 * self._timeout):
+                answer = await asyncio.to_thread(method, dict(body), timeout=self._timeout)
+        except TimeoutError as error:
+            raise LinkFailed(
+                f"Razorpay did not answer within {2 * self._timeout:.0f} s", permanent=False
+            ) from error
         except (requests.Timeout, requests.ConnectionError) as error:
             raise LinkFailed(
                 f"Razorpay could not be reached: {type(error).__name__}", permanent=False

@@ -13,6 +13,7 @@ The SDK retries connection errors, 409s and 5xx itself, with backoff and the sam
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import stripe
@@ -36,6 +37,7 @@ class StripeLinks:
         api_base: str | None = None,
         timeout: float = 10.0,
         max_network_retries: int = 2,
+        budget: float | None = None,
     ) -> None:
         self._client = stripe.StripeClient(
             api_key,
@@ -44,13 +46,21 @@ class StripeLinks:
             max_network_retries=max_network_retries,
         )
         self._success_url = success_url
+        # The whole call: by default every try, and the SDK's backoff between them (at most 2 s).
+        self._budget = budget or timeout * (max_network_retries + 1) + 2.0 * max_network_retries
 
     async def create(self, request: LinkRequest) -> CreatedLink:
         try:
-            session = await self._client.v1.checkout.sessions.create_async(
-                params=self._params(request),  # type: ignore[arg-type]  # TypedDict of the SDK
-                options={"idempotency_key": request.reference},
-            )
+            # httpx bounds each read, not the request: a slow drip would outlive the budget.
+            async with asyncio.timeout(self._budget):
+                session = await self._client.v1.checkout.sessions.create_async(
+                    params=self._params(request),  # type: ignore[arg-type]  # the SDK's TypedDict
+                    options={"idempotency_key": request.reference},
+                )
+        except TimeoutError as error:
+            raise LinkFailed(
+                f"Stripe did not answer within {self._budget:.0f} s", permanent=False
+            ) from error
         except (APIConnectionError, RateLimitError) as error:
             raise LinkFailed(
                 f"Stripe could not be reached: {error.user_message or error}", permanent=False
