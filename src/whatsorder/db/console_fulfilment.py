@@ -11,12 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from whatsorder.clock import utcnow
+from whatsorder.db.console_replies import with_delivery_states
 from whatsorder.db.operators import record_action
-from whatsorder.db.tables import message_statuses, order_transitions, outbox_messages
+from whatsorder.db.tables import order_transitions, outbox_messages
 from whatsorder.db.uow import SqlUnitOfWork
 from whatsorder.ordering.fulfilment import Action
 from whatsorder.ordering.services import TransitionOutcome, transition
@@ -61,9 +62,9 @@ async def transitions_of(connection: AsyncConnection, order_id: int) -> list[dic
 
 async def notifications_of(connection: AsyncConnection, order_id: int) -> list[dict[str, Any]]:
     """The order's notifications, oldest first, each with its provider's delivery state."""
-    outbox, states = outbox_messages, message_statuses
+    outbox = outbox_messages
     statement = (
-        select(
+        with_delivery_states(
             outbox.c.event,
             outbox.c.provider,
             outbox.c.idempotency_key,
@@ -74,18 +75,6 @@ async def notifications_of(connection: AsyncConnection, order_id: int) -> list[d
             outbox.c.last_error,
             outbox.c.created_at,
             outbox.c.sent_at,
-            states.c.status,
-            states.c.error_code,
-            states.c.updated_at,
-        )
-        .select_from(
-            outbox.outerjoin(
-                states,
-                and_(
-                    states.c.provider == outbox.c.provider,
-                    states.c.message_id == outbox.c.provider_message_id,
-                ),
-            )
         )
         .where(outbox.c.order_id == order_id)
         .order_by(outbox.c.id)

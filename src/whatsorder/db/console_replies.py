@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import ColumnElement, Select, and_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from whatsorder.db.tables import message_statuses, outbox_messages, webhook_idempotency
@@ -38,9 +38,9 @@ async def order_replies(
     if not answered:
         return []
     keys = [key for wamid in answered for key in reply_keys(reply_prefix(wamid), MAX_REPLY_PARTS)]
-    outbox, states = outbox_messages, message_statuses
+    outbox = outbox_messages
     statement = (
-        select(
+        with_delivery_states(
             outbox.c.idempotency_key,
             outbox.c.provider,
             outbox.c.status.label("outbox_status"),
@@ -49,20 +49,24 @@ async def order_replies(
             outbox.c.provider_message_id,
             outbox.c.created_at,
             outbox.c.sent_at,
-            states.c.status,
-            states.c.error_code,
-            states.c.updated_at,
-        )
-        .select_from(
-            outbox.outerjoin(
-                states,
-                and_(
-                    states.c.provider == outbox.c.provider,
-                    states.c.message_id == outbox.c.provider_message_id,
-                ),
-            )
         )
         .where(outbox.c.idempotency_key.in_(keys))
         .order_by(outbox.c.id)
     )
     return [dict(row._mapping) for row in await connection.execute(statement)]
+
+
+def with_delivery_states(*columns: ColumnElement[Any]) -> Select[Any]:
+    """Outbox rows' ``columns`` with the furthest delivery state their provider reported for
+    the message id noted when each was sent (``status``, ``error_code``, ``updated_at``;
+    NULL until a status came)."""
+    outbox, states = outbox_messages, message_statuses
+    return select(*columns, states.c.status, states.c.error_code, states.c.updated_at).select_from(
+        outbox.outerjoin(
+            states,
+            and_(
+                states.c.provider == outbox.c.provider,
+                states.c.message_id == outbox.c.provider_message_id,
+            ),
+        )
+    )
