@@ -152,6 +152,9 @@ async def test_the_development_page_is_not_served_unless_chosen(
 ) -> None:
     async with client_with() as http:
         assert (await http.get("/dev/pay/ORD-000001-53000-INR")).status_code == 404
+        paid = await http.get("/paid")  # where Stripe Checkout sends a customer who paid
+        assert paid.status_code == 200
+        assert "We confirm it on WhatsApp" in paid.text
 
 
 async def test_a_meta_customer_gets_the_link_through_the_outbox(

@@ -15,7 +15,15 @@ from whatsorder.providers.twilio_outbound import TwilioChannel
 from whatsorder.reconciliation import ReconcileScheduler
 from whatsorder.scheduler import CleanupScheduler
 from whatsorder.settings import Settings, secret
-from whatsorder.web import dev_payments, meta, metrics, operations, payments, problems, twilio
+from whatsorder.web import (
+    meta,
+    metrics,
+    operations,
+    payment_pages,
+    payments,
+    problems,
+    twilio,
+)
 from whatsorder.web.console.app import build_console
 from whatsorder.web.runtime import Runtime
 
@@ -68,8 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(payments.router)
     app.include_router(operations.router)
     app.include_router(metrics.router)
+    app.include_router(payment_pages.router)
     if runtime.settings.payment_link_provider == "development":
-        app.include_router(dev_payments.router)
+        app.include_router(payment_pages.development_router)
     app.mount("/console", build_console(runtime))
     app.add_middleware(metrics.RequestObserver)
     return app
