@@ -11,6 +11,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from whatsorder_idempotency.stores.sql.errors import RetryOnFreshConnection, connection_lost
+
 # SQLite: skip BEGIN IMMEDIATE for a lone statement (a read, or a claim or compare-and-set
 # that is atomic on its own): SQLite runs it as a transaction of its own.
 AUTOCOMMIT_OPTION = "idempotency_autocommit"
@@ -119,3 +121,23 @@ def lock_wait_left(asked: float, timeout_ms: int) -> int:
     a storm the two waits would otherwise add up past the provider's timeout."""
     spent = int((time.monotonic() - asked) * 1000)
     return max(min(MIN_LOCK_WAIT_MS, timeout_ms), timeout_ms - spent)
+
+
+async def set_lock_timeout(
+    connection: AsyncConnection, asked: float, timeout_ms: int, attempt: int
+) -> None:
+    """Bound how long a duplicate waits on the first copy's claim (docs/architecture.md §3).
+
+    The transaction's first statement (asyncpg sends the BEGIN with it): if the connection
+    turns out dead here, nothing was done in the transaction, so on the first attempt it is
+    begun again once on a fresh connection (``RetryOnFreshConnection``).
+    """
+    try:
+        await connection.exec_driver_sql(
+            f"SET LOCAL lock_timeout = {lock_wait_left(asked, timeout_ms)}"
+        )
+    except sa_exc.DBAPIError as error:
+        if attempt == 1 and connection_lost(error):
+            await connection.invalidate()
+            raise RetryOnFreshConnection from error
+        raise

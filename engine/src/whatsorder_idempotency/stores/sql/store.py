@@ -30,12 +30,12 @@ from whatsorder_idempotency.stores.base import Claimed
 from whatsorder_idempotency.stores.sql.database import (
     autocommit_options,
     lock_wait_left,
+    set_lock_timeout,
     transactional_options,
 )
 from whatsorder_idempotency.stores.sql.driver_pool import DriverPool
 from whatsorder_idempotency.stores.sql.errors import (
     RetryOnFreshConnection,
-    connection_lost,
     store_errors,
 )
 from whatsorder_idempotency.stores.sql.lone import LoneStatements
@@ -78,11 +78,8 @@ class SqlStore:
         self._table_lock = asyncio.Lock()
         # Lease mode on PostgreSQL (asyncpg): complete and release wake the waits of other
         # processes. SQLite has no NOTIFY; one machine's waits poll (docs/idempotency.md).
-        self._announcer = (
-            Announcer(engine, table)
-            if self.kind == "postgresql" and engine.dialect.driver == "asyncpg"
-            else None
-        )
+        notifies = self.kind == "postgresql" and engine.dialect.driver == "asyncpg"
+        self._announcer = Announcer(engine, table) if notifies else None
         self.wakeups: Wakeups | None = None if self._announcer is None else self._announcer.wakeups
         # Statements that run alone take asyncpg's connections of their own (driver_pool.py).
         self._driver_pool = DriverPool.of(engine, engine.dispose) if own_pool else None
@@ -270,8 +267,7 @@ class SqlStore:
         await self.engine.dispose()
 
     async def close_own_connections(self) -> None:
-        """Close what the store opened beside the engine (its own pool, reading threads, the
-        wake-ups' listener), leaving the engine to an application that shares it."""
+        """Close the store's own pool, reading threads and wake-ups' listener, not the engine."""
         if self.wakeups is not None:
             await self.wakeups.close()
         await self._reads.close()
@@ -293,28 +289,11 @@ class SqlStore:
                 try:
                     async with self.engine.connect() as connection, connection.begin():
                         if self.kind == "postgresql":
-                            await self._set_lock_timeout(connection, asked, attempt)
+                            await set_lock_timeout(
+                                connection, asked, self._lock_timeout_ms, attempt
+                            )
                         yield SqlTransaction(connection, self.table)
                         return
                 except RetryOnFreshConnection:
                     continue
             raise AssertionError("unreachable")  # the second attempt returned or raised
-
-    async def _set_lock_timeout(
-        self, connection: AsyncConnection, asked: float, attempt: int
-    ) -> None:
-        """Bound how long a duplicate waits on the first copy's claim (docs/architecture.md §3).
-
-        The transaction's first statement (asyncpg sends the BEGIN with it): if the connection
-        turns out dead here, nothing was done in the transaction, so it is begun again once on
-        a fresh connection (``RetryOnFreshConnection``).
-        """
-        try:
-            await connection.exec_driver_sql(
-                f"SET LOCAL lock_timeout = {lock_wait_left(asked, self._lock_timeout_ms)}"
-            )
-        except sa_exc.DBAPIError as error:
-            if attempt == 1 and connection_lost(error):
-                await connection.invalidate()
-                raise RetryOnFreshConnection from error
-            raise
