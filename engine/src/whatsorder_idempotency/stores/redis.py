@@ -14,14 +14,14 @@ script, waking duplicates that wait in other processes (``redis_wakeups.py``).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from whatsorder_idempotency.errors import StoreBusy, StoreUnavailable
@@ -33,115 +33,42 @@ from whatsorder_idempotency.record import (
     as_utc,
 )
 from whatsorder_idempotency.stores.base import Claimed
+from whatsorder_idempotency.stores.redis_pool import POOL_EXHAUSTED, BoundedConnectionPool
+from whatsorder_idempotency.stores.redis_scripts import CLAIM, COMPLETE, RELEASE, RENEW
 from whatsorder_idempotency.stores.redis_wakeups import RedisChannel
 from whatsorder_idempotency.wakeups import Wakeups, token
 
 DEFAULT_PREFIX = "idempotency:"
-POOL_EXHAUSTED = "No connection available."  # redis-py's BlockingConnectionPool, on timeout
+BUSY = "No Redis connection was free in time."
+DEFAULT_COMMAND_TIMEOUT = 5.0  # seconds for one step: a free connection, the command, its answer
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Argument = int | str | bytes
-
-# KEYS[1]: the record. ARGV: now, locked_until, expire_ms, fingerprint, then optional
-# field/value pairs (request_body, source_ip). Returns {1, epoch} when claimed, else
-# {0, the record's fields} as found.
-CLAIM = """
-local record = KEYS[1]
-local now = tonumber(ARGV[1])
-local status, epoch, locked_until, expires_at = unpack(redis.call(
-    'HMGET', record, 'status', 'epoch', 'locked_until_us', 'expires_at_us'))
-local new_epoch = 1
-if status then
-    local free
-    if status == 'completed' then
-        free = expires_at and tonumber(expires_at) <= now
-    else
-        free = not (locked_until and tonumber(locked_until) > now)
-    end
-    if not free then
-        return {0, redis.call('HGETALL', record)}
-    end
-    new_epoch = tonumber(epoch) + 1
-    redis.call('DEL', record)
-end
-redis.call('HSET', record, 'fingerprint', ARGV[4], 'status', 'in_progress',
-    'epoch', new_epoch, 'locked_until_us', ARGV[2], 'created_at_us', ARGV[1])
-for i = 5, #ARGV, 2 do
-    redis.call('HSET', record, ARGV[i], ARGV[i + 1])
-end
-redis.call('PEXPIRE', record, ARGV[3])
-return {1, new_epoch}
-"""
-
-# The compare-and-set every holder's step starts with (ARGV[1]: the holder's epoch).
-HOLDER_ONLY = """
-local status, epoch, held = unpack(redis.call('HMGET', KEYS[1], 'status', 'epoch',
-    'locked_until_us'))
-if status ~= 'in_progress' or tonumber(epoch) ~= tonumber(ARGV[1]) or not held then
-    return 0
-end
-"""
-
-# ARGV: epoch, locked_until. The key's expiry moves as far as the lease moved, so the record
-# still outlives its lease by ttl. A renewal that lands after a later one (the heartbeat gave
-# up on it) leaves the lease as it is.
-RENEW = (
-    HOLDER_ONLY
-    + """
-local previous = tonumber(redis.call('HGET', KEYS[1], 'locked_until_us'))
-if tonumber(ARGV[2]) <= previous then
-    return 1
-end
-redis.call('HSET', KEYS[1], 'locked_until_us', ARGV[2])
-local moved_ms = math.ceil((tonumber(ARGV[2]) - previous) / 1000)
-local remaining_ms = redis.call('PTTL', KEYS[1])
-if moved_ms > 0 and remaining_ms > 0 then
-    redis.call('PEXPIRE', KEYS[1], remaining_ms + moved_ms)
-end
-return 1
-"""
-)
-
-# ARGV: epoch, now, expires_at, expire_ms, response status, body, headers (JSON), channel,
-# the key's token.
-COMPLETE = (
-    HOLDER_ONLY
-    + """
-redis.call('HDEL', KEYS[1], 'locked_until_us')
-redis.call('HSET', KEYS[1], 'status', 'completed', 'completed_at_us', ARGV[2],
-    'expires_at_us', ARGV[3], 'response_status', ARGV[5], 'response_body', ARGV[6],
-    'response_headers', ARGV[7])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[8], ARGV[9])
-return 1
-"""
-)
-
-# ARGV: epoch, channel, the key's token. The lease ends now but the record stays, so the next
-# claim takes it over with a higher epoch and the released holder stays fenced out.
-RELEASE = (
-    HOLDER_ONLY
-    + """
-redis.call('HDEL', KEYS[1], 'locked_until_us')
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"""
-)
+Answer = TypeVar("Answer")
 
 
 class RedisStore:
     """Idempotency records as Redis hashes that expire by themselves.
 
     ``client`` must return bytes (``decode_responses=False``): response bodies are kept byte
-    for byte. ``close()`` closes the client.
+    for byte. Each step gives up after ``command_timeout`` seconds (None: never) with
+    ``StoreUnavailable``, so a Redis that is slow but not dead fails closed. ``close()`` closes
+    the client.
     """
 
     kind = "redis"
 
-    def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
+    ) -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("RedisStore needs a client with decode_responses=False")
         self.client = client
         self.prefix = prefix
+        self.command_timeout = command_timeout
         self.channel = f"{prefix}changed"
         self.wakeups = Wakeups(
             lambda: RedisChannel(client, self.channel), f"Redis channel {self.channel}"
@@ -157,17 +84,17 @@ class RedisStore:
     ) -> RedisStore:
         """A store on a new client for ``redis://``, ``rediss://`` or ``unix://`` URLs.
 
-        ``client_options`` go to the connection pool; unless given, connecting and each
-        command give up after 5 s, so an unreachable Redis fails closed promptly, and a process
-        keeps at most 50 connections, a request waiting up to 5 s for one of them. (redis-py's
-        default pool has no bound: a storm of 1,000 copies opened hundreds of connections at
-        once, overflowed Redis's accept backlog, and 600 of them failed to connect.)
+        ``client_options`` go to the connection pool (redis_pool.py); unless given,
+        connecting gives up after 5 s (and each step, ``command_timeout``, after 5 s), so an
+        unreachable Redis fails closed promptly, and a process keeps at most 50 connections, a
+        request waiting up to 5 s for one of them.
         """
         client_options.setdefault("socket_connect_timeout", 5)
-        client_options.setdefault("socket_timeout", 5)
+        # Not redis-py's per-socket-call timeout (a task per send): each step has its own.
+        client_options.setdefault("socket_timeout", None)
         client_options.setdefault("max_connections", 50)
         client_options.setdefault("timeout", 5)
-        pool = BlockingConnectionPool.from_url(url, **client_options)
+        pool = BoundedConnectionPool.from_url(url, **client_options)
         return cls(Redis.from_pool(pool), prefix=prefix)  # closing the client closes the pool
 
     def record_key(self, scope: str, key: str) -> bytes:
@@ -188,10 +115,9 @@ class RedisStore:
         for name, value in noted.items():
             if value is not None:
                 args += [name, value]
-        with _unavailable_on_connection_errors():
-            claimed, found = await self._claim(
-                keys=[self.record_key(request.scope, request.key)], args=args
-            )
+        claimed, found = await self._step(
+            self._claim(keys=[self.record_key(request.scope, request.key)], args=args)
+        )
         if claimed:
             epoch = int(found)
             return Claimed(epoch=epoch, takeover=epoch > 1)  # a new record starts at 1
@@ -199,8 +125,7 @@ class RedisStore:
         return _record(request.scope, request.key, fields)
 
     async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
-        with _unavailable_on_connection_errors():
-            fields = await self.client.hgetall(self.record_key(scope, key))
+        fields = await self._step(self.client.hgetall(self.record_key(scope, key)))
         if not fields:
             return None
         return _record(scope, key, cast(Mapping[bytes, bytes], fields))
@@ -240,9 +165,25 @@ class RedisStore:
     async def _run_as_holder(
         self, script: AsyncScript, scope: str, key: str, args: Sequence[Argument]
     ) -> bool:
-        with _unavailable_on_connection_errors():
-            done = await script(keys=[self.record_key(scope, key)], args=args)
-        return bool(done)
+        return bool(await self._step(script(keys=[self.record_key(scope, key)], args=args)))
+
+    async def _step(self, command: Awaitable[Answer]) -> Answer:
+        """``command``'s answer within ``command_timeout``; Redis's failures as the engine's."""
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                return await command
+        except TimeoutError as error:  # redis-py closed the cancelled command's connection
+            if getattr(self.client.connection_pool, "exhausted", False):
+                raise StoreBusy(BUSY) from error  # waiting for a free connection: Redis is up
+            raise StoreUnavailable(
+                f"Redis gave no answer in {self.command_timeout:g} s."
+            ) from error
+        except redis_errors.ConnectionError as error:
+            if str(error) == POOL_EXHAUSTED:  # the pool's own wait ran out: Redis is up
+                raise StoreBusy(BUSY) from error
+            raise StoreUnavailable(f"Redis cannot be reached: {error}") from error
+        except redis_errors.TimeoutError as error:  # a caller's client with socket timeouts
+            raise StoreUnavailable(f"Redis cannot be reached: {error}") from error
 
 
 def _record(scope: str, key: str, fields: Mapping[bytes, bytes]) -> IdempotencyRecord:
@@ -278,13 +219,3 @@ def _moment(micros: bytes | None) -> datetime | None:
 def _millis(span: timedelta) -> int:
     """Rounded up, so Redis never forgets a record before the engine's clock would."""
     return -(-span // timedelta(milliseconds=1))
-
-
-@contextmanager
-def _unavailable_on_connection_errors() -> Iterator[None]:
-    try:
-        yield
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
-        if str(error) == POOL_EXHAUSTED:  # BlockingConnectionPool's wait ran out: Redis is up
-            raise StoreBusy("No Redis connection was free in time.") from error
-        raise StoreUnavailable(f"Redis cannot be reached: {error}") from error
