@@ -272,7 +272,8 @@ def _cleanup_table(results: dict[str, Any]) -> list[str]:
     out = [
         "### Cleanup under load (whatsorder)",
         "",
-        "`delete_expired` (its default batches and pause) over expired records while claims "
+        "`delete_expired` (its default batches and pause) over expired records (loaded, then "
+        "vacuumed and checkpointed, as a backlog a day old would be) while claims "
         "arrive at a fixed rate; claims' latency from the scheduled send time, first for a "
         'while with no cleanup running ("without"), then during the cleanup. Redis needs '
         "no cleanup (keys expire natively).",

@@ -177,6 +177,18 @@ async def test_batches_are_bounded(db: AsyncEngine) -> None:
     assert await count_records(db) == 0
 
 
+async def test_unless_told_batches_are_the_databases_own_size(db: AsyncEngine) -> None:
+    """1,000 rows a batch on SQLite (each holds the one write lock), 5,000 on PostgreSQL."""
+    await insert_records(db, expired(6000))
+    seen: list[int] = []
+
+    await delete_expired(SqlStore(db, webhook_idempotency), now=NOW, on_batch=seen.append)
+
+    expected = [5000, 1000] if db.dialect.name == "postgresql" else [1000] * 6
+    assert seen == expected
+    assert await count_records(db) == 0
+
+
 async def test_dry_run_counts_and_deletes_nothing(db: AsyncEngine) -> None:
     await insert_records(
         db,

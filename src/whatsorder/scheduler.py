@@ -25,7 +25,7 @@ from whatsorder.db.tables import idempotency_cleanup_runs, webhook_idempotency
 from whatsorder.schedules import Clock, NextRun, ScheduledJob, cron_schedule
 from whatsorder.settings import Settings
 from whatsorder_idempotency import SqlStore
-from whatsorder_idempotency.cleanup import DEFAULT_BATCH_SIZE, delete_expired
+from whatsorder_idempotency.cleanup import delete_expired
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ async def run_cleanup(
     database: AsyncEngine,
     *,
     trigger: Trigger,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     dry_run: bool = False,
     stop: asyncio.Event | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -164,7 +164,7 @@ class CleanupScheduler(ScheduledJob):
         database: AsyncEngine,
         next_run: NextRun,
         *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         clock: Clock = utcnow,
         poll_seconds: float = 60.0,
         stop_timeout: timedelta = timedelta(seconds=10),

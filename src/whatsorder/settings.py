@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     idempotency_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     store_request_bodies: bool = False
     cleanup_schedule: str = "0 * * * *"  # cron, in UTC; empty disables
-    cleanup_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    cleanup_batch_size: int | None = Field(default=None, ge=1, le=100_000)  # None: by database
     # A dead letter keeps the delivery it came in (unredacted, never shown) so an operator can
     # re-drive it; the cleanup drops it after this many days (and a done re-drive at once).
     dead_letter_payload_days: int = Field(default=30, ge=1, le=3650)

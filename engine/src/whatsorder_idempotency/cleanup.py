@@ -51,7 +51,10 @@ from whatsorder_idempotency.stores.sql.errors import store_errors
 
 log = logging.getLogger("whatsorder_idempotency")
 
-DEFAULT_BATCH_SIZE = 1000
+DEFAULT_BATCH_SIZE = 1000  # SQLite: each batch holds the one write lock, about 3 ms
+# PostgreSQL: a batch locks only its own rows, and its statement and WAL flush cost the same
+# for 1,000 rows as for 5,000 (1,000,000 rows: 12.3 s at 1,000 a batch, 8.5 s at 5,000).
+POSTGRES_BATCH_SIZE = 5000
 DEFAULT_PAUSE = 1.0  # after each batch, a pause of this many times the batch's own duration
 DEFAULT_STALE_AFTER = timedelta(hours=1)
 SKIPPED_DETAIL = "another replica is cleaning"
@@ -69,6 +72,11 @@ class CleanupReport:
     seconds: float
     outcome: CleanupOutcome
     detail: str | None = None
+
+
+def default_batch_size(kind: str) -> int:
+    """Rows per batch unless told: more on PostgreSQL, where a batch blocks no other writer."""
+    return POSTGRES_BATCH_SIZE if kind == "postgresql" else DEFAULT_BATCH_SIZE
 
 
 def expired_records(table: Table, now: datetime) -> ColumnElement[bool]:
@@ -94,14 +102,15 @@ async def delete_expired(
     store: SqlStore,
     *,
     now: datetime,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     stale_after: timedelta = DEFAULT_STALE_AFTER,
     dry_run: bool = False,
     stop: asyncio.Event | None = None,
     on_batch: Callable[[int], None] | None = None,
     pause: float = DEFAULT_PAUSE,
 ) -> CleanupReport:
-    """Delete expired records, then stale claims, ``batch_size`` rows per transaction.
+    """Delete expired records, then stale claims, ``batch_size`` rows per transaction
+    (``default_batch_size`` of the store's database unless given).
 
     After each full batch the run sleeps ``pause`` times as long as the batch took (0: no
     pause). ``stop`` is checked before each batch and ends a pause at once: once set, the run
@@ -109,6 +118,8 @@ async def delete_expired(
     each batch deleted. A dry run only counts. On PostgreSQL, while another run holds the
     cleanup lock this returns at once with outcome ``skipped``.
     """
+    if batch_size is None:
+        batch_size = default_batch_size(store.kind)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if pause < 0:

@@ -63,7 +63,9 @@ def cleanup(dry_run: bool, batch_size: int | None) -> None:
             click.echo("stopped before the end: run it again to finish")
 
 
-async def _cleanup(url: str, batch_size: int, dry_run: bool, payload_days: int) -> CleanupRun:
+async def _cleanup(
+    url: str, batch_size: int | None, dry_run: bool, payload_days: int
+) -> CleanupRun:
     """A dry run first (it sizes the progress); then, unless only that was asked, the real run."""
     from whatsorder.scheduler import run_cleanup
 
