@@ -10,6 +10,7 @@ before its connection died is not run again: it is ``StoreUnavailable`` (a 503),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -176,12 +177,12 @@ async def fill_pool(store: SqlStore, size: int = 3) -> list[Any]:
         await connection.exec_driver_sql("SELECT 1")
         drivers.append((await connection.get_raw_connection()).driver_connection)
         await connection.close()
-    lone = await driver_pool(store).opened()
-    proxies = [await lone.acquire() for _ in range(size)]
-    for proxy in proxies:
-        await proxy.fetchval("SELECT 1")
-        drivers.append(proxy._con)
-        await lone.release(proxy)
+    async with contextlib.AsyncExitStack() as lent:
+        lone = driver_pool(store)
+        for _ in range(size):
+            connection = await lent.enter_async_context(lone.connection())
+            await connection.fetchval("SELECT 1")
+            drivers.append(connection)
     return drivers
 
 

@@ -54,7 +54,7 @@ async def test_the_stores_pool_connects_with_the_engines_url_arguments(
     try:
         await first_request_and_replay(store, f"k{query}")
         assert store._driver_pool is not None
-        assert (await store._driver_pool.opened()).get_size() >= 1, "the statements ran there"
+        assert store._driver_pool.open_connections >= 1, "the statements ran there"
     finally:
         await store.close()
 
