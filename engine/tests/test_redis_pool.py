@@ -90,3 +90,34 @@ async def test_a_step_that_redis_is_slow_to_answer_fails_closed_and_its_late_ans
     assert record is not None
     assert record.response is not None
     assert record.response.body == b"B"
+
+
+async def test_a_connection_redis_closed_while_idle_is_replaced_unseen(
+    small_store: RedisStore, redis_url: str
+) -> None:
+    """As after a Redis restart: the pooled connection is found closed at checkout, not on use."""
+    await completed(small_store, "a", b"A")
+    own_id = await small_store.client.client_id()  # on the pool's one connection
+    admin = redis_asyncio.Redis.from_url(redis_url)
+    try:
+        assert await admin.client_kill_filter(_id=own_id) == 1
+    finally:
+        await admin.aclose()
+    await asyncio.sleep(0.05)  # the close reaches the client's socket
+    record = await small_store.get("s", "a")
+    assert record is not None
+    assert await small_store.client.client_id() != own_id, "a new connection"
+
+
+async def test_a_connection_given_back_twice_is_lent_to_one_step_at_a_time(
+    small_store: RedisStore,
+) -> None:
+    pool = small_store.client.connection_pool
+    taken = await pool.get_connection()  # type: ignore[no-untyped-call]
+    await pool.release(taken)
+    await pool.release(taken)  # a second return changes nothing
+    first = await pool.get_connection()  # type: ignore[no-untyped-call]
+    with pytest.raises(StoreBusy):  # the one slot is taken: no second lender of `first`
+        await small_store.get("s", "a")
+    await pool.release(first)
+    assert await small_store.get("s", "a") is None

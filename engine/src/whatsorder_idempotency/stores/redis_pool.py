@@ -9,8 +9,10 @@ command. Measured on the claim script (docs/benchmarks.md, "Where the time goes"
 the client's CPU per command with both, 100 µs with the pool below and one ``asyncio.timeout``
 around the whole command instead. A replay is one command, so that is most of what it costs.
 
-So the bound is a semaphore in front of redis-py's own ``ConnectionPool`` (only its public
-``get_connection`` and ``release`` are used): taking a free slot never suspends. And each store
+So the bound is a semaphore in front of redis-py's own ``ConnectionPool``: taking a free slot
+never suspends. Checkout and return then skip the pool's lock and its metrics (awaited on each,
+for OpenTelemetry we do not wire): 118 µs a command with them, 97 µs without. Checkout checks
+that the connection is still open and holds no unread answer. And each store
 step is given ``command_timeout`` as a whole (wait for a slot, connect, send, read): redis-py
 drops a connection whose command was cancelled mid-send or mid-read, so a late answer can never
 reach the next command on it.
@@ -36,6 +38,9 @@ class BoundedConnectionPool(ConnectionPool):
         self.timeout = timeout
         self._free = asyncio.Semaphore(max_connections)
         self._lent: set[AbstractConnection] = set()
+        # A credential provider re-authenticates connections on the pool's release event:
+        # with one, returns go through redis-py's own release.
+        self._plain = options.get("credential_provider") is None
 
     @property
     def exhausted(self) -> bool:
@@ -52,20 +57,34 @@ class BoundedConnectionPool(ConnectionPool):
         else:
             await self._free.acquire()  # a free slot: returns without suspending
         try:
-            connection: AbstractConnection = await super().get_connection(  # type: ignore[no-untyped-call]
-                *args, **options
-            )
+            # The slot guarantees that fewer than max_connections are in use: no MaxConnections.
+            connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
         except BaseException:
             self._free.release()
             raise
         self._lent.add(connection)
+        try:
+            # Closed by the server while idle (a restart), or holding an unread answer: a new
+            # one. (redis-py's own check is skipped where its maintenance notices may be on.)
+            if connection.is_connected and await connection.can_read():
+                await connection.disconnect()
+            await connection.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            await self.release(connection)
+            raise
         return connection
 
     async def release(self, connection: AbstractConnection) -> None:
+        if connection not in self._lent:  # given back already: never listed idle twice
+            return
+        self._lent.discard(connection)
         try:
-            await super().release(connection)
+            if not self._plain:
+                await super().release(connection)
+                return
+            self._in_use_connections.discard(connection)
+            if connection.should_reconnect():  # type: ignore[no-untyped-call]  # maintenance
+                await connection.disconnect()
+            self._available_connections.append(connection)
         finally:
-            # Only a connection this pool lent frees a slot, and only once.
-            if connection in self._lent:
-                self._lent.discard(connection)
-                self._free.release()
+            self._free.release()
