@@ -15,7 +15,11 @@ its stored answer; a concurrent duplicate fails on the record's primary key, rol
 order and answers the stored record. SQLite runs on sqlite3 connections, one per thread of a
 small pool: a replay is one hop to a thread, a first request two (its read, then its whole
 transaction), with the engine's pragmas (WAL, ``synchronous=NORMAL``). PostgreSQL connections
-come from an asyncpg pool without the per-release reset query (the app keeps no session state).
+come from a list of the app's own (``Connections``), not asyncpg's pool, whose checkout and
+return cost more CPU than the replay's statement; Redis's from redis-py's pool without its lock,
+metrics and per-command socket timeout (a task per send). The engine's stores take theirs the
+same ways (docs/benchmarks.md, items 16 and 17): a yardstick that paid for what the engine
+skips would flatter it.
 
 It is a yardstick, not a product. It does NOT:
 - compare a replay's body with the first one (a reused key with another body gets the stored
@@ -135,7 +139,7 @@ class PostgresRecords:
         self.pool: Any = None
 
     async def start(self) -> None:
-        self.pool = await pg_pool(self.dsn)
+        self.pool = Connections(self.dsn)
         with contextlib.suppress(Exception):  # another worker created it first
             await self.pool.execute(
                 "CREATE TABLE IF NOT EXISTS limit_records "
@@ -174,13 +178,13 @@ class RedisRecords:
         from redis.asyncio import Redis
 
         self.dsn = db_url
-        self.redis = Redis.from_url(store_url)
+        self.redis = Redis.from_pool(_lean_redis_pool(store_url))
         self.prefix = prefix
         self.sleep = sleep
         self.pool: Any = None
 
     async def start(self) -> None:
-        self.pool = await pg_pool(self.dsn)
+        self.pool = Connections(self.dsn)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -202,13 +206,64 @@ class RedisRecords:
         return 201, body
 
 
-async def pg_pool(dsn: str) -> Any:
-    import asyncpg
+class Connections:
+    """At most ``POOL_SIZE`` asyncpg connections, opened as needed; a checkout is a list's last."""
 
-    async def keep(_connection: Any) -> None:
-        """No reset query on release: the app sets nothing on a session."""
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.idle: list[Any] = []
+        self.slots = asyncio.Semaphore(POOL_SIZE)
 
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=POOL_SIZE, reset=keep)
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> Any:
+        import asyncpg
+
+        await self.slots.acquire()
+        try:
+            connection = self.idle.pop() if self.idle else await asyncpg.connect(self.dsn)
+            try:
+                yield connection
+            except BaseException:
+                connection.terminate()
+                raise
+            self.idle.append(connection)
+        finally:
+            self.slots.release()
+
+    async def fetchrow(self, sql: str, *arguments: Any) -> Any:
+        async with self.acquire() as connection:
+            return await connection.fetchrow(sql, *arguments)
+
+    async def fetchval(self, sql: str, *arguments: Any) -> Any:
+        async with self.acquire() as connection:
+            return await connection.fetchval(sql, *arguments)
+
+    async def execute(self, sql: str, *arguments: Any) -> Any:
+        async with self.acquire() as connection:
+            return await connection.execute(sql, *arguments)
+
+    async def close(self) -> None:
+        for connection in self.idle:
+            await connection.close()
+        self.idle.clear()
+
+
+def _lean_redis_pool(url: str) -> Any:
+    """redis-py's pool, its checkout and return without the lock and the metrics."""
+    from redis.asyncio import ConnectionPool
+
+    class LeanPool(ConnectionPool):
+        async def get_connection(self, *_args: Any, **_options: Any) -> Any:
+            connection = self.get_available_connection()
+            if not connection.is_connected:
+                await connection.connect()
+            return connection
+
+        async def release(self, connection: Any) -> None:
+            self._in_use_connections.discard(connection)
+            self._available_connections.append(connection)
+
+    return LeanPool.from_url(url, socket_timeout=None)
 
 
 def parse_order(body: bytes) -> tuple[str, int] | None:

@@ -96,6 +96,7 @@ def _profile(
             driver.start()
             raw = Path(ctx.folder) / f"{stem}.txt"
             _py_spy(server.process.pid, "flamegraph", PROFILES / f"{stem}.svg", args.seconds)
+            _without_machine_paths(PROFILES / f"{stem}.svg")
             _py_spy(server.process.pid, "raw", raw, args.seconds)
             driver.join()
             if args.raw_dir:
@@ -125,6 +126,11 @@ def _py_spy(pid: int, fmt: str, out: Path, seconds: float) -> None:
          "--gil"],
         check=True, capture_output=True, timeout=seconds + 60,
     )  # fmt: skip
+
+
+def _without_machine_paths(svg: Path) -> None:
+    """The checkout's own path in py-spy's title line, as ``.``: the graphs are committed."""
+    svg.write_text(svg.read_text().replace(str(harness.ROOT), "."))
 
 
 def _layer_shares(raw: Path) -> dict[str, float]:
