@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -34,7 +34,13 @@ from whatsorder_idempotency.record import (
 )
 from whatsorder_idempotency.stores.base import Claimed
 from whatsorder_idempotency.stores.redis_pool import POOL_EXHAUSTED, BoundedConnectionPool
-from whatsorder_idempotency.stores.redis_scripts import CLAIM, COMPLETE, RELEASE, RENEW
+from whatsorder_idempotency.stores.redis_scripts import (
+    CLAIM,
+    COMPLETE,
+    READ_FIELDS,
+    RELEASE,
+    RENEW,
+)
 from whatsorder_idempotency.stores.redis_wakeups import RedisChannel
 from whatsorder_idempotency.wakeups import Wakeups, token
 
@@ -121,14 +127,13 @@ class RedisStore:
         if claimed:
             epoch = int(found)
             return Claimed(epoch=epoch, takeover=epoch > 1)  # a new record starts at 1
-        fields = dict(zip(found[::2], found[1::2], strict=True))
-        return _record(request.scope, request.key, fields)
+        return _record(request.scope, request.key, found)
 
     async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
-        fields = await self._step(self.client.hgetall(self.record_key(scope, key)))
-        if not fields:
+        found = await self._step(self.client.hmget(self.record_key(scope, key), READ_FIELDS))
+        if found[0] is None:  # no status: no record
             return None
-        return _record(scope, key, cast(Mapping[bytes, bytes], fields))
+        return _record(scope, key, found)
 
     async def renew(self, scope: str, key: str, epoch: int, locked_until: datetime) -> bool:
         return await self._run_as_holder(self._renew, scope, key, [epoch, _micros(locked_until)])
@@ -186,24 +191,24 @@ class RedisStore:
             raise StoreUnavailable(f"Redis cannot be reached: {error}") from error
 
 
-def _record(scope: str, key: str, fields: Mapping[bytes, bytes]) -> IdempotencyRecord:
+def _record(scope: str, key: str, found: Sequence[Any]) -> IdempotencyRecord:
+    """A record from READ_FIELDS' values (bytes, or None for a field the hash lacks), in order."""
+    status, epoch, locked_until, expires_at, fingerprint, answer, body, headers = found
     response = None
-    if b"response_status" in fields:
+    if answer is not None:
         response = StoredResponse(
-            status=int(fields[b"response_status"]),
-            body=bytes(fields[b"response_body"]),
-            headers=tuple(
-                (str(name), str(value)) for name, value in json.loads(fields[b"response_headers"])
-            ),
+            status=int(answer),
+            body=bytes(body or b""),
+            headers=tuple((str(name), str(value)) for name, value in json.loads(headers or "[]")),
         )
     return IdempotencyRecord(
         scope=scope,
         key=key,
-        fingerprint=fields[b"fingerprint"].decode(),
-        status=Status(fields[b"status"].decode()),
-        epoch=int(fields[b"epoch"]),
-        locked_until=_moment(fields.get(b"locked_until_us")),
-        expires_at=_moment(fields.get(b"expires_at_us")),
+        fingerprint=fingerprint.decode(),
+        status=Status(status.decode()),
+        epoch=int(epoch),
+        locked_until=_moment(locked_until),
+        expires_at=_moment(expires_at),
         response=response,
     )
 

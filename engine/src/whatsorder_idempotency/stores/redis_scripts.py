@@ -4,14 +4,29 @@ Each decides on the caller's ``now`` (the engine's clock); times are integer mic
 the Unix epoch. Complete and release PUBLISH the key's token so that waits elsewhere wake.
 """
 
+# What a decision needs of a record, in this order: the claim returns them, ``get`` reads them.
+READ_FIELDS = (
+    "status",
+    "epoch",
+    "locked_until_us",
+    "expires_at_us",
+    "fingerprint",
+    "response_status",
+    "response_body",
+    "response_headers",
+)
+
 # KEYS[1]: the record. ARGV: now, locked_until, expire_ms, fingerprint, then optional
 # field/value pairs (request_body, source_ip). Returns {1, epoch} when claimed, else
-# {0, the record's fields} as found.
-CLAIM = """
+# {0, READ_FIELDS' values} as found: one HMGET serves the decision and the replay.
+CLAIM = (
+    """
 local record = KEYS[1]
 local now = tonumber(ARGV[1])
-local status, epoch, locked_until, expires_at = unpack(redis.call(
-    'HMGET', record, 'status', 'epoch', 'locked_until_us', 'expires_at_us'))
+local found = redis.call('HMGET', record, """
+    + ", ".join(f"'{name}'" for name in READ_FIELDS)
+    + """)
+local status, epoch, locked_until, expires_at = found[1], found[2], found[3], found[4]
 local new_epoch = 1
 if status then
     local free
@@ -21,7 +36,7 @@ if status then
         free = not (locked_until and tonumber(locked_until) > now)
     end
     if not free then
-        return {0, redis.call('HGETALL', record)}
+        return {0, found}
     end
     new_epoch = tonumber(epoch) + 1
     redis.call('DEL', record)
@@ -34,6 +49,7 @@ end
 redis.call('PEXPIRE', record, ARGV[3])
 return {1, new_epoch}
 """
+)
 
 # The compare-and-set every holder's step starts with (ARGV[1]: the holder's epoch).
 HOLDER_ONLY = """
