@@ -121,3 +121,21 @@ async def test_a_connection_given_back_twice_is_lent_to_one_step_at_a_time(
         await small_store.get("s", "a")
     await pool.release(first)
     assert await small_store.get("s", "a") is None
+
+
+async def test_a_redis_that_lost_its_scripts_is_given_them_again_unseen(
+    small_store: RedisStore, redis_url: str
+) -> None:
+    """As after a restart: the claim's EVALSHA meets NOSCRIPT, loads the script and goes on."""
+    await completed(small_store, "a", b"A")
+    admin = redis_asyncio.Redis.from_url(redis_url)
+    try:
+        await admin.script_flush()
+    finally:
+        await admin.aclose()
+    found = await small_store.claim(IdempotentRequest("s", "a", "f"), NOW, LEASE, TTL)
+    assert not isinstance(found, Claimed)
+    assert found.response is not None
+    assert found.response.body == b"A"
+    fresh = await small_store.claim(IdempotentRequest("s", "b", "f"), NOW, LEASE, TTL)
+    assert fresh == Claimed(epoch=1, takeover=False)

@@ -33,7 +33,11 @@ from whatsorder_idempotency.record import (
     as_utc,
 )
 from whatsorder_idempotency.stores.base import Claimed
-from whatsorder_idempotency.stores.redis_pool import POOL_EXHAUSTED, BoundedConnectionPool
+from whatsorder_idempotency.stores.redis_pool import (
+    POOL_EXHAUSTED,
+    BoundedConnectionPool,
+    run_script,
+)
 from whatsorder_idempotency.stores.redis_scripts import (
     CLAIM,
     COMPLETE,
@@ -83,6 +87,8 @@ class RedisStore:
         self._renew = client.register_script(RENEW)
         self._complete = client.register_script(COMPLETE)
         self._release = client.register_script(RELEASE)
+        pool = client.connection_pool
+        self._pool = pool if isinstance(pool, BoundedConnectionPool) else None
 
     @classmethod
     def from_url(
@@ -122,7 +128,7 @@ class RedisStore:
             if value is not None:
                 args += [name, value]
         claimed, found = await self._step(
-            self._claim(keys=[self.record_key(request.scope, request.key)], args=args)
+            self._script(self._claim, [self.record_key(request.scope, request.key)], args)
         )
         if claimed:
             epoch = int(found)
@@ -170,7 +176,16 @@ class RedisStore:
     async def _run_as_holder(
         self, script: AsyncScript, scope: str, key: str, args: Sequence[Argument]
     ) -> bool:
-        return bool(await self._step(script(keys=[self.record_key(scope, key)], args=args)))
+        return bool(await self._step(self._script(script, [self.record_key(scope, key)], args)))
+
+    def _script(
+        self, script: AsyncScript, keys: list[bytes], args: Sequence[Argument]
+    ) -> Awaitable[Any]:
+        """The script run directly on our own pool's connection (redis_pool.py), else by the
+        client."""
+        if self._pool is not None:
+            return run_script(self._pool, script, keys, args)
+        return script(keys=keys, args=args)
 
     async def _step(self, command: Awaitable[Answer]) -> Answer:
         """``command``'s answer within ``command_timeout``; Redis's failures as the engine's."""
