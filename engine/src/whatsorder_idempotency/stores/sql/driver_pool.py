@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from whatsorder_idempotency.stores.sql.errors import connection_lost, driver_error
 
 
+@functools.cache  # one class for every connection
 def _connection_class() -> type[Any]:
     import asyncpg  # type: ignore[import-untyped]  # only where the store runs on asyncpg
 
