@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 100_000),
-    help="Rows per transaction [default: WHATSORDER_CLEANUP_BATCH_SIZE, else 1000].",
+    help=(
+        "Rows per transaction [default: WHATSORDER_CLEANUP_BATCH_SIZE, else 1000 on SQLite, "
+        "5000 on PostgreSQL]."
+    ),
 )
 def cleanup(dry_run: bool, batch_size: int | None) -> None:
     """Delete expired idempotency records and long-dead claims now, in short batches.
