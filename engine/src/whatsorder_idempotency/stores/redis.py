@@ -193,7 +193,7 @@ class RedisStore:
             async with asyncio.timeout(self.command_timeout):
                 return await command
         except TimeoutError as error:  # redis-py closed the cancelled command's connection
-            if getattr(self.client.connection_pool, "exhausted", False):
+            if self._pool is not None and self._pool.exhausted:
                 raise StoreBusy(BUSY) from error  # waiting for a free connection: Redis is up
             raise StoreUnavailable(
                 f"Redis gave no answer in {self.command_timeout:g} s."
