@@ -153,6 +153,7 @@ def _whatsorder_tx(app: Any, database: Any, sleep: float) -> None:
         IdempotencyError,
         IdempotentRequest,
         InvalidKey,
+        ReplayFront,
         SqlStore,
         StoredResponse,
         fingerprint,
@@ -174,8 +175,10 @@ def _whatsorder_tx(app: Any, database: Any, sleep: float) -> None:
             if key is None:  # no key: unprotected, as with the middleware's required=False
                 async with database.begin() as connection:
                     return await _insert(connection, order)
+            # The scope and fingerprint the replay front computes (its defaults).
+            content_type = request.headers.get("content-type")
             claimed = IdempotentRequest(
-                "POST /orders", key, fingerprint("POST", "/orders", body, None)
+                "POST /orders", key, fingerprint("POST", "/orders", body, content_type)
             )
 
             async def handle(connection: AsyncConnection) -> HandlerResult:
@@ -190,6 +193,11 @@ def _whatsorder_tx(app: Any, database: Any, sleep: float) -> None:
             return Response(problem, status, headers)
         stored = result.response
         return Response(stored.body, stored.status, dict(stored.headers))
+
+    # Replays of completed keys are answered before FastAPI routes the request (the engine's
+    # ReplayFront); the endpoint's engine then claims a key the front found absent without
+    # reading it again.
+    app.add_middleware(ReplayFront, engine=engine)
 
 
 async def _insert(connection: Any, order: Order) -> JSONResponse:

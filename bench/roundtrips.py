@@ -126,7 +126,11 @@ async def _count_transactional(store_url: str) -> dict[str, Any]:
 
 
 async def _count_one_transaction(store_url: str, wire: Wire | None) -> dict[str, Any]:
-    """The engine's transactional mode (whatsorder-tx), its handler writing nothing itself."""
+    """The engine's transactional mode (whatsorder-tx), its handler writing nothing itself.
+
+    As the bench app runs it: its replay front reads first (``replay_of``), and only what it
+    does not answer goes on to ``execute``, which claims a key the front found absent without
+    reading it again."""
     from whatsorder_idempotency import (
         HandlerResult,
         IdempotencyEngine,
@@ -140,8 +144,9 @@ async def _count_one_transaction(store_url: str, wire: Wire | None) -> dict[str,
     async def handle(_connection: Any) -> HandlerResult:
         return HandlerResult(StoredResponse.build(201, b'{"id":1}', {}))
 
-    def execute(key: str) -> Any:
-        return engine.execute(IdempotentRequest("tx", key, "f"), handle)
+    async def execute(key: str) -> Any:
+        request = IdempotentRequest("tx", key, "f")
+        return await engine.replay_of(request) or await engine.execute(request, handle)
 
     counts: dict[str, Any] = {}
     try:

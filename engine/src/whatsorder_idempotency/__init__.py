@@ -33,6 +33,7 @@ from whatsorder_idempotency.record import (
     Status,
     StoredResponse,
 )
+from whatsorder_idempotency.replay_front import ReplayFront
 from whatsorder_idempotency.stores import open_store
 from whatsorder_idempotency.stores.sql import SqlStore, idempotency_table, sql_engine
 
@@ -52,6 +53,7 @@ __all__ = [
     "Listener",
     "NotGuarded",
     "Outcome",
+    "ReplayFront",
     "RequestInFlight",
     "Result",
     "ResultNotKept",

@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 from whatsorder_idempotency.config import IdempotencyConfig
 from whatsorder_idempotency.decision import Pending, Replay, decide
 from whatsorder_idempotency.errors import (
+    FingerprintMismatch,
     RequestInFlight,
     StoreBusy,
     StoreUnavailable,
@@ -27,6 +28,7 @@ from whatsorder_idempotency.errors import (
 )
 from whatsorder_idempotency.events import Listener, Watch
 from whatsorder_idempotency.first_copies import Committed, FirstCopies, FirstRun, answer_of
+from whatsorder_idempotency.front_reads import note_found_none, take_found_none
 from whatsorder_idempotency.lease import LeasedHandler, LeaseRunner
 from whatsorder_idempotency.outcomes import Outcome, Result
 from whatsorder_idempotency.record import (
@@ -48,8 +50,9 @@ __all__ = ["IdempotencyEngine", "Outcome", "Result"]
 ContextT = TypeVar("ContextT")
 log = logging.getLogger("whatsorder_idempotency")
 Handler = Callable[[ContextT], Awaitable[HandlerResult]]
+# ``read_then_transaction(scope, key, read=…)`` of a store that has it (SqlStore).
 ReadFirst = Callable[
-    [str, str], AbstractAsyncContextManager[IdempotencyRecord | StoreTransaction[ContextT]]
+    ..., AbstractAsyncContextManager[IdempotencyRecord | StoreTransaction[ContextT]]
 ]
 
 # Races lost in a row before giving up (each loss means another request just changed the record).
@@ -116,6 +119,7 @@ class IdempotencyEngine(Generic[ContextT]):
         store = self._transactional
         if store is None:
             raise TypeError(f"{type(self.store).__name__} has no transactions: use execute_leased")
+        read = not take_found_none(self.store, request)  # a replay front read it just now
         with Watch(self.listeners, request) as watch, self._retry_after():
             running = self._first_copies.running(request)
             if running is not None:  # another copy of the key runs here: its answer, if it fits
@@ -125,10 +129,12 @@ class IdempotencyEngine(Generic[ContextT]):
                 if answer is not None:
                     watch.looked_up()
                     return watch.done(Result(answer, Outcome.REPLAYED))
-                return watch.done(await self._execute_runs(store, request, handler, watch, None))
+                return watch.done(
+                    await self._execute_runs(store, request, handler, watch, None, read)
+                )
             with self._first_copies.first(request) as first:
                 try:
-                    result = await self._execute_runs(store, request, handler, watch, first)
+                    result = await self._execute_runs(store, request, handler, watch, first, read)
                 except (RequestInFlight, StoreBusy, StoreUnavailable) as refused:
                     first.refused = refused  # the copies waiting are told the same
                     raise
@@ -142,11 +148,12 @@ class IdempotencyEngine(Generic[ContextT]):
         handler: Handler[ContextT],
         watch: Watch,
         first: FirstRun | None,
+        read: bool,
     ) -> Result:
         """``_execute``, run again (up to ``MAX_TRANSACTION_RUNS``) after a lost race."""
         for run in range(1, MAX_TRANSACTION_RUNS + 1):
             try:
-                return await self._execute(store, request, handler, watch, first)
+                return await self._execute(store, request, handler, watch, first, read)
             except TransactionConflict as conflict:
                 if run == MAX_TRANSACTION_RUNS:
                     # Lost every run: worth a look (a unique key a bug takes every time
@@ -172,6 +179,32 @@ class IdempotencyEngine(Generic[ContextT]):
         with Watch(self.listeners, request) as watch, self._retry_after():
             return watch.done(await self._leases.run(request, handler, watch))
 
+    async def replay_of(self, request: IdempotentRequest) -> Result | None:
+        """The stored answer if ``request`` repeats a completed one, from one read; else None.
+
+        For a front that answers replays before the app runs (``replay_front.py``). Anything
+        but a replay is left to ``execute``: a key in flight or expired, a fingerprint that
+        differs. A key with no record is noted, so that this task's ``execute`` of it claims
+        without reading it again (``front_reads.py``). Store errors propagate.
+        """
+        get = getattr(self.store, "get", None)  # every store of this package has it
+        if get is None:
+            raise TypeError(f"{type(self.store).__name__} cannot read a record by its key")
+        watch = Watch(self.listeners, request)  # reports a replay only: the rest goes on
+        record: IdempotencyRecord | None = await get(request.scope, request.key)
+        if record is None:
+            note_found_none(self.store, request)
+            return None
+        try:
+            decision = decide(record, request, self._clock())
+        except FingerprintMismatch:
+            return None
+        if not isinstance(decision, Replay):
+            return None
+        with watch:
+            watch.looked_up()
+            return watch.done(Result(decision.response, Outcome.REPLAYED))
+
     def _retry_after(self) -> AbstractContextManager[None]:
         return retry_after_by_default(self.config.retry_after_seconds)
 
@@ -182,6 +215,7 @@ class IdempotencyEngine(Generic[ContextT]):
         handler: Handler[ContextT],
         watch: Watch,
         first: FirstRun | None,
+        read: bool,
     ) -> Result:
         if first is not None:
             first.stored = None  # a run before this one lost a race: it committed nothing
@@ -190,7 +224,7 @@ class IdempotencyEngine(Generic[ContextT]):
                 # One pooled connection: a completed key is answered by one read of the
                 # committed record; anything else (absent, or lease mode's claim in flight)
                 # goes on to the transaction on that same connection.
-                async with self._read_first(request.scope, request.key) as opened:
+                async with self._read_first(request.scope, request.key, read=read) as opened:
                     if not isinstance(opened, IdempotencyRecord):
                         return await self._run_in(opened, request, handler, watch, first)
                     decision = decide(opened, request, self._clock())

@@ -8,10 +8,17 @@ until it is stored, so a client that got an answer can always have it replayed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
-from typing import Any
 
+from whatsorder_idempotency.asgi_requests import (
+    Headers,
+    Receive,
+    Scope,
+    method_and_path,
+    read_body,
+    replaying,
+)
 from whatsorder_idempotency.config import (
     DEFAULT_IN_FLIGHT_WAIT,
     DEFAULT_LEASE,
@@ -28,7 +35,6 @@ from whatsorder_idempotency.record import (
     IdempotentRequest,
 )
 from whatsorder_idempotency.responses import (
-    Message,
     ResponseCapture,
     Send,
     send_problem,
@@ -40,18 +46,11 @@ from whatsorder_idempotency.responses import (
 from whatsorder_idempotency.stores import open_store
 from whatsorder_idempotency.stores.base import LeaseStore
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ScopeFunction = Callable[[Scope], str]
 FingerprintFunction = Callable[[str, str, bytes, "str | None"], str]
 
 log = logging.getLogger("whatsorder_idempotency")
-
-
-def method_and_path(scope: Scope) -> str:
-    """The default scope: the same key on two routes is two keys."""
-    return f"{scope['method']} {scope.get('root_path', '')}{scope['path']}"
 
 
 class IdempotencyMiddleware:
@@ -108,7 +107,7 @@ class IdempotencyMiddleware:
         if scope["type"] != "http" or scope["method"] not in self.methods:
             await self.app(scope, receive, send)
             return
-        headers = _Headers(scope)
+        headers = Headers(scope)
         try:
             key = key_from_headers(headers)
             if key is None and self.required:
@@ -120,7 +119,7 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
 
-        body = await _read_body(receive, self.max_request_bytes)
+        body = await read_body(receive, self.max_request_bytes)
         if body is None:
             await send_raw(send, 413, *too_large(self.max_request_bytes))
             return
@@ -133,7 +132,7 @@ class IdempotencyMiddleware:
             ),
             source_ip=client[0] if client else None,
         )
-        replay_receive = _replaying(body, receive)
+        replay_receive = replaying(body, receive)
         capture = ResponseCapture(
             send, self.engine.config.max_stored_body_bytes, shares_a_transaction
         )
@@ -149,7 +148,7 @@ class IdempotencyMiddleware:
                 await send_problem(send, error)
                 return
             log.warning("idempotency store unavailable; failing open: %s", error)
-            await self.app(scope, _replaying(body, receive), send)
+            await self.app(scope, replaying(body, receive), send)
             return
         except IdempotencyError as error:
             await send_problem(send, error)
@@ -162,55 +161,3 @@ class IdempotencyMiddleware:
         elif not capture.passed_through:
             await capture.flush()
         # else: the response already streamed to the client as it was made
-
-
-class _Headers:
-    """Case-insensitive lookup of an ASGI scope's headers, keeping every value of a repeated
-    name (a repeated key header is refused, so it must be seen)."""
-
-    def __init__(self, scope: Scope) -> None:
-        self._headers: dict[str, list[str]] = {}
-        for raw_name, raw_value in scope.get("headers", []):
-            name = raw_name.decode("latin-1").lower()
-            self._headers.setdefault(name, []).append(raw_value.decode("latin-1"))
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        """The first value of ``name``."""
-        values = self._headers.get(name.lower())
-        return values[0] if values else default
-
-    def getlist(self, name: str) -> list[str]:
-        """Every value of ``name``, in the order received."""
-        return list(self._headers.get(name.lower(), ()))
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body (it is fingerprinted), or None past ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives the app the body already read, then the real channel."""
-    delivered = False
-
-    async def replay() -> Message:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

@@ -145,7 +145,7 @@ class SqlStore:
 
     @asynccontextmanager
     async def read_then_transaction(
-        self, scope: str, key: str
+        self, scope: str, key: str, *, read: bool = True
     ) -> AsyncIterator[IdempotencyRecord | SqlTransaction]:
         """The record if it is completed, read in autocommit; else a transaction.
 
@@ -154,30 +154,24 @@ class SqlStore:
         pool and the transaction checks out SQLAlchemy's; otherwise on the read's connection,
         so a new key waits for the pool once. Either way the wait comes out of its lock wait.
         The transaction gains two statements, the claim and the completion: on PostgreSQL its
-        lock_timeout rides on the claim.
+        lock_timeout rides on the claim. ``read=False``: the caller has just read the key and
+        found nothing (front_reads.py), so the transaction begins as after a miss.
         """
         await self._ensure_table()
-        if self._reads.apart_from_the_pool:  # a SQLite file: no pooled connection to share
-            found = await self._peek(scope, key)
+        asked = time.monotonic()
+        shares_no_connection = self._reads.apart_from_the_pool or self._driver_pool is not None
+        if shares_no_connection or not read:
+            found = await self._peek(scope, key) if read else None
             if found is not None and found.status is Status.COMPLETED:
                 yield found
-            else:
+            elif self._driver_pool is None:  # a SQLite file, or no pool of its own: begin anew
                 async with self._transaction() as transaction:
                     yield transaction
-            return
-        asked = time.monotonic()
-        if self._driver_pool is not None:  # the read on the store's own pool (driver_pool.py)
-            found = await self._peek(scope, key)
-            if found is not None and found.status is Status.COMPLETED:
-                yield found
-                return
-            with store_errors():
-                async with self.engine.connect() as connection, connection.begin():
-                    yield SqlTransaction(
-                        connection,
-                        self.table,
-                        lock_timeout_ms=lock_wait_left(asked, self._lock_timeout_ms),
-                    )
+            else:  # the read (if any) on the store's own pool (driver_pool.py)
+                with store_errors():
+                    async with self.engine.connect() as connection, connection.begin():
+                        timeout_ms = lock_wait_left(asked, self._lock_timeout_ms)
+                        yield SqlTransaction(connection, self.table, lock_timeout_ms=timeout_ms)
             return
         with store_errors():
             async with self._reads.on_first_use(scope, key) as (connection, found):
