@@ -139,3 +139,20 @@ async def test_a_redis_that_lost_its_scripts_is_given_them_again_unseen(
     assert found.response.body == b"A"
     fresh = await small_store.claim(IdempotentRequest("s", "b", "f"), NOW, LEASE, TTL)
     assert fresh == Claimed(epoch=1, takeover=False)
+
+
+def test_scripts_are_packed_in_c_into_the_bytes_redis_py_would_send() -> None:
+    """hiredis packs each EVALSHA (redis_pool.py); redis-py's own packing is the reference."""
+    from redis.asyncio.connection import Connection
+
+    from whatsorder_idempotency.stores import redis_pool
+
+    assert redis_pool._pack_in_c is not None, "hiredis is installed with the engine's extra"
+    commands = [
+        ("EVALSHA", "a" * 40, 1, b"p:rec:\xff\x00key", 1_764_791_234_567_890, -1, 0, "fp"),
+        ("EVALSHA", "b" * 40, 1, b"k", "source_ip", "127.0.0.1", "body", "Grüße ✓ 𝄞"),
+        ("EVALSHA", "c" * 40, 1, b"k", 201, b"\x00" * 300_000, '[["content-type", "x/y"]]'),
+    ]
+    for command in commands:
+        by_redis_py = b"".join(bytes(part) for part in Connection().pack_command(*command))
+        assert redis_pool._pack_in_c(command) == by_redis_py

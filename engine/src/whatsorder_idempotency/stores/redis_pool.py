@@ -18,7 +18,7 @@ Measured on the claim script, the client's CPU per command: 139 µs before, 97 �
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import ConnectionPool
@@ -26,6 +26,12 @@ from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+
+_pack_in_c: Callable[[tuple[Any, ...]], bytes] | None
+try:  # hiredis packs a command in C; redis-py's asyncio connection packs it in Python
+    from hiredis import pack_command as _pack_in_c
+except ImportError:  # the engine's redis extra installs hiredis; a bare redis-py still works
+    _pack_in_c = None
 
 POOL_EXHAUSTED = "No connection available."  # as redis-py's BlockingConnectionPool says it
 
@@ -106,8 +112,12 @@ async def run_script(
     answers NOSCRIPT: the script then goes the usual way, which loads it.
     """
     connection = await pool.get_connection()
+    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
     try:
-        await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        if _pack_in_c is None:
+            await connection.send_command(*command)
+        else:  # the same bytes (tested): 2 µs where redis-py's pack_command takes 17 µs
+            await connection.send_packed_command(_pack_in_c(command))
         return await connection.read_response()
     except NoScriptError:
         pass  # an answer like any other: the connection stays good
