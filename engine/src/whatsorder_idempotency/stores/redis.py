@@ -14,7 +14,6 @@ script, waking duplicates that wait in other processes (``redis_wakeups.py``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -46,6 +45,7 @@ from whatsorder_idempotency.stores.redis_scripts import (
     RENEW,
 )
 from whatsorder_idempotency.stores.redis_wakeups import RedisChannel
+from whatsorder_idempotency.stores.step_timeout import within
 from whatsorder_idempotency.wakeups import Wakeups, token
 
 DEFAULT_PREFIX = "idempotency:"
@@ -190,8 +190,7 @@ class RedisStore:
     async def _step(self, command: Awaitable[Answer]) -> Answer:
         """``command``'s answer within ``command_timeout``; Redis's failures as the engine's."""
         try:
-            async with asyncio.timeout(self.command_timeout):
-                return await command
+            return await within(self.command_timeout, command)
         except TimeoutError as error:  # redis-py closed the cancelled command's connection
             if self._pool is not None and self._pool.exhausted:
                 raise StoreBusy(BUSY) from error  # waiting for a free connection: Redis is up
@@ -245,7 +244,8 @@ def _headers(stored: bytes) -> tuple[tuple[str, str], ...]:
 
 
 def _micros(moment: datetime) -> int:
-    return (as_utc(moment) - UNIX_EPOCH) // timedelta(microseconds=1)
+    since = as_utc(moment) - UNIX_EPOCH  # whole days, seconds and microseconds: exact
+    return (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds
 
 
 def _moment(micros: bytes | None) -> datetime | None:

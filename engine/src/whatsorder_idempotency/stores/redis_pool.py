@@ -74,7 +74,8 @@ class BoundedConnectionPool(ConnectionPool):
             # one. (redis-py's own check is skipped where its maintenance notices may be on.)
             if connection.is_connected and await connection.can_read():
                 await connection.disconnect()
-            await connection.connect()  # type: ignore[no-untyped-call]
+            if not connection.is_connected:  # (connect() checks too, through a retry wrapper)
+                await connection.connect()  # type: ignore[no-untyped-call]
         except BaseException:
             await self.release(connection)
             raise
