@@ -78,6 +78,7 @@ class RedisStore:
             raise ValueError("RedisStore needs a client with decode_responses=False")
         self.client = client
         self.prefix = prefix
+        self._prefix = prefix.encode()
         self.command_timeout = command_timeout
         self.channel = f"{prefix}changed"
         self.wakeups = Wakeups(
@@ -112,7 +113,7 @@ class RedisStore:
     def record_key(self, scope: str, key: str) -> bytes:
         """The hash's name: the scope's length keeps ``("a:b", "c")`` and ``("a", "b:c")`` apart."""
         scope_bytes = scope.encode()
-        return b"%s%d:%s:%s" % (self.prefix.encode(), len(scope_bytes), scope_bytes, key.encode())
+        return b"%s%d:%s:%s" % (self._prefix, len(scope_bytes), scope_bytes, key.encode())
 
     async def claim(
         self, request: IdempotentRequest, now: datetime, lease: timedelta, ttl: timedelta
@@ -249,9 +250,9 @@ def _micros(moment: datetime) -> int:
 
 
 def _moment(micros: bytes | None) -> datetime | None:
-    return None if micros is None else UNIX_EPOCH + timedelta(microseconds=int(micros))
+    return None if micros is None else UNIX_EPOCH + timedelta(0, 0, int(micros))
 
 
 def _millis(span: timedelta) -> int:
     """Rounded up, so Redis never forgets a record before the engine's clock would."""
-    return -(-span // timedelta(milliseconds=1))
+    return (span.days * 86_400 + span.seconds) * 1_000 - (-span.microseconds // 1_000)
