@@ -1,4 +1,4 @@
-"""``within``: a store step's time bound, as ``asyncio.timeout`` bounds it, at less cost."""
+"""``StepDeadlines``: a store step's time bound, as ``asyncio.timeout`` bounds it, at less cost."""
 
 from __future__ import annotations
 
@@ -7,24 +7,26 @@ import time
 
 import pytest
 
-from whatsorder_idempotency.stores.step_timeout import within
+from whatsorder_idempotency.stores.step_timeout import StepDeadlines
+
+
+async def sleeper(seconds: float, cancelled: asyncio.Event | None = None) -> str:
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        if cancelled is not None:
+            cancelled.set()
+        raise
+    return "done"
 
 
 async def test_a_step_past_its_bound_is_cancelled_as_a_timeout_and_the_task_goes_on() -> None:
     cancelled = asyncio.Event()
-
-    async def slow() -> str:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return "late"
-
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        await within(0.05, slow())
-    assert 0.04 <= time.monotonic() - started < 2
+        await StepDeadlines(0.1).within(sleeper(10, cancelled))
+    took = time.monotonic() - started
+    assert 0.1 <= took < 1.5, took  # the bound, plus at most one look (a tenth of it)
     assert cancelled.is_set()  # the step itself was stopped, not left running
     task = asyncio.current_task()
     assert task is not None
@@ -32,46 +34,68 @@ async def test_a_step_past_its_bound_is_cancelled_as_a_timeout_and_the_task_goes
     await asyncio.sleep(0.01)  # …and the task's next wait is not cancelled
 
 
-async def test_a_step_within_its_bound_answers_and_leaves_no_timer_behind() -> None:
-    async def quick() -> int:
-        await asyncio.sleep(0)
-        return 7
+async def test_steps_within_their_bound_answer_and_leave_no_cancellation_behind() -> None:
+    deadlines = StepDeadlines(0.05)
+    assert await deadlines.within(sleeper(0)) == "done"
+    assert await StepDeadlines(None).within(sleeper(0)) == "done"
+    await asyncio.sleep(0.2)  # past the bound: a cancellation left behind would land here
 
-    assert await within(0.05, quick()) == 7
-    assert await within(None, quick()) == 7
-    await asyncio.sleep(0.1)  # past the bound: a timer left behind would cancel this wait
+
+async def test_many_steps_at_once_each_get_their_own_bound() -> None:
+    deadlines = StepDeadlines(0.2)
+
+    async def step(seconds: float) -> str:
+        try:
+            return await deadlines.within(sleeper(seconds))
+        except TimeoutError:
+            return "timed out"
+
+    answers = await asyncio.gather(*(step(0.01 if n % 2 else 5) for n in range(20)))
+    assert answers == ["timed out", "done"] * 10
 
 
 async def test_the_caller_s_own_cancellation_stays_a_cancellation() -> None:
-    step_started = asyncio.Event()
+    started = asyncio.Event()
 
     async def step() -> None:
-        step_started.set()
+        started.set()
         await asyncio.sleep(10)
 
-    async def caller() -> None:
-        await within(5, step())
-
-    task = asyncio.create_task(caller())
-    await step_started.wait()
+    task = asyncio.create_task(StepDeadlines(5).within(step()))
+    await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
 async def test_a_cancellation_arriving_with_the_timeout_is_not_swallowed() -> None:
-    """The caller cancels the task just as the bound runs out: a cancellation, not a timeout."""
-    step_started = asyncio.Event()
+    """The caller cancels the task in the same moment the bound runs out (one turn of the
+    loop, before the task runs again): a cancellation, not a timeout."""
+    deadlines = StepDeadlines(5)
+    started = asyncio.Event()
 
     async def step() -> None:
-        step_started.set()
+        started.set()
         await asyncio.sleep(10)
 
-    async def caller() -> None:
-        await within(0.05, step())
-
-    task = asyncio.create_task(caller())
-    await step_started.wait()
-    asyncio.get_running_loop().call_later(0.05, task.cancel)
+    task = asyncio.create_task(deadlines.within(step()))
+    await started.wait()
+    deadlines._deadlines[task] = 0.0  # past: the timer's next look cancels it…
+    deadlines._look()  # …which it does now,
+    task.cancel()  # and the caller cancels too, before the task has run
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_one_store_s_bound_holds_on_each_event_loop_it_is_used_on() -> None:
+    """A store outlives a loop (tests, a restarted app): its timer must be the current loop's."""
+    deadlines = StepDeadlines(0.1)
+
+    async def bounded() -> None:
+        with pytest.raises(TimeoutError):
+            await deadlines.within(sleeper(10))
+
+    asyncio.run(bounded())
+    started = time.monotonic()
+    asyncio.run(bounded())
+    assert time.monotonic() - started < 2

@@ -45,7 +45,7 @@ from whatsorder_idempotency.stores.redis_scripts import (
     RENEW,
 )
 from whatsorder_idempotency.stores.redis_wakeups import RedisChannel
-from whatsorder_idempotency.stores.step_timeout import within
+from whatsorder_idempotency.stores.step_timeout import StepDeadlines
 from whatsorder_idempotency.wakeups import Wakeups, token
 
 DEFAULT_PREFIX = "idempotency:"
@@ -79,7 +79,7 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         self._prefix = prefix.encode()
-        self.command_timeout = command_timeout
+        self._deadlines = StepDeadlines(command_timeout)
         self.channel = f"{prefix}changed"
         self.wakeups = Wakeups(
             lambda: RedisChannel(client, self.channel), f"Redis channel {self.channel}"
@@ -90,6 +90,15 @@ class RedisStore:
         self._release = client.register_script(RELEASE)
         pool = client.connection_pool
         self._pool = pool if isinstance(pool, BoundedConnectionPool) else None
+
+    @property
+    def command_timeout(self) -> float | None:
+        """Seconds each step may take (None: no bound)."""
+        return self._deadlines.seconds
+
+    @command_timeout.setter
+    def command_timeout(self, seconds: float | None) -> None:
+        self._deadlines.seconds = seconds
 
     @classmethod
     def from_url(
@@ -191,7 +200,7 @@ class RedisStore:
     async def _step(self, command: Awaitable[Answer]) -> Answer:
         """``command``'s answer within ``command_timeout``; Redis's failures as the engine's."""
         try:
-            return await within(self.command_timeout, command)
+            return await self._deadlines.within(command)
         except TimeoutError as error:  # redis-py closed the cancelled command's connection
             if self._pool is not None and self._pool.exhausted:
                 raise StoreBusy(BUSY) from error  # waiting for a free connection: Redis is up
