@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -34,6 +36,7 @@ from whatsorder.scheduler import CleanupScheduler, cron_schedule, run_cleanup
 from whatsorder.settings import Settings
 from whatsorder_idempotency import SqlStore
 from whatsorder_idempotency.cleanup import cleanup_lock_key, delete_expired
+from whatsorder_idempotency.stores.sql.database import autocommit_options
 
 NOW = datetime(2025, 6, 1, 12, 0, 30, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -770,3 +773,27 @@ def test_serve_refuses_to_start_with_an_invalid_schedule(tmp_path: Path) -> None
     )
     assert done.returncode != 0
     assert "WHATSORDER_CLEANUP_SCHEDULE" in done.stdout + done.stderr
+
+
+async def test_on_sqlite_the_cleaner_checkpoints_the_log_so_no_request_s_commit_does(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """SQLite copies its write-ahead log into the database in the commit that takes the log
+    past 1,000 pages, whoever commits: during a cleanup, a request. The cleaner checkpoints
+    after each batch, so the log (whose file keeps its largest size) never gets near that."""
+    path = tmp_path / "whatsorder.db"
+    shutil.copyfile(sqlite_template, path)
+    engine = open_database(f"sqlite:///{path}")
+    try:
+        await insert_records(engine, expired(12_000))
+        async with engine.connect() as connection:  # the log emptied, as a day's requests leave it
+            await connection.execution_options(**autocommit_options("sqlite"))
+            await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        report = await delete_expired(SqlStore(engine, webhook_idempotency), now=NOW)
+        # Read while the database is open (closing its last connection removes the log).
+        log_pages = os.stat(f"{path}-wal").st_size // 4096
+        assert (report.rows_deleted, report.batches) == (12_000, 12)
+        assert await count_records(engine) == 0
+    finally:
+        await engine.dispose()
+    assert 0 < log_pages < 500, f"the log grew to {log_pages} pages"

@@ -43,6 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from whatsorder_idempotency.cleanup_checkpoints import checkpoint_after_batch
 from whatsorder_idempotency.cleanup_lock import cleanup_lock_key as cleanup_lock_key
 from whatsorder_idempotency.cleanup_lock import one_cleaner
 from whatsorder_idempotency.record import Status, as_utc
@@ -164,6 +165,7 @@ async def delete_expired(
                 if count:
                     batches += 1
                     deleted[index] += count
+                    await checkpoint_after_batch(store)
                     if on_batch is not None:
                         on_batch(count)
                 if count < batch_size:  # nothing more matches (or only rows held elsewhere)
