@@ -358,3 +358,41 @@ async def test_an_unreachable_store_can_be_told_to_fail_open() -> None:
         )
     assert response.status_code == 201
     assert len(effects.created) == 1
+
+
+async def test_a_body_cut_short_by_a_disconnect_is_neither_run_nor_kept(store_url: str) -> None:
+    """The client went away mid-body: the part that came is not the request (a truncated form
+    can still parse), so the app never sees it, nothing is answered and no key is taken."""
+    effects = Effects()
+    middleware = IdempotencyMiddleware(order_app(effects), store=store_url)
+    sent: list[dict[str, object]] = []
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"item": "rice", "quan', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> dict[str, object]:
+        return next(messages)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    headers = [(b"idempotency-key", b"cut-1"), (b"content-type", b"application/json")]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/orders",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [*headers, (b"content-length", b"40")],
+        "client": ("127.0.0.1", 4321),
+    }
+    try:
+        await middleware(scope, receive, send)
+        assert sent == []
+        assert effects.created == []
+        assert await middleware.store.get("POST /orders", "cut-1") is None
+    finally:
+        await middleware.store.close()

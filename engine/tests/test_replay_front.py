@@ -187,3 +187,36 @@ async def test_with_the_database_unreachable_the_endpoint_answers_503(tmp_path: 
     assert response.status_code == 503, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert front.entered == ["k-10"]
+
+
+async def test_a_body_cut_short_by_a_disconnect_never_reaches_the_endpoint(front: Front) -> None:
+    sent: list[dict[str, object]] = []
+    messages = iter(
+        [
+            {"type": "http.request", "body": ORDER[:12], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> dict[str, object]:
+        return next(messages)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/orders",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"idempotency-key", b"k-11"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(ORDER)).encode()),
+        ],
+        "client": ("127.0.0.1", 4321),
+    }
+    await front.app(scope, receive, send)
+    assert (sent, front.entered) == ([], [])
+    assert await front.orders() == 0

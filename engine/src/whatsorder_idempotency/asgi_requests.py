@@ -40,14 +40,22 @@ class Headers:
         return list(self._headers.get(name.lower(), ()))
 
 
+class ClientGone(Exception):
+    """The client went away before its request's body had all arrived."""
+
+
 async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body (it is fingerprinted), or None past ``limit`` bytes."""
+    """The whole request body (it is fingerprinted), or None past ``limit`` bytes.
+
+    Raises ``ClientGone`` if the client disconnects first: the part that came is not the
+    request, and an app handed it as the whole body could act on a truncated form.
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

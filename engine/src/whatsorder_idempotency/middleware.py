@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
 
 from whatsorder_idempotency.asgi_requests import (
+    ClientGone,
     Headers,
     Receive,
     Scope,
@@ -119,7 +120,10 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
 
-        body = await read_body(receive, self.max_request_bytes)
+        try:
+            body = await read_body(receive, self.max_request_bytes)
+        except ClientGone:
+            return  # nobody to answer, and part of a request is not one to run
         if body is None:
             await send_raw(send, 413, *too_large(self.max_request_bytes))
             return

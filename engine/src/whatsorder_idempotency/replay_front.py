@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from whatsorder_idempotency.asgi_requests import (
+    ClientGone,
     Headers,
     Receive,
     Scope,
@@ -85,7 +86,10 @@ class ReplayFront:
         ):
             await self.app(scope, receive, send)
             return
-        body = await read_body(receive, self.max_request_bytes)
+        try:
+            body = await read_body(receive, self.max_request_bytes)
+        except ClientGone:
+            return  # nobody to answer, and part of a request is not one to run
         if body is None:  # more than Content-Length said: the server refuses such a request
             body = b""
         client = scope.get("client")
