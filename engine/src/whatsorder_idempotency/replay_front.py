@@ -38,7 +38,7 @@ from whatsorder_idempotency.errors import IdempotencyError
 from whatsorder_idempotency.fingerprint import fingerprint as default_fingerprint
 from whatsorder_idempotency.keys import InvalidKey, key_from_headers
 from whatsorder_idempotency.record import IdempotentRequest
-from whatsorder_idempotency.responses import Send, send_stored
+from whatsorder_idempotency.responses import Send, send_raw, send_stored, too_large
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ScopeFunction = Callable[[Scope], str]
@@ -65,6 +65,8 @@ class ReplayFront:
         methods: Collection[str] = ("POST", "PATCH"),
         max_request_bytes: int = 1024 * 1024,
     ) -> None:
+        if getattr(engine.store, "get", None) is None:
+            raise TypeError(f"{type(engine.store).__name__} cannot read a record by its key")
         self.app = app
         self.engine = engine
         self.scope_of = scope
@@ -90,8 +92,9 @@ class ReplayFront:
             body = await read_body(receive, self.max_request_bytes)
         except ClientGone:
             return  # nobody to answer, and part of a request is not one to run
-        if body is None:  # more than Content-Length said: the server refuses such a request
-            body = b""
+        if body is None:  # more than its Content-Length promised: refused, as the middleware does
+            await send_raw(send, 413, *too_large(self.max_request_bytes))
+            return
         client = scope.get("client")
         request = IdempotentRequest(
             scope=self.scope_of(scope),
