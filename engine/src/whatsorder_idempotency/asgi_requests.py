@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from whatsorder_idempotency.responses import Message
+from whatsorder_idempotency.record import IdempotentRequest
+from whatsorder_idempotency.responses import Message, Send
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+ScopeFunction = Callable[[Scope], str]
+FingerprintFunction = Callable[[str, str, bytes, "str | None"], str]
 
 
 def method_and_path(scope: Scope) -> str:
@@ -78,3 +82,21 @@ def replaying(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def idempotent_request(
+    scope: Scope,
+    headers: Headers,
+    key: str,
+    body: bytes,
+    scope_of: ScopeFunction,
+    fingerprint: FingerprintFunction,
+) -> IdempotentRequest:
+    """The request as the engine sees it: its scope, key, fingerprint and client address."""
+    client = scope.get("client")
+    return IdempotentRequest(
+        scope=scope_of(scope),
+        key=key,
+        fingerprint=fingerprint(scope["method"], scope["path"], body, headers.get("content-type")),
+        source_ip=client[0] if client else None,
+    )

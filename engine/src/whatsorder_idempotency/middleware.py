@@ -8,14 +8,18 @@ until it is stored, so a client that got an answer can always have it replayed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from datetime import timedelta
 
 from whatsorder_idempotency.asgi_requests import (
+    ASGIApp,
     ClientGone,
+    FingerprintFunction,
     Headers,
     Receive,
     Scope,
+    ScopeFunction,
+    idempotent_request,
     method_and_path,
     read_body,
     replaying,
@@ -33,7 +37,6 @@ from whatsorder_idempotency.keys import InvalidKey, key_from_headers
 from whatsorder_idempotency.outcomes import Outcome, Result
 from whatsorder_idempotency.record import (
     HandlerResult,
-    IdempotentRequest,
 )
 from whatsorder_idempotency.responses import (
     ResponseCapture,
@@ -46,10 +49,6 @@ from whatsorder_idempotency.responses import (
 )
 from whatsorder_idempotency.stores import open_store
 from whatsorder_idempotency.stores.base import LeaseStore
-
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-ScopeFunction = Callable[[Scope], str]
-FingerprintFunction = Callable[[str, str, bytes, "str | None"], str]
 
 log = logging.getLogger("whatsorder_idempotency")
 
@@ -127,15 +126,7 @@ class IdempotencyMiddleware:
         if body is None:
             await send_raw(send, 413, *too_large(self.max_request_bytes))
             return
-        client = scope.get("client")
-        request = IdempotentRequest(
-            scope=self.scope_of(scope),
-            key=key,
-            fingerprint=self.fingerprint(
-                scope["method"], scope["path"], body, headers.get("content-type")
-            ),
-            source_ip=client[0] if client else None,
-        )
+        request = idempotent_request(scope, headers, key, body, self.scope_of, self.fingerprint)
         replay_receive = replaying(body, receive)
         capture = ResponseCapture(
             send, self.engine.config.max_stored_body_bytes, shares_a_transaction

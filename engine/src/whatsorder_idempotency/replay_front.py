@@ -21,14 +21,18 @@ holds the tenant or principal keeps one caller's replays from another.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 from whatsorder_idempotency.asgi_requests import (
+    ASGIApp,
     ClientGone,
+    FingerprintFunction,
     Headers,
     Receive,
     Scope,
+    ScopeFunction,
+    idempotent_request,
     method_and_path,
     read_body,
     replaying,
@@ -37,12 +41,7 @@ from whatsorder_idempotency.engine import IdempotencyEngine
 from whatsorder_idempotency.errors import IdempotencyError
 from whatsorder_idempotency.fingerprint import fingerprint as default_fingerprint
 from whatsorder_idempotency.keys import InvalidKey, key_from_headers
-from whatsorder_idempotency.record import IdempotentRequest
 from whatsorder_idempotency.responses import Send, send_raw, send_stored, too_large
-
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-ScopeFunction = Callable[[Scope], str]
-FingerprintFunction = Callable[[str, str, bytes, "str | None"], str]
 
 
 class ReplayFront:
@@ -95,15 +94,7 @@ class ReplayFront:
         if body is None:  # more than its Content-Length promised: refused, as the middleware does
             await send_raw(send, 413, *too_large(self.max_request_bytes))
             return
-        client = scope.get("client")
-        request = IdempotentRequest(
-            scope=self.scope_of(scope),
-            key=key,
-            fingerprint=self.fingerprint(
-                scope["method"], scope["path"], body, headers.get("content-type")
-            ),
-            source_ip=client[0] if client else None,
-        )
+        request = idempotent_request(scope, headers, key, body, self.scope_of, self.fingerprint)
         try:
             replay = await self.engine.replay_of(request)
         except IdempotencyError:  # the store is down or busy: the endpoint meets it and says so
